@@ -1,0 +1,38 @@
+"""streamfs: a remote, versioned dataset used as if it were a local folder."""
+
+from ._errors import (
+    AccessDeniedError,
+    AlreadyExistsError,
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    PathNotFoundError,
+    ReadOnlyError,
+    RemoteError,
+    RemoteUnavailableError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+    StreamfsError,
+    TooLargeError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessDeniedError",
+    "AlreadyExistsError",
+    "ConflictError",
+    "IntegrityError",
+    "InvalidInputError",
+    "NotFoundError",
+    "PathNotFoundError",
+    "ReadOnlyError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
+    "StreamfsError",
+    "TooLargeError",
+    "__version__",
+]

@@ -1,0 +1,315 @@
+"""The data model: ids, names, paths, trees and commits. Pure code, no I/O.
+
+Objects are content addressed: an object's id is the sha256 of its canonical
+bytes (JSON with sorted keys, no spaces, UTF-8). Everything decoded here may
+come from the network, so every decoder validates what it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._errors import InvalidInputError
+
+ID_LENGTH = 64
+BLOCK_SIZE = 4 * 1024 * 1024  # blocks of a blob: per-block hashes and cache keys
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+MAX_TREE_ENTRIES = 1_000_000
+MAX_OBJECT_BYTES = 256 * 1024 * 1024  # trees and commits; blobs have their own limit
+
+_ID_RE = re.compile(r"[0-9a-f]{64}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_REF_PART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+Kind = Literal["file", "dir"]
+
+
+def object_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def is_object_id(value: object) -> bool:
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def check_object_id(value: object, what: str = "object id") -> str:
+    if not is_object_id(value):
+        raise InvalidInputError(f"invalid {what}: {value!r} (want 64 lowercase hex digits)")
+    assert isinstance(value, str)
+    return value
+
+
+def check_name(value: object, what: str = "name") -> str:
+    """An owner or repository name: letters, digits, '.', '_' and '-'."""
+    if not isinstance(value, str) or _NAME_RE.fullmatch(value) is None or value in {".", ".."}:
+        raise InvalidInputError(
+            f"invalid {what} {value!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def check_ref_name(value: object, what: str = "ref name") -> str:
+    """A branch or tag name: name parts separated by '/', like git's."""
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        raise InvalidInputError(f"invalid {what} {value!r}")
+    parts = value.split("/")
+    for part in parts:
+        if _REF_PART_RE.fullmatch(part) is None or part.endswith(".lock") or ".." in part:
+            raise InvalidInputError(f"invalid {what} {value!r}")
+    return value
+
+
+def check_path(value: object) -> str:
+    """A path inside a repository: relative, '/'-separated, no '.', '..', NUL or empty parts.
+
+    Returns the path unchanged; the empty string means the root and is refused
+    here (use ``split_path`` for paths that may name the root).
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"invalid path {value!r}: empty")
+    if "\x00" in value:
+        raise InvalidInputError(f"invalid path {value!r}: contains NUL")
+    if value.startswith("/"):
+        raise InvalidInputError(f"invalid path {value!r}: absolute paths are not allowed")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise InvalidInputError(f"invalid path: longer than {MAX_PATH_BYTES} bytes")
+    for part in value.split("/"):
+        check_entry_name(part, path=value)
+    return value
+
+
+def check_entry_name(name: object, *, path: object = None) -> str:
+    shown = path if path is not None else name
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"invalid path {shown!r}: empty component")
+    if name in {".", ".."}:
+        raise InvalidInputError(f"invalid path {shown!r}: '.' and '..' are not allowed")
+    if "/" in name or "\x00" in name:
+        raise InvalidInputError(f"invalid path {shown!r}: bad character in {name!r}")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"invalid path {shown!r}: not valid UTF-8") from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise InvalidInputError(f"invalid path {shown!r}: a component is over 255 bytes")
+    return name
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """'a/b/c' -> ('a', 'b', 'c'); '' or '/' -> (). Leading/trailing '/' are dropped."""
+    stripped = path.strip("/")
+    if not stripped:
+        return ()
+    return tuple(check_path(stripped).split("/"))
+
+
+# --------------------------------------------------------------------------- trees
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One name in a directory. ``size`` of a dir is the total bytes below it."""
+
+    name: str
+    kind: Kind
+    id: str
+    size: int
+    mtime: int = 0  # seconds since the epoch: when this path last changed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "id": self.id,
+            "size": self.size,
+            "mtime": self.mtime,
+        }
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    entries: tuple[Entry, ...]
+    _index: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update((e.name, e) for e in self.entries)
+
+    def get(self, name: str) -> Entry | None:
+        return self._index.get(name)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+
+def make_tree(entries: Iterable[Entry]) -> Tree:
+    ordered = tuple(sorted(entries, key=lambda e: e.name))
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if a.name == b.name:
+            raise InvalidInputError(f"duplicate entry {a.name!r} in a tree")
+    return Tree(ordered)
+
+
+EMPTY_TREE = make_tree(())
+
+
+def encode_tree(tree: Tree) -> bytes:
+    return canonical_json({"entries": [e.to_json() for e in tree.entries]})
+
+
+def decode_tree(data: bytes) -> Tree:
+    raw = _load_json_object(data, "tree")
+    items = raw.get("entries")
+    if not isinstance(items, list) or len(items) > MAX_TREE_ENTRIES:
+        raise InvalidInputError("malformed tree: 'entries' must be a list")
+    entries = [_decode_entry(item) for item in items]
+    tree = make_tree(entries)
+    if [e.name for e in tree.entries] != [e.name for e in entries]:
+        raise InvalidInputError("malformed tree: entries are not sorted")
+    return tree
+
+
+def _decode_entry(item: object) -> Entry:
+    if not isinstance(item, dict):
+        raise InvalidInputError("malformed tree entry")
+    name = check_entry_name(item.get("name"))
+    kind = item.get("kind")
+    if kind not in ("file", "dir"):
+        raise InvalidInputError(f"malformed tree entry {name!r}: kind {kind!r}")
+    return Entry(
+        name=name,
+        kind=kind,
+        id=check_object_id(item.get("id")),
+        size=_check_count(item.get("size"), "size"),
+        mtime=_check_count(item.get("mtime", 0), "mtime"),
+    )
+
+
+def _check_count(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise InvalidInputError(f"malformed {what}: {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- commits
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    tree: str
+    parents: tuple[str, ...]
+    message: str
+    author: str
+    time: int
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tree": self.tree,
+            "parents": list(self.parents),
+            "message": self.message,
+            "author": self.author,
+            "time": self.time,
+            "meta": dict(self.meta),
+        }
+
+
+def encode_commit(commit: Commit) -> bytes:
+    return canonical_json(commit.to_json())
+
+
+def decode_commit(data: bytes) -> Commit:
+    raw = _load_json_object(data, "commit")
+    parents = raw.get("parents")
+    if not isinstance(parents, list) or len(parents) > 16:
+        raise InvalidInputError("malformed commit: parents")
+    message, author, meta = raw.get("message"), raw.get("author"), raw.get("meta", {})
+    if not isinstance(message, str) or not isinstance(author, str) or not isinstance(meta, dict):
+        raise InvalidInputError("malformed commit: message, author or meta")
+    return Commit(
+        tree=check_object_id(raw.get("tree"), "tree id"),
+        parents=tuple(check_object_id(p, "parent id") for p in parents),
+        message=message,
+        author=author,
+        time=_check_count(raw.get("time"), "time"),
+        meta=meta,
+    )
+
+
+def _load_json_object(data: bytes, what: str) -> dict[str, Any]:
+    if len(data) > MAX_OBJECT_BYTES:
+        raise InvalidInputError(f"{what} is larger than {MAX_OBJECT_BYTES} bytes")
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInputError(f"malformed {what}: not JSON") from None
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"malformed {what}: not a JSON object")
+    return raw
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def block_count(size: int, block_size: int = BLOCK_SIZE) -> int:
+    return max(1, -(-size // block_size))
+
+
+# --------------------------------------------------------------------------- rev specs
+
+
+@dataclass(frozen=True, slots=True)
+class RepoSpec:
+    """``OWNER/NAME[@REV][:PATH]`` as a user types it."""
+
+    owner: str
+    name: str
+    rev: str | None = None
+    path: str = ""
+
+    @property
+    def repo(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    def __str__(self) -> str:
+        text = self.repo
+        if self.rev is not None:
+            text += f"@{self.rev}"
+        if self.path:
+            text += f":{self.path}"
+        return text
+
+
+def parse_repo_spec(text: str, *, allow_path: bool = True) -> RepoSpec:
+    rest, sep, path = text.partition(":") if allow_path else (text, "", "")
+    repo, at, rev = rest.partition("@")
+    owner, slash, name = repo.partition("/")
+    if not slash:
+        raise InvalidInputError(f"invalid repository {text!r}: want OWNER/NAME[@REV]")
+    if at and not rev:
+        raise InvalidInputError(f"invalid repository {text!r}: empty revision after '@'")
+    clean_path = "/".join(split_path(path)) if sep else ""
+    return RepoSpec(
+        owner=check_name(owner, "owner"),
+        name=check_name(name, "repository name"),
+        rev=rev if at else None,
+        path=clean_path,
+    )

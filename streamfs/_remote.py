@@ -1,0 +1,297 @@
+"""The client side of API v1 (docs/protocol.md): httpx.AsyncClient on trio.
+
+Everything that comes back is checked before use: trees and commits against
+their ids, blob bytes by the caller (they know the expected hash). HTTP and
+transport errors become the exception tree of ``_errors`` at one place,
+``_map_errors``. Idempotent requests are retried with backoff until a
+deadline, so a dead server is an error within a bounded time, never a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from . import _errors as errors
+from ._model import Commit, Tree, decode_commit, decode_tree, object_id
+
+DEFAULT_REMOTE = "http://127.0.0.1:8600"
+UPLOAD_CHUNK = 1024 * 1024
+MISSING_BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    deadline: float = 30.0  # seconds a request may take, retries included
+    first_backoff: float = 0.1
+    max_backoff: float = 2.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+
+
+def remote_from_env(remote: str | None = None, token: str | None = None) -> tuple[str, str | None]:
+    url = remote or os.environ.get("STREAMFS_REMOTE") or DEFAULT_REMOTE
+    return url.rstrip("/"), token if token is not None else os.environ.get("STREAMFS_TOKEN") or None
+
+
+@contextlib.contextmanager
+def _map_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise errors.RemoteUnavailableError(f"{what}: the server did not answer in time ({exc!r})") from None
+    except httpx.TransportError as exc:
+        raise errors.RemoteUnavailableError(f"{what}: cannot reach the server: {exc}") from None
+
+
+def _raise_for_status(response: httpx.Response, what: str) -> None:
+    if response.status_code < 400:
+        return
+    code, message = "error", response.reason_phrase
+    try:
+        body = json.loads(response.content)
+        code, message = body["error"]["code"], body["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        pass
+    if response.status_code >= 500:
+        raise errors.RemoteError(f"{what}: server error {response.status_code}: {message}")
+    if response.status_code in (401, 403):
+        raise errors.AccessDeniedError(f"{what}: {message}")
+    cls = errors.ERROR_CODES.get(code, errors.InvalidInputError)
+    raise cls(message)
+
+
+class Remote:
+    """One server. Use as ``async with Remote(url, token) as remote:`` inside trio."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 32,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        headers = {"User-Agent": "streamfs"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = httpx.Timeout(
+            self.retry.read_timeout, connect=self.retry.connect_timeout, pool=self.retry.deadline
+        )
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.AsyncClient(
+            base_url=self.url + "/v1", headers=headers, timeout=timeout, limits=limits
+        )
+
+    async def __aenter__(self) -> Remote:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _request(
+        self, method: str, url: str, what: str, *, idempotent: bool = True, **kwargs: Any
+    ) -> httpx.Response:
+        """One request, retried (if idempotent) on transport errors and 5xx until the deadline."""
+        backoff = self.retry.first_backoff
+        deadline = trio.current_time() + self.retry.deadline
+        while True:
+            try:
+                with trio.fail_at(deadline), _map_errors(what):
+                    response = await self._client.request(method, url, **kwargs)
+                if response.status_code < 500 or not idempotent:
+                    _raise_for_status(response, what)
+                    return response
+                _raise_for_status(response, what)
+            except trio.TooSlowError:
+                raise errors.RemoteUnavailableError(
+                    f"{what}: no answer within {self.retry.deadline:.0f} s"
+                ) from None
+            except errors.RemoteError:
+                if not idempotent or trio.current_time() + backoff >= deadline:
+                    raise
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, self.retry.max_backoff)
+
+    async def _json(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
+        response = await self._request(method, url, what, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise errors.RemoteError(f"{what}: the server sent malformed JSON") from None
+
+    @staticmethod
+    def _repo(owner: str, name: str) -> str:
+        return f"/repos/{owner}/{name}"
+
+    # ------------------------------------------------------------ repos and refs
+
+    async def create_repo(self, owner: str, name: str, *, private: bool = False) -> dict[str, Any]:
+        body = {"owner": owner, "name": name, "private": private}
+        return await self._json("POST", "/repos", f"create {owner}/{name}", json=body, idempotent=False)  # type: ignore[no-any-return]
+
+    async def get_repo(self, owner: str, name: str) -> dict[str, Any]:
+        return await self._json("GET", self._repo(owner, name), f"{owner}/{name}")  # type: ignore[no-any-return]
+
+    async def refs(self, owner: str, name: str) -> dict[str, dict[str, str]]:
+        return await self._json("GET", self._repo(owner, name) + "/refs", f"{owner}/{name}")  # type: ignore[no-any-return]
+
+    async def resolve(self, owner: str, name: str, rev: str | None) -> str:
+        params = {"rev": rev} if rev else {}
+        what = f"{owner}/{name}@{rev or '(default branch)'}"
+        body = await self._json("GET", self._repo(owner, name) + "/resolve", what, params=params)
+        return _checked_id(body.get("commit"))
+
+    async def create_tag(self, owner: str, name: str, tag: str, rev: str) -> str:
+        body = await self._json(
+            "POST", self._repo(owner, name) + "/tags", f"tag {tag}", json={"name": tag, "rev": rev}, idempotent=False
+        )
+        return _checked_id(body.get("commit"))
+
+    async def create_branch(self, owner: str, name: str, branch: str, rev: str | None) -> str:
+        body = await self._json(
+            "POST", self._repo(owner, name) + "/branches", f"branch {branch}",
+            json={"name": branch, "rev": rev}, idempotent=False,
+        )
+        return _checked_id(body.get("commit"))
+
+    # ------------------------------------------------------------ objects
+
+    async def get_commit(self, owner: str, name: str, oid: str) -> Commit:
+        response = await self._request("GET", self._repo(owner, name) + f"/commits/{oid}", f"commit {oid}")
+        _check_object(response.content, oid, "commit")
+        return decode_commit(response.content)
+
+    async def get_tree_bytes(self, owner: str, name: str, oid: str) -> bytes:
+        response = await self._request("GET", self._repo(owner, name) + f"/trees/{oid}", f"tree {oid}")
+        _check_object(response.content, oid, "tree")
+        return response.content
+
+    async def get_tree(self, owner: str, name: str, oid: str) -> Tree:
+        return decode_tree(await self.get_tree_bytes(owner, name, oid))
+
+    async def log(self, owner: str, name: str, rev: str | None, limit: int = 50) -> list[tuple[str, Commit]]:
+        params: dict[str, Any] = {"limit": limit}
+        if rev:
+            params["rev"] = rev
+        body = await self._json("GET", self._repo(owner, name) + "/log", f"log of {owner}/{name}", params=params)
+        result = []
+        for item in body.get("commits", []):
+            oid = _checked_id(item.pop("id", None))
+            commit = decode_commit(json.dumps(item).encode())
+            result.append((oid, commit))
+        return result
+
+    async def diff(self, owner: str, name: str, old: str, new: str) -> dict[str, Any]:
+        params = {"from": old, "to": new}
+        return await self._json("GET", self._repo(owner, name) + "/diff", f"diff {old}..{new}", params=params)  # type: ignore[no-any-return]
+
+    async def commit(
+        self,
+        owner: str,
+        name: str,
+        *,
+        branch: str,
+        parent: str | None,
+        changes: Sequence[dict[str, Any]],
+        message: str,
+        author: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "branch": branch,
+            "parent": parent,
+            "changes": list(changes),
+            "message": message,
+            "meta": meta or {},
+        }
+        if author:
+            body["author"] = author
+        # Not retried blindly: a commit that reached the server must not be made twice.
+        result = await self._json(
+            "POST", self._repo(owner, name) + "/commits", f"commit to {owner}/{name}@{branch}",
+            json=body, idempotent=False,
+        )
+        _checked_id(result.get("commit"))
+        return result  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ blobs
+
+    async def missing_blobs(self, owner: str, name: str, ids: Sequence[str]) -> list[str]:
+        missing: list[str] = []
+        for start in range(0, len(ids), MISSING_BATCH):
+            batch = list(ids[start : start + MISSING_BATCH])
+            body = await self._json(
+                "POST", self._repo(owner, name) + "/blobs/missing", "missing blobs", json={"ids": batch}
+            )
+            asked = set(batch)
+            missing.extend(oid for oid in body.get("missing", []) if oid in asked)
+        return missing
+
+    async def put_blob(self, owner: str, name: str, oid: str, path: Path, size: int) -> None:
+        """Upload the file at ``path`` as blob ``oid`` (the server checks the hash)."""
+        url = self._repo(owner, name) + f"/blobs/{oid}"
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        await self._request(
+            "PUT", url, f"upload {path}", content=_file_chunks(path), headers=headers, idempotent=False
+        )
+
+    async def put_blob_bytes(self, owner: str, name: str, oid: str, data: bytes) -> None:
+        url = self._repo(owner, name) + f"/blobs/{oid}"
+        await self._request("PUT", url, f"upload blob {oid[:12]}", content=data)
+
+    async def read_blob(self, owner: str, name: str, oid: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of a blob (end None: to its end). Not verified here."""
+        headers = {}
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        response = await self._request("GET", self._repo(owner, name) + f"/blobs/{oid}", f"blob {oid[:12]}", headers=headers)
+        return response.content
+
+    async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, list[str]]:
+        body = await self._json("GET", self._repo(owner, name) + f"/blobs/{oid}/blocks", f"blocks of {oid[:12]}")
+        return int(body["block_size"]), [_checked_id(b) for b in body["blocks"]]
+
+    async def metrics(self) -> dict[str, int]:
+        return await self._json("GET", "/metrics", "metrics")  # type: ignore[no-any-return]
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    f = await trio.to_thread.run_sync(open, path, "rb")
+    try:
+        while True:
+            data = await trio.to_thread.run_sync(f.read, UPLOAD_CHUNK)
+            if not data:
+                return
+            yield data
+    finally:
+        await trio.to_thread.run_sync(f.close)
+
+
+def _checked_id(value: object) -> str:
+    from ._model import is_object_id
+
+    if not is_object_id(value):
+        raise errors.RemoteError(f"the server sent an invalid id: {value!r}")
+    assert isinstance(value, str)
+    return value
+
+
+def _check_object(data: bytes, oid: str, kind: str) -> None:
+    if object_id(data) != oid:
+        raise errors.IntegrityError(f"{kind} {oid} from the server does not match its id")

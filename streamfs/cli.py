@@ -1,0 +1,255 @@
+"""The ``streamfs`` command line. Errors print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from ._errors import InvalidInputError, StreamfsError
+from ._model import RepoSpec, parse_repo_spec, split_path
+from ._remote import Remote, remote_from_env
+
+T = TypeVar("T")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StreamfsError as exc:
+            click.echo(f"streamfs: error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("streamfs: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.option("--remote", envvar="STREAMFS_REMOTE", help="Server URL [env STREAMFS_REMOTE; default http://127.0.0.1:8600].")
+@click.option("--token", envvar="STREAMFS_TOKEN", help="Access token [env STREAMFS_TOKEN].")
+@click.version_option(package_name="streamfs")
+@click.pass_context
+def cli(ctx: click.Context, remote: str | None, token: str | None) -> None:
+    """Use a remote, versioned dataset as if it were a local folder."""
+    ctx.obj = remote_from_env(remote, token)
+
+
+def _run(ctx: click.Context, fn: Callable[[Remote], Awaitable[T]]) -> T:
+    url, token = ctx.obj
+
+    async def main() -> T:
+        async with Remote(url, token) as remote:
+            return await fn(remote)
+
+    return trio.run(main)
+
+
+def _spec(text: str, *, path: bool = False) -> RepoSpec:
+    return parse_repo_spec(text, allow_path=path)
+
+
+def _when(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError
+
+
+# ------------------------------------------------------------------ server
+
+
+@cli.command()
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Directory of the store.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8600, show_default=True, type=int)
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True), help="TOML file of tokens.")
+@click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+@click.option("--fd", type=int, hidden=True, help="Serve on an inherited listening socket.")
+def serve(root: str, host: str, port: int, token_file: str | None, access_log: bool, fd: int | None) -> None:
+    """Host versioned repos from a local directory."""
+    from .server import serve as run_server
+
+    run_server(root, host=host, port=port, token_file=token_file, access_log=access_log, fd=fd)
+
+
+# ------------------------------------------------------------------ repos
+
+
+@cli.group()
+def repo() -> None:
+    """Create and inspect repositories."""
+
+
+@repo.command("create")
+@click.argument("repo_name", metavar="OWNER/NAME")
+@click.option("--private", is_flag=True, help="Reading needs a token.")
+@click.pass_context
+def repo_create(ctx: click.Context, repo_name: str, private: bool) -> None:
+    """Create a repository with an empty main branch."""
+    spec = _spec(repo_name)
+    info = _run(ctx, lambda r: r.create_repo(spec.owner, spec.name, private=private))
+    click.echo(f"created {spec.repo} ({'private' if info['private'] else 'public'}, branch {info['default_branch']})")
+
+
+@repo.command("info")
+@click.argument("repo_name", metavar="OWNER/NAME")
+@click.pass_context
+def repo_info(ctx: click.Context, repo_name: str) -> None:
+    """Show a repository's branches and tags."""
+    spec = _spec(repo_name)
+
+    async def go(r: Remote) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+        return await r.get_repo(spec.owner, spec.name), await r.refs(spec.owner, spec.name)
+
+    info, refs = _run(ctx, go)
+    click.echo(f"{spec.repo}  {'private' if info['private'] else 'public'}  default branch {info['default_branch']}")
+    for kind in ("branches", "tags"):
+        for ref, commit in sorted(refs[kind].items()):
+            click.echo(f"  {kind[:-1] if kind == 'tags' else 'branch'}  {ref:<30} {commit}")
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@BRANCH]")
+@click.argument("local", type=click.Path(exists=True, path_type=Path))
+@click.option("--to", "to", default="", help="Folder in the repo to upload into.")
+@click.option("-m", "--message", required=True, help="Commit message.")
+@click.pass_context
+def upload(ctx: click.Context, target: str, local: Path, to: str, message: str) -> None:
+    """Upload a file or directory as one commit (only new bytes are sent)."""
+    from ._progress import ProgressBars
+    from ._upload import upload as do_upload
+
+    spec = _spec(target)
+    branch = spec.rev or "main"
+    split_path(to)
+    with ProgressBars() as bars:
+        result = _run(
+            ctx,
+            lambda r: do_upload(
+                r, spec.owner, spec.name, branch, local, to=to, message=message,
+                author=getpass.getuser(), progress=bars.update,
+            ),
+        )
+    if not result.changed:
+        click.echo(f"nothing changed: {result.files} files already at {spec.repo}@{branch} {result.commit}")
+        return
+    click.echo(
+        f"{result.changed_paths} of {result.files} files changed; sent {result.blobs_sent} blobs "
+        f"({_size(result.bytes_sent)})" + (" (rebased onto a newer head)" if result.rebased else "")
+    )
+    click.echo(result.commit)
+
+
+# ------------------------------------------------------------------ inspecting
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@REV]")
+@click.pass_context
+def resolve(ctx: click.Context, target: str) -> None:
+    """Print the commit id a revision names."""
+    spec = _spec(target)
+    click.echo(_run(ctx, lambda r: r.resolve(spec.owner, spec.name, spec.rev)))
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@REV]")
+@click.option("-n", "--max-count", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--oneline", is_flag=True, help="One line a commit.")
+@click.pass_context
+def log(ctx: click.Context, target: str, max_count: int, oneline: bool) -> None:
+    """Show the history of a revision (first parents)."""
+    spec = _spec(target)
+    entries = _run(ctx, lambda r: r.log(spec.owner, spec.name, spec.rev, max_count))
+    for oid, commit in entries:
+        if oneline:
+            click.echo(f"{oid[:12]} {commit.message.splitlines()[0] if commit.message else ''}")
+            continue
+        click.echo(f"commit {oid}")
+        click.echo(f"Author: {commit.author}")
+        click.echo(f"Date:   {_when(commit.time)}")
+        if commit.meta:
+            click.echo(f"Meta:   {commit.meta}")
+        click.echo("")
+        for line in (commit.message or "(no message)").splitlines():
+            click.echo(f"    {line}")
+        click.echo("")
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@REV][:PATH]")
+@click.option("-r", "--recursive", is_flag=True, help="List everything below PATH.")
+@click.pass_context
+def ls(ctx: click.Context, target: str, recursive: bool) -> None:
+    """List a folder of a revision."""
+    from ._listing import list_path
+
+    spec = _spec(target, path=True)
+    commit, rows = _run(ctx, lambda r: list_path(r, spec, recursive=recursive))
+    click.echo(f"# {spec.repo}@{spec.rev or '(default)'} = {commit}", err=True)
+    for path, entry in rows:
+        kind = "d" if entry.is_dir else "-"
+        shown = path + ("/" if entry.is_dir else "")
+        click.echo(f"{kind} {entry.size:>14} {_when(entry.mtime)}  {shown}")
+
+
+@cli.command()
+@click.argument("old", metavar="OWNER/NAME@REV_A")
+@click.argument("new", metavar="[OWNER/NAME@]REV_B")
+@click.pass_context
+def diff(ctx: click.Context, old: str, new: str) -> None:
+    """Files added, removed and modified between two revisions."""
+    spec = _spec(old)
+    if "/" in new.split("@", 1)[0] and "@" in new:
+        other = _spec(new)
+        if other.repo != spec.repo:
+            raise InvalidInputError("diff compares two revisions of one repository")
+        new_rev = other.rev
+    else:
+        new_rev = new
+    body = _run(ctx, lambda r: r.diff(spec.owner, spec.name, spec.rev or "main", new_rev or "main"))
+    click.echo(f"# {body['from']} .. {body['to']}", err=True)
+    for status, mark in (("added", "A"), ("removed", "D"), ("modified", "M")):
+        for item in body[status]:
+            click.echo(f"{mark}  {item['path']}  ({_size(item['size'])})")
+    counts = body["counts"]
+    click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified")
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@REV]")
+@click.argument("tag_name", metavar="TAG")
+@click.pass_context
+def tag(ctx: click.Context, target: str, tag_name: str) -> None:
+    """Tag a revision (tags never move)."""
+    spec = _spec(target)
+    commit = _run(ctx, lambda r: r.create_tag(spec.owner, spec.name, tag_name, spec.rev or ""))
+    click.echo(f"{tag_name} -> {commit}")
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@REV]")
+@click.argument("branch_name", metavar="BRANCH")
+@click.pass_context
+def branch(ctx: click.Context, target: str, branch_name: str) -> None:
+    """Create a branch at a revision."""
+    spec = _spec(target)
+    commit = _run(ctx, lambda r: r.create_branch(spec.owner, spec.name, branch_name, spec.rev))
+    click.echo(f"{branch_name} -> {commit}")
+
+
+def main() -> None:
+    cli(prog_name="streamfs")

@@ -1,0 +1,502 @@
+"""The HTTP API v1 (docs/protocol.md): a Starlette app over a RepoStore.
+
+Handlers are thin: check access, parse and validate input, call the store in
+a worker thread, shape the JSON. Every error leaves as a JSON body
+``{"error": {"code": ..., "message": ...}}`` with a 4xx status; a 500 means a
+bug. Blocking store calls never run on the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .. import _errors as errors
+from .._model import BLOCK_SIZE, check_name, check_object_id, check_ref_name
+from .._treeops import Change
+from ._auth import Principal, TokenBook
+from ._http import RangeNotSatisfiable, etag_matches, parse_range
+from ._openapi import openapi_document
+from ._store import ObjectKind, RepoInfo, RepoStore, object_key
+
+log = logging.getLogger("streamfs.server")
+T = TypeVar("T")
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_json_bytes: int = 64 * 1024 * 1024
+    max_blob_bytes: int = 64 * 1024 * 1024 * 1024
+    max_log: int = 10_000
+    max_diff_entries: int = 1_000_000
+
+
+_STATUS = [
+    (errors.NotFoundError, 404),
+    (errors.AlreadyExistsError, 409),
+    (errors.ConflictError, 409),
+    (errors.InvalidInputError, 400),
+    (errors.TooLargeError, 413),
+    (errors.IntegrityError, 422),
+]
+
+
+def _error_code(exc: errors.StreamfsError) -> str:
+    for code, cls in errors.ERROR_CODES.items():
+        if type(exc) is cls:
+            return code
+    return "error"
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+
+
+class Api:
+    def __init__(self, store: RepoStore, tokens: TokenBook, limits: Limits) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.limits = limits
+        self.metrics: Counter[str] = Counter()
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    # ---------------------------------------------------------------- access
+
+    def principal(self, request: Request) -> Principal:
+        return self.tokens.authenticate(request.headers.get("authorization"))
+
+    async def repo(self, request: Request, *, write: bool = False) -> tuple[str, str, RepoInfo]:
+        owner = check_name(request.path_params["owner"], "owner")
+        name = check_name(request.path_params["name"], "repository name")
+        principal = self.principal(request)
+        info = await self.run(self.store.get_repo, owner, name)
+        full = f"{owner}/{name}"
+        if not principal.can_read(full, info.private):
+            _deny(principal, f"no read access to {full}")
+        if write and not principal.can_write(full):
+            _deny(principal, f"no write access to {full}")
+        return owner, name, info
+
+    # ---------------------------------------------------------------- repos
+
+    async def list_repos(self, request: Request) -> Response:
+        principal = self.principal(request)
+        repos = await self.run(lambda: list(self.store.list_repos()))
+        visible = [r.to_json() for r in repos if principal.can_read(f"{r.owner}/{r.name}", r.private)]
+        return JSONResponse({"repos": visible})
+
+    async def create_repo(self, request: Request) -> Response:
+        body = await self.json_body(request)
+        owner = check_name(body.get("owner"), "owner")
+        name = check_name(body.get("name"), "repository name")
+        private = _bool(body.get("private", False), "private")
+        branch = check_ref_name(body.get("default_branch", "main"), "branch name")
+        principal = self.principal(request)
+        if not principal.can_write(f"{owner}/{name}"):
+            _deny(principal, f"no write access to {owner}/{name}")
+        info = await self.run(
+            partial(self.store.create_repo, owner, name, private=private, default_branch=branch)
+        )
+        return JSONResponse(info.to_json(), 201)
+
+    async def get_repo(self, request: Request) -> Response:
+        _, _, info = await self.repo(request)
+        return JSONResponse(info.to_json())
+
+    async def refs(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request)
+        return JSONResponse(await self.run(self.store.refs, owner, name))
+
+    async def create_branch(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request, write=True)
+        body = await self.json_body(request)
+        branch = check_ref_name(body.get("name"), "branch name")
+        rev = _opt_str(body.get("rev"), "rev")
+        commit = await self.run(self.store.create_branch, owner, name, branch, rev)
+        return JSONResponse({"name": branch, "commit": commit}, 201)
+
+    async def create_tag(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request, write=True)
+        body = await self.json_body(request)
+        tag = check_ref_name(body.get("name"), "tag")
+        rev = _opt_str(body.get("rev"), "rev")
+        commit = await self.run(self.store.create_tag, owner, name, tag, rev or "")
+        return JSONResponse({"name": tag, "commit": commit}, 201)
+
+    async def resolve(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request)
+        rev = request.query_params.get("rev")
+        commit = await self.run(self.store.resolve, owner, name, rev)
+        return JSONResponse({"rev": rev, "commit": commit})
+
+    # ---------------------------------------------------------------- history
+
+    async def log(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request)
+        limit = _int_param(request, "limit", 50, 1, self.limits.max_log)
+        entries = await self.run(self.store.log, owner, name, request.query_params.get("rev"), limit)
+        return JSONResponse({"commits": [{"id": oid, **c.to_json()} for oid, c in entries]})
+
+    async def diff(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request)
+        old, new = request.query_params.get("from"), request.query_params.get("to")
+        if not old or not new:
+            raise errors.InvalidInputError("diff needs the query parameters 'from' and 'to'")
+        old_id = await self.run(self.store.resolve, owner, name, old)
+        new_id = await self.run(self.store.resolve, owner, name, new)
+        diffs = await self.run(self.store.diff, owner, name, old_id, new_id)
+        lists: dict[str, list[dict[str, Any]]] = {"added": [], "removed": [], "modified": []}
+        for d in diffs[: self.limits.max_diff_entries]:
+            entry = d.new if d.new is not None else d.old
+            assert entry is not None
+            item: dict[str, Any] = {"path": d.path, "id": entry.id, "size": entry.size}
+            if d.old is not None and d.new is not None:
+                item["old_id"], item["old_size"] = d.old.id, d.old.size
+            lists[d.status].append(item)
+        counts = {k: len(v) for k, v in lists.items()}
+        truncated = len(diffs) > self.limits.max_diff_entries
+        return JSONResponse({"from": old_id, "to": new_id, **lists, "counts": counts, "truncated": truncated})
+
+    # ---------------------------------------------------------------- objects
+
+    async def get_commit(self, request: Request) -> Response:
+        return await self._object(request, "commit")
+
+    async def get_tree(self, request: Request) -> Response:
+        return await self._object(request, "tree")
+
+    async def _object(self, request: Request, kind: ObjectKind) -> Response:
+        owner, name, info = await self.repo(request)
+        oid = check_object_id(request.path_params["id"], f"{kind} id")
+        headers = _immutable_headers(oid, info.private)
+        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        data = await self.run(self.store.get_object, owner, name, kind, oid)
+        return Response(data, media_type="application/json", headers=headers)
+
+    async def create_commit(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request, write=True)
+        body = await self.json_body(request)
+        raw_changes = body.get("changes")
+        if not isinstance(raw_changes, list):
+            raise errors.InvalidInputError("'changes' must be a list")
+        changes = [_change(c) for c in raw_changes]
+        meta = body.get("meta", {})
+        if not isinstance(meta, dict):
+            raise errors.InvalidInputError("'meta' must be an object")
+        parent = body.get("parent")
+        if parent is not None:
+            parent = check_object_id(parent, "parent commit id")
+        result = await self.run(
+            partial(
+                self.store.commit,
+                owner,
+                name,
+                branch=check_ref_name(body.get("branch"), "branch name"),
+                parent=parent,
+                changes=changes,
+                message=_opt_str(body.get("message"), "message") or "",
+                author=_opt_str(body.get("author"), "author") or self.principal(request).user,
+                meta=meta,
+            )
+        )
+        return JSONResponse(
+            {
+                "commit": result.commit,
+                "parent": result.parent,
+                "rebased": result.rebased,
+                "changed": result.changed,
+            },
+            201 if result.changed else 200,
+        )
+
+    # ---------------------------------------------------------------- blobs
+
+    async def missing_blobs(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request, write=True)
+        body = await self.json_body(request)
+        ids = body.get("ids")
+        if not isinstance(ids, list) or len(ids) > 1_000_000:
+            raise errors.InvalidInputError("'ids' must be a list of blob ids")
+        missing = await self.run(self.store.missing_blobs, owner, name, ids)
+        return JSONResponse({"missing": missing})
+
+    async def blob_blocks(self, request: Request) -> Response:
+        owner, name, info = await self.repo(request)
+        oid = check_object_id(request.path_params["id"], "blob id")
+        await self.run(self.store.blob_size, owner, name, oid)
+        data = await self.run(self.store.storage.read, object_key("blockmap", oid))
+        if data is None:
+            raise errors.NotFoundError(f"no block hashes for blob {oid}")
+        return Response(data, media_type="application/json", headers=_immutable_headers(oid, info.private))
+
+    async def get_blob(self, request: Request) -> Response:
+        owner, name, info = await self.repo(request)
+        oid = check_object_id(request.path_params["id"], "blob id")
+        size = await self.run(self.store.blob_size, owner, name, oid)
+        headers = _immutable_headers(oid, info.private)
+        headers["Accept-Ranges"] = "bytes"
+        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        try:
+            span = parse_range(request.headers.get("range"), size)
+        except RangeNotSatisfiable as exc:
+            headers["Content-Range"] = f"bytes */{size}"
+            return error_response(416, "range_not_satisfiable", str(exc), headers)
+        status, (start, end) = (200, (0, size)) if span is None else (206, span)
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        headers["Content-Length"] = str(end - start)
+        self.metrics["blob_get_requests"] += 1
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+        self.metrics["blob_bytes_sent"] += end - start
+        chunks = self.store.storage.iter_range(object_key("blob", oid), start, end - start, CHUNK)
+        return StreamingResponse(
+            iterate_in_threadpool(chunks), status, headers, media_type="application/octet-stream"
+        )
+
+    async def put_blob(self, request: Request) -> Response:
+        owner, name, _ = await self.repo(request, write=True)
+        oid = check_object_id(request.path_params["id"], "blob id")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_blob_bytes:
+            raise errors.TooLargeError(f"blob is larger than {self.limits.max_blob_bytes} bytes")
+        if await self.run(self.store.holds, owner, name, "blob", oid):
+            async for _ in request.stream():
+                pass
+            return JSONResponse({"id": oid, "stored": False})
+        staged = await self._receive(request, oid)
+        try:
+            await self.run(self.store.adopt_blob, owner, name, oid, staged.path, staged.blocks)
+        finally:
+            staged.path.unlink(missing_ok=True)
+        self.metrics["blob_put_requests"] += 1
+        self.metrics["blob_bytes_received"] += staged.size
+        return JSONResponse({"id": oid, "stored": True, "size": staged.size}, 201)
+
+    async def _receive(self, request: Request, oid: str) -> _Staged:
+        """Stream the body to a staging file, hashing it whole and per block."""
+        staging = await self.run(self.store.storage.staging_dir)
+        receiver = await self.run(_Receiver, staging, self.limits.max_blob_bytes)
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            async for chunk in request.stream():
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= CHUNK:
+                    await self.run(receiver.write, b"".join(pending))
+                    pending, pending_size = [], 0
+            await self.run(receiver.write, b"".join(pending))
+            staged = await self.run(receiver.finish)
+        except BaseException:
+            await self.run(receiver.abort)
+            raise
+        if staged.sha256 != oid:
+            staged.path.unlink(missing_ok=True)
+            raise errors.IntegrityError(
+                f"upload does not match its id: sha256 of the body is {staged.sha256}, not {oid}"
+            )
+        return staged
+
+    # ---------------------------------------------------------------- meta
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def get_metrics(self, request: Request) -> Response:
+        return JSONResponse(dict(self.metrics))
+
+    async def json_body(self, request: Request) -> dict[str, Any]:
+        limit = self.limits.max_json_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise errors.TooLargeError(f"request body is larger than {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise errors.TooLargeError(f"request body is larger than {limit} bytes")
+        try:
+            value = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise errors.InvalidInputError("malformed JSON in the request body") from None
+        if not isinstance(value, dict):
+            raise errors.InvalidInputError("the request body must be a JSON object")
+        return value
+
+
+@dataclass
+class _Staged:
+    path: Path
+    size: int
+    sha256: str
+    blocks: list[str]
+
+
+class _Receiver:
+    """A staging file being written; all methods block (run them in a thread)."""
+
+    def __init__(self, staging: Path, limit: int) -> None:
+        import tempfile
+
+        fd, name = tempfile.mkstemp(dir=staging, prefix="upload-")
+        self.path = Path(name)
+        self.file = open(fd, "wb")  # noqa: SIM115 - closed in finish/abort
+        self.limit = limit
+        self.size = 0
+        self.whole = hashlib.sha256()
+        self.block = hashlib.sha256()
+        self.block_fill = 0
+        self.blocks: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise errors.TooLargeError(f"blob is larger than {self.limit} bytes")
+        self.file.write(data)
+        self.whole.update(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), BLOCK_SIZE - self.block_fill)
+            self.block.update(view[:take])
+            self.block_fill += take
+            view = view[take:]
+            if self.block_fill == BLOCK_SIZE:
+                self.blocks.append(self.block.hexdigest())
+                self.block, self.block_fill = hashlib.sha256(), 0
+
+    def finish(self) -> _Staged:
+        if self.block_fill or not self.blocks:
+            self.blocks.append(self.block.hexdigest())
+        self.file.close()
+        return _Staged(self.path, self.size, self.whole.hexdigest(), self.blocks)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _immutable_headers(oid: str, private: bool) -> dict[str, str]:
+    return {"ETag": f'"{oid}"', "Cache-Control": IMMUTABLE_PRIVATE if private else IMMUTABLE}
+
+
+def _deny(principal: Principal, message: str) -> None:
+    if principal.grant is None and not principal.open_server:
+        raise _Unauthorized(message + " (send a token: STREAMFS_TOKEN)")
+    raise errors.AccessDeniedError(message)
+
+
+class _Unauthorized(errors.AccessDeniedError):
+    pass
+
+
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise errors.InvalidInputError(f"'{what}' must be true or false")
+    return value
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or len(value) > 65536 or "\x00" in value):
+        raise errors.InvalidInputError(f"'{what}' must be a string")
+    return value
+
+
+def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise errors.InvalidInputError(f"'{key}' must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _change(raw: object) -> Change:
+    if not isinstance(raw, dict):
+        raise errors.InvalidInputError("every change must be an object")
+    return Change.checked(raw.get("op"), raw.get("path"), raw.get("blob"), raw.get("size", 0))
+
+
+async def _streamfs_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.StreamfsError)
+    if isinstance(exc, _Unauthorized):
+        return error_response(401, "unauthorized", exc.message, {"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, errors.AccessDeniedError):
+        return error_response(403, "forbidden", exc.message)
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return error_response(status, _error_code(exc), exc.message)
+    log.exception("unexpected streamfs error", exc_info=exc)
+    return error_response(500, "internal", exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _disconnect(request: Request, exc: Exception) -> Response:
+    return error_response(400, "client_disconnected", "the client went away mid-request")
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "internal server error (see the server log)")
+
+
+def create_app(store: RepoStore, tokens: TokenBook, limits: Limits | None = None) -> Starlette:
+    api = Api(store, tokens, limits or Limits())
+    repo = "/v1/repos/{owner}/{name}"
+    routes = [
+        Route("/v1/openapi.json", api.openapi),
+        Route("/v1/metrics", api.get_metrics),
+        Route("/v1/repos", api.list_repos, methods=["GET"]),
+        Route("/v1/repos", api.create_repo, methods=["POST"]),
+        Route(repo, api.get_repo),
+        Route(repo + "/refs", api.refs),
+        Route(repo + "/branches", api.create_branch, methods=["POST"]),
+        Route(repo + "/tags", api.create_tag, methods=["POST"]),
+        Route(repo + "/resolve", api.resolve),
+        Route(repo + "/log", api.log),
+        Route(repo + "/diff", api.diff),
+        Route(repo + "/commits", api.create_commit, methods=["POST"]),
+        Route(repo + "/commits/{id}", api.get_commit),
+        Route(repo + "/trees/{id}", api.get_tree),
+        Route(repo + "/blobs/missing", api.missing_blobs, methods=["POST"]),
+        Route(repo + "/blobs/{id}", api.get_blob, methods=["GET", "HEAD"]),
+        Route(repo + "/blobs/{id}", api.put_blob, methods=["PUT"]),
+        Route(repo + "/blobs/{id}/blocks", api.blob_blocks),
+    ]
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        errors.StreamfsError: _streamfs_error,
+        HTTPException: _http_error,
+        ClientDisconnect: _disconnect,
+        Exception: _internal,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    app.state.api = api
+    return app
+

@@ -1,0 +1,349 @@
+"""Repositories over a Storage: refs, objects held per repo, commits that never lose work.
+
+Layout of keys (every name in them is validated before use)::
+
+    objects/blob/ab/cdef...          blob bytes, stored once per server
+    objects/blockmap/ab/cdef...      per-block sha256 of a blob (JSON)
+    objects/tree/ab/cdef...          canonical tree bytes
+    objects/commit/ab/cdef...        canonical commit bytes
+    repos/OWNER/NAME/repo            the repo record (a ref: JSON)
+    repos/OWNER/NAME/heads/BRANCH    branch -> commit id (a ref, quoted name)
+    repos/OWNER/NAME/tags/TAG        tag -> commit id (a ref, created once)
+    repos/OWNER/NAME/has/KIND/ab/ID  marker: this repo holds that object
+
+An object is served through a repo only if the repo holds it, so knowing a
+hash does not open another repo's data. Blocking methods: call them from a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+
+from .._errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
+from .._model import (
+    BLOCK_SIZE,
+    EMPTY_TREE,
+    Commit,
+    Tree,
+    check_name,
+    check_object_id,
+    check_ref_name,
+    decode_commit,
+    decode_tree,
+    encode_commit,
+    encode_tree,
+    is_object_id,
+    object_id,
+)
+from .._treeops import Change, FileDiff, apply_changes, diff_trees, find_conflicts
+from ._storage import Storage
+
+ObjectKind = Literal["blob", "tree", "commit"]
+MAX_COMMIT_ATTEMPTS = 50
+
+
+def object_key(kind: str, oid: str) -> str:
+    return f"objects/{kind}/{oid[:2]}/{oid[2:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class RepoInfo:
+    owner: str
+    name: str
+    private: bool
+    default_branch: str
+    created: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "name": self.name,
+            "private": self.private,
+            "default_branch": self.default_branch,
+            "created": self.created,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    commit: str
+    parent: str
+    rebased: bool
+    changed: bool
+
+
+class RepoStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._load_tree_cached = functools.lru_cache(maxsize=8192)(self._load_tree_uncached)
+
+    # ------------------------------------------------------------ repos
+
+    def _repo_prefix(self, owner: str, name: str) -> str:
+        return f"repos/{check_name(owner, 'owner')}/{check_name(name, 'repository name')}"
+
+    def create_repo(
+        self, owner: str, name: str, *, private: bool = False, default_branch: str = "main"
+    ) -> RepoInfo:
+        prefix = self._repo_prefix(owner, name)
+        check_ref_name(default_branch, "branch name")
+        info = RepoInfo(owner, name, private, default_branch, int(time.time()))
+        if not self.storage.cas_ref(f"{prefix}/repo", None, json.dumps(info.to_json())):
+            raise AlreadyExistsError(f"repository {owner}/{name} already exists")
+        tree = self._store_tree(owner, name, EMPTY_TREE)
+        root = Commit(tree, (), "create repository", "streamfs", info.created)
+        commit = self._store_commit(owner, name, root)
+        self.storage.cas_ref(self._head_key(owner, name, default_branch), None, commit)
+        return info
+
+    def get_repo(self, owner: str, name: str) -> RepoInfo:
+        raw = self.storage.get_ref(f"{self._repo_prefix(owner, name)}/repo")
+        if raw is None:
+            raise RepoNotFoundError(f"repository {owner}/{name} not found")
+        data = json.loads(raw)
+        return RepoInfo(
+            data["owner"], data["name"], data["private"], data["default_branch"], data["created"]
+        )
+
+    def list_repos(self) -> Iterator[RepoInfo]:
+        for key in self.storage.list("repos"):
+            parts = key.split("/")
+            if len(parts) == 4 and parts[3] == "repo":
+                yield self.get_repo(parts[1], parts[2])
+
+    # ------------------------------------------------------------ objects
+
+    def _has_key(self, owner: str, name: str, kind: str, oid: str) -> str:
+        return f"{self._repo_prefix(owner, name)}/has/{kind}/{oid[:2]}/{oid}"
+
+    def holds(self, owner: str, name: str, kind: ObjectKind, oid: str) -> bool:
+        if not is_object_id(oid):
+            return False
+        return self.storage.size(self._has_key(owner, name, kind, oid)) is not None
+
+    def _mark(self, owner: str, name: str, kind: ObjectKind, oid: str) -> None:
+        self.storage.write(self._has_key(owner, name, kind, oid), b"")
+
+    def get_object(self, owner: str, name: str, kind: ObjectKind, oid: str) -> bytes:
+        check_object_id(oid)
+        data = self.storage.read(object_key(kind, oid)) if self.holds(owner, name, kind, oid) else None
+        if data is None:
+            raise NotFoundError(f"no {kind} {oid} in {owner}/{name}")
+        return data
+
+    def blob_size(self, owner: str, name: str, oid: str) -> int:
+        check_object_id(oid, "blob id")
+        size = self.storage.size(object_key("blob", oid)) if self.holds(owner, name, "blob", oid) else None
+        if size is None:
+            raise NotFoundError(f"no blob {oid} in {owner}/{name}")
+        return size
+
+    def missing_blobs(self, owner: str, name: str, ids: Sequence[str]) -> list[str]:
+        self.get_repo(owner, name)
+        return [oid for oid in ids if not self.holds(owner, name, "blob", check_object_id(oid))]
+
+    def blob_known(self, oid: str) -> bool:
+        return self.storage.size(object_key("blob", oid)) is not None
+
+    def adopt_blob(self, owner: str, name: str, oid: str, staged: Any, blocks: list[str]) -> None:
+        """Keep a received and verified blob (``staged`` is a file in the staging dir)."""
+        if self.blob_known(oid):
+            staged.unlink(missing_ok=True)
+        else:
+            self.storage.write_file(object_key("blob", oid), staged)
+        blockmap = {"block_size": BLOCK_SIZE, "blocks": blocks}
+        self.storage.write(object_key("blockmap", oid), json.dumps(blockmap).encode())
+        self._mark(owner, name, "blob", oid)
+
+    def _load_tree_uncached(self, oid: str) -> Tree:
+        data = self.storage.read(object_key("tree", oid))
+        if data is None:
+            raise NotFoundError(f"tree {oid} is missing from the store")
+        return decode_tree(data)
+
+    def load_tree(self, oid: str) -> Tree:
+        tree: Tree = self._load_tree_cached(oid)
+        return tree
+
+    def _store_tree(self, owner: str, name: str, tree: Tree) -> str:
+        data = encode_tree(tree)
+        oid = object_id(data)
+        self.storage.write(object_key("tree", oid), data)
+        self._mark(owner, name, "tree", oid)
+        return oid
+
+    def _store_commit(self, owner: str, name: str, commit: Commit) -> str:
+        data = encode_commit(commit)
+        oid = object_id(data)
+        self.storage.write(object_key("commit", oid), data)
+        self._mark(owner, name, "commit", oid)
+        return oid
+
+    def load_commit(self, owner: str, name: str, oid: str) -> Commit:
+        return decode_commit(self.get_object(owner, name, "commit", oid))
+
+    # ------------------------------------------------------------ refs
+
+    def _head_key(self, owner: str, name: str, branch: str) -> str:
+        return f"{self._repo_prefix(owner, name)}/heads/{quote(branch, safe='')}"
+
+    def _tag_key(self, owner: str, name: str, tag: str) -> str:
+        return f"{self._repo_prefix(owner, name)}/tags/{quote(tag, safe='')}"
+
+    def refs(self, owner: str, name: str) -> dict[str, dict[str, str]]:
+        self.get_repo(owner, name)
+        prefix = self._repo_prefix(owner, name)
+        result: dict[str, dict[str, str]] = {"branches": {}, "tags": {}}
+        for kind, folder in (("branches", "heads"), ("tags", "tags")):
+            for key in self.storage.list(f"{prefix}/{folder}"):
+                value = self.storage.get_ref(key)
+                if value is not None:
+                    result[kind][unquote(key.rsplit("/", 1)[1])] = value
+        return result
+
+    def resolve(self, owner: str, name: str, rev: str | None) -> str:
+        """A branch, tag, full commit id or unique prefix (4+ hex digits) -> commit id."""
+        info = self.get_repo(owner, name)
+        rev = info.default_branch if rev is None or rev == "" else rev
+        if not isinstance(rev, str) or len(rev) > 200 or "\x00" in rev:
+            raise InvalidInputError(f"invalid revision {rev!r}")
+        for key in (self._head_key, self._tag_key):
+            try:
+                value = self.storage.get_ref(key(owner, name, check_ref_name(rev)))
+            except (InvalidInputError, ValueError):
+                value = None
+            if value is not None:
+                return value
+        if is_object_id(rev) and self.holds(owner, name, "commit", rev):
+            return rev
+        if 4 <= len(rev) < 64 and all(c in "0123456789abcdef" for c in rev):
+            return self._resolve_prefix(owner, name, rev)
+        raise RevisionNotFoundError(f"revision {rev!r} not found in {owner}/{name}")
+
+    def _resolve_prefix(self, owner: str, name: str, prefix: str) -> str:
+        folder = f"{self._repo_prefix(owner, name)}/has/commit/{prefix[:2]}"
+        found = [k.rsplit("/", 1)[1] for k in self.storage.list(folder)]
+        matches = [oid for oid in found if oid.startswith(prefix)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise InvalidInputError(f"revision {prefix!r} is ambiguous: {len(matches)} commits")
+        raise RevisionNotFoundError(f"revision {prefix!r} not found in {owner}/{name}")
+
+    def create_tag(self, owner: str, name: str, tag: str, rev: str) -> str:
+        commit = self.resolve(owner, name, rev)
+        if not self.storage.cas_ref(self._tag_key(owner, name, check_ref_name(tag, "tag")), None, commit):
+            raise AlreadyExistsError(f"tag {tag!r} already exists in {owner}/{name}; tags never move")
+        return commit
+
+    def create_branch(self, owner: str, name: str, branch: str, rev: str | None) -> str:
+        commit = self.resolve(owner, name, rev)
+        key = self._head_key(owner, name, check_ref_name(branch, "branch name"))
+        if not self.storage.cas_ref(key, None, commit):
+            raise AlreadyExistsError(f"branch {branch!r} already exists in {owner}/{name}")
+        return commit
+
+    # ------------------------------------------------------------ history
+
+    def log(self, owner: str, name: str, rev: str | None, limit: int) -> list[tuple[str, Commit]]:
+        oid: str | None = self.resolve(owner, name, rev)
+        result = []
+        while oid is not None and len(result) < limit:
+            commit = self.load_commit(owner, name, oid)
+            result.append((oid, commit))
+            oid = commit.parents[0] if commit.parents else None
+        return result
+
+    def diff(self, owner: str, name: str, old: str, new: str) -> list[FileDiff]:
+        a = self.load_commit(owner, name, self.resolve(owner, name, old))
+        b = self.load_commit(owner, name, self.resolve(owner, name, new))
+        return list(diff_trees(a.tree, b.tree, self.load_tree))
+
+    # ------------------------------------------------------------ commits
+
+    def commit(
+        self,
+        owner: str,
+        name: str,
+        *,
+        branch: str,
+        parent: str | None,
+        changes: Sequence[Change],
+        message: str,
+        author: str,
+        meta: dict[str, Any],
+    ) -> CommitResult:
+        """Make one commit on ``branch`` and move the branch to it.
+
+        ``parent`` is the commit the writer started from (None: the current
+        head). If the branch has moved since, the changes are applied on top
+        of the new head unless they touch a path that moved too: then
+        ConflictError names the paths. A lost compare-and-swap is retried.
+        """
+        key = self._head_key(owner, name, check_ref_name(branch, "branch name"))
+        self.get_repo(owner, name)
+        changes = [self._with_real_size(owner, name, c) for c in changes]
+        if parent is not None and not self.holds(owner, name, "commit", parent):
+            raise RevisionNotFoundError(f"parent commit {parent} not found in {owner}/{name}")
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            head = self.storage.get_ref(key)
+            if head is None:
+                raise RevisionNotFoundError(f"branch {branch!r} not found in {owner}/{name}")
+            base = parent if parent is not None else head
+            head_commit = self.load_commit(owner, name, head)
+            if base != head:
+                self._check_no_conflict(owner, name, base, head_commit, changes)
+            now = int(time.time())
+            tree = apply_changes(
+                head_commit.tree,
+                changes,
+                self.load_tree,
+                lambda t: self._store_tree(owner, name, t),
+                now,
+            )
+            if tree == head_commit.tree:
+                return CommitResult(head, head, base != head, changed=False)
+            new = self._store_commit(
+                owner, name, Commit(tree, (head,), message, author, now, meta)
+            )
+            if self.storage.cas_ref(key, head, new):
+                return CommitResult(new, head, base != head, changed=True)
+        raise ConflictError(f"branch {branch!r} kept moving; gave up after {MAX_COMMIT_ATTEMPTS} tries")
+
+    def _with_real_size(self, owner: str, name: str, change: Change) -> Change:
+        if change.blob is None:
+            return change
+        if not self.holds(owner, name, "blob", change.blob):
+            raise InvalidInputError(
+                f"blob {change.blob} for {change.path!r} has not been uploaded to {owner}/{name}"
+            )
+        size = self.storage.size(object_key("blob", change.blob))
+        assert size is not None
+        return Change(change.op, change.path, change.blob, size)
+
+    def _check_no_conflict(
+        self, owner: str, name: str, base: str, head: Commit, changes: Sequence[Change]
+    ) -> None:
+        base_commit = self.load_commit(owner, name, base)
+        moved = (d.path for d in diff_trees(base_commit.tree, head.tree, self.load_tree))
+        conflicts = find_conflicts(changes, moved)
+        if conflicts:
+            shown = ", ".join(repr(p) for p in conflicts[:10])
+            more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+            raise ConflictError(
+                f"the branch moved since {base[:12]} and another commit changed {shown}{more}"
+            )
