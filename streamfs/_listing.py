@@ -7,7 +7,9 @@ from ._model import Entry, RepoSpec, split_path
 from ._remote import Remote
 
 
-async def list_path(remote: Remote, spec: RepoSpec, *, recursive: bool = False) -> tuple[str, list[tuple[str, Entry]]]:
+async def list_path(
+    remote: Remote, spec: RepoSpec, *, recursive: bool = False
+) -> tuple[str, list[tuple[str, Entry]]]:
     """(commit id, [(path, entry), ...]) for the folder or file ``spec.path``."""
     commit = await remote.resolve(spec.owner, spec.name, spec.rev)
     tree_id = (await remote.get_commit(spec.owner, spec.name, commit)).tree
@@ -15,7 +17,10 @@ async def list_path(remote: Remote, spec: RepoSpec, *, recursive: bool = False) 
     for i, part in enumerate(parts):
         entry = (await remote.get_tree(spec.owner, spec.name, tree_id)).get(part)
         if entry is None:
-            raise PathNotFoundError(f"{spec.repo}@{spec.rev or '(default)'}: no such path", filename="/".join(parts[: i + 1]))
+            raise PathNotFoundError(
+                f"{spec.repo}@{spec.rev or '(default)'}: no such path",
+                filename="/".join(parts[: i + 1]),
+            )
         if not entry.is_dir:
             if i != len(parts) - 1:
                 raise PathNotFoundError("not a directory", filename="/".join(parts[: i + 1]))
@@ -26,7 +31,14 @@ async def list_path(remote: Remote, spec: RepoSpec, *, recursive: bool = False) 
     return commit, rows
 
 
-async def _collect(remote: Remote, spec: RepoSpec, tree_id: str, base: str, recursive: bool, rows: list[tuple[str, Entry]]) -> None:
+async def _collect(
+    remote: Remote,
+    spec: RepoSpec,
+    tree_id: str,
+    base: str,
+    recursive: bool,
+    rows: list[tuple[str, Entry]],
+) -> None:
     tree = await remote.get_tree(spec.owner, spec.name, tree_id)
     for entry in tree.entries:
         path = f"{base}/{entry.name}" if base else entry.name

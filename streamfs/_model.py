@@ -8,6 +8,7 @@ come from the network, so every decoder validates what it returns.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -162,7 +163,7 @@ class Tree:
 
 def make_tree(entries: Iterable[Entry]) -> Tree:
     ordered = tuple(sorted(entries, key=lambda e: e.name))
-    for a, b in zip(ordered, ordered[1:], strict=False):
+    for a, b in itertools.pairwise(ordered):
         if a.name == b.name:
             raise InvalidInputError(f"duplicate entry {a.name!r} in a tree")
     return Tree(ordered)

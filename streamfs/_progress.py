@@ -20,13 +20,23 @@ class ProgressBars:
             return
         bar = self._bars.get(phase)
         if bar is None:
-            bar = tqdm(total=total, desc=phase, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
+            bar = tqdm(
+                total=total,
+                desc=phase,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                leave=False,
+            )
             self._bars[phase] = bar
         bar.update(done - bar.n)
 
     def __enter__(self) -> ProgressBars:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for bar in self._bars.values():
             bar.close()

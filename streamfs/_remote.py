@@ -47,7 +47,9 @@ def _map_errors(what: str) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise errors.RemoteUnavailableError(f"{what}: the server did not answer in time ({exc!r})") from None
+        raise errors.RemoteUnavailableError(
+            f"{what}: the server did not answer in time ({exc!r})"
+        ) from None
     except httpx.TransportError as exc:
         raise errors.RemoteUnavailableError(f"{what}: cannot reach the server: {exc}") from None
 
@@ -88,7 +90,9 @@ class Remote:
         timeout = httpx.Timeout(
             self.retry.read_timeout, connect=self.retry.connect_timeout, pool=self.retry.deadline
         )
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._client = httpx.AsyncClient(
             base_url=self.url + "/v1", headers=headers, timeout=timeout, limits=limits
         )
@@ -128,12 +132,15 @@ class Remote:
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.retry.max_backoff)
 
-    async def _json(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
+    async def _json(self, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
         response = await self._request(method, url, what, **kwargs)
         try:
-            return response.json()
+            body = response.json()
         except ValueError:
-            raise errors.RemoteError(f"{what}: the server sent malformed JSON") from None
+            body = None
+        if not isinstance(body, dict):
+            raise errors.RemoteError(f"{what}: the server sent malformed JSON")
+        return body
 
     @staticmethod
     def _repo(owner: str, name: str) -> str:
@@ -143,13 +150,15 @@ class Remote:
 
     async def create_repo(self, owner: str, name: str, *, private: bool = False) -> dict[str, Any]:
         body = {"owner": owner, "name": name, "private": private}
-        return await self._json("POST", "/repos", f"create {owner}/{name}", json=body, idempotent=False)  # type: ignore[no-any-return]
+        return await self._json(
+            "POST", "/repos", f"create {owner}/{name}", json=body, idempotent=False
+        )
 
     async def get_repo(self, owner: str, name: str) -> dict[str, Any]:
-        return await self._json("GET", self._repo(owner, name), f"{owner}/{name}")  # type: ignore[no-any-return]
+        return await self._json("GET", self._repo(owner, name), f"{owner}/{name}")
 
     async def refs(self, owner: str, name: str) -> dict[str, dict[str, str]]:
-        return await self._json("GET", self._repo(owner, name) + "/refs", f"{owner}/{name}")  # type: ignore[no-any-return]
+        return await self._json("GET", self._repo(owner, name) + "/refs", f"{owner}/{name}")
 
     async def resolve(self, owner: str, name: str, rev: str | None) -> str:
         params = {"rev": rev} if rev else {}
@@ -159,37 +168,52 @@ class Remote:
 
     async def create_tag(self, owner: str, name: str, tag: str, rev: str) -> str:
         body = await self._json(
-            "POST", self._repo(owner, name) + "/tags", f"tag {tag}", json={"name": tag, "rev": rev}, idempotent=False
+            "POST",
+            self._repo(owner, name) + "/tags",
+            f"tag {tag}",
+            json={"name": tag, "rev": rev},
+            idempotent=False,
         )
         return _checked_id(body.get("commit"))
 
     async def create_branch(self, owner: str, name: str, branch: str, rev: str | None) -> str:
         body = await self._json(
-            "POST", self._repo(owner, name) + "/branches", f"branch {branch}",
-            json={"name": branch, "rev": rev}, idempotent=False,
+            "POST",
+            self._repo(owner, name) + "/branches",
+            f"branch {branch}",
+            json={"name": branch, "rev": rev},
+            idempotent=False,
         )
         return _checked_id(body.get("commit"))
 
     # ------------------------------------------------------------ objects
 
     async def get_commit(self, owner: str, name: str, oid: str) -> Commit:
-        response = await self._request("GET", self._repo(owner, name) + f"/commits/{oid}", f"commit {oid}")
+        response = await self._request(
+            "GET", self._repo(owner, name) + f"/commits/{oid}", f"commit {oid}"
+        )
         _check_object(response.content, oid, "commit")
         return decode_commit(response.content)
 
     async def get_tree_bytes(self, owner: str, name: str, oid: str) -> bytes:
-        response = await self._request("GET", self._repo(owner, name) + f"/trees/{oid}", f"tree {oid}")
+        response = await self._request(
+            "GET", self._repo(owner, name) + f"/trees/{oid}", f"tree {oid}"
+        )
         _check_object(response.content, oid, "tree")
         return response.content
 
     async def get_tree(self, owner: str, name: str, oid: str) -> Tree:
         return decode_tree(await self.get_tree_bytes(owner, name, oid))
 
-    async def log(self, owner: str, name: str, rev: str | None, limit: int = 50) -> list[tuple[str, Commit]]:
+    async def log(
+        self, owner: str, name: str, rev: str | None, limit: int = 50
+    ) -> list[tuple[str, Commit]]:
         params: dict[str, Any] = {"limit": limit}
         if rev:
             params["rev"] = rev
-        body = await self._json("GET", self._repo(owner, name) + "/log", f"log of {owner}/{name}", params=params)
+        body = await self._json(
+            "GET", self._repo(owner, name) + "/log", f"log of {owner}/{name}", params=params
+        )
         result = []
         for item in body.get("commits", []):
             oid = _checked_id(item.pop("id", None))
@@ -199,7 +223,9 @@ class Remote:
 
     async def diff(self, owner: str, name: str, old: str, new: str) -> dict[str, Any]:
         params = {"from": old, "to": new}
-        return await self._json("GET", self._repo(owner, name) + "/diff", f"diff {old}..{new}", params=params)  # type: ignore[no-any-return]
+        return await self._json(
+            "GET", self._repo(owner, name) + "/diff", f"diff {old}..{new}", params=params
+        )
 
     async def commit(
         self,
@@ -224,11 +250,14 @@ class Remote:
             body["author"] = author
         # Not retried blindly: a commit that reached the server must not be made twice.
         result = await self._json(
-            "POST", self._repo(owner, name) + "/commits", f"commit to {owner}/{name}@{branch}",
-            json=body, idempotent=False,
+            "POST",
+            self._repo(owner, name) + "/commits",
+            f"commit to {owner}/{name}@{branch}",
+            json=body,
+            idempotent=False,
         )
         _checked_id(result.get("commit"))
-        return result  # type: ignore[no-any-return]
+        return result
 
     # ------------------------------------------------------------ blobs
 
@@ -237,7 +266,10 @@ class Remote:
         for start in range(0, len(ids), MISSING_BATCH):
             batch = list(ids[start : start + MISSING_BATCH])
             body = await self._json(
-                "POST", self._repo(owner, name) + "/blobs/missing", "missing blobs", json={"ids": batch}
+                "POST",
+                self._repo(owner, name) + "/blobs/missing",
+                "missing blobs",
+                json={"ids": batch},
             )
             asked = set(batch)
             missing.extend(oid for oid in body.get("missing", []) if oid in asked)
@@ -248,27 +280,38 @@ class Remote:
         url = self._repo(owner, name) + f"/blobs/{oid}"
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         await self._request(
-            "PUT", url, f"upload {path}", content=_file_chunks(path), headers=headers, idempotent=False
+            "PUT",
+            url,
+            f"upload {path}",
+            content=_file_chunks(path),
+            headers=headers,
+            idempotent=False,
         )
 
     async def put_blob_bytes(self, owner: str, name: str, oid: str, data: bytes) -> None:
         url = self._repo(owner, name) + f"/blobs/{oid}"
         await self._request("PUT", url, f"upload blob {oid[:12]}", content=data)
 
-    async def read_blob(self, owner: str, name: str, oid: str, start: int = 0, end: int | None = None) -> bytes:
+    async def read_blob(
+        self, owner: str, name: str, oid: str, start: int = 0, end: int | None = None
+    ) -> bytes:
         """Bytes [start, end) of a blob (end None: to its end). Not verified here."""
         headers = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
-        response = await self._request("GET", self._repo(owner, name) + f"/blobs/{oid}", f"blob {oid[:12]}", headers=headers)
+        response = await self._request(
+            "GET", self._repo(owner, name) + f"/blobs/{oid}", f"blob {oid[:12]}", headers=headers
+        )
         return response.content
 
     async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, list[str]]:
-        body = await self._json("GET", self._repo(owner, name) + f"/blobs/{oid}/blocks", f"blocks of {oid[:12]}")
+        body = await self._json(
+            "GET", self._repo(owner, name) + f"/blobs/{oid}/blocks", f"blocks of {oid[:12]}"
+        )
         return int(body["block_size"]), [_checked_id(b) for b in body["blocks"]]
 
     async def metrics(self) -> dict[str, int]:
-        return await self._json("GET", "/metrics", "metrics")  # type: ignore[no-any-return]
+        return await self._json("GET", "/metrics", "metrics")
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:

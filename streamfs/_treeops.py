@@ -41,7 +41,7 @@ class Change:
             return Change("delete", clean)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInputError(f"invalid size {size!r} for {clean!r}")
-        return Change(op, clean, check_object_id(blob, "blob id"), size)  # type: ignore[arg-type]
+        return Change(op, clean, check_object_id(blob, "blob id"), size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +196,7 @@ def find_conflicts(changes: Iterable[Change], changed_paths: Iterable[str]) -> l
     for change in changes:
         parts = change.path.split("/")
         ancestors = ("/".join(parts[:i]) for i in range(1, len(parts)))
-        if change.path in changed or change.path in changed_dirs:
-            conflicts.append(change.path)
-        elif any(a in changed for a in ancestors):
+        clash = change.path in changed or change.path in changed_dirs
+        if clash or any(a in changed for a in ancestors):
             conflicts.append(change.path)
     return conflicts

@@ -101,7 +101,9 @@ async def hash_files(files: list[LocalFile], progress: Progress) -> list[LocalFi
     return [h for h in hashed if h is not None]
 
 
-async def remote_files(remote: Remote, owner: str, name: str, tree: str, folder: str) -> dict[str, Entry]:
+async def remote_files(
+    remote: Remote, owner: str, name: str, tree: str, folder: str
+) -> dict[str, Entry]:
     """path -> entry of every file below ``folder`` in the tree ``tree``."""
     current = tree
     for part in split_path(folder):
@@ -142,7 +144,9 @@ async def upload(
     files = collect_files(local, to)
     head = await remote.resolve(owner, name, branch)
     files = await hash_files(files, progress)
-    existing = await remote_files(remote, owner, name, (await remote.get_commit(owner, name, head)).tree, to)
+    existing = await remote_files(
+        remote, owner, name, (await remote.get_commit(owner, name, head)).tree, to
+    )
     changed = [f for f in files if (e := existing.get(f.remote_path)) is None or e.id != f.blob]
     if not changed:
         return UploadResult(head, head, 0, len(files), 0, 0)
@@ -163,9 +167,18 @@ async def upload(
     async with trio.open_nursery() as nursery:
         for blob in missing:
             nursery.start_soon(send, blob)
-    changes = [{"op": "put", "path": f.remote_path, "blob": f.blob, "size": f.size} for f in changed]
+    changes = [
+        {"op": "put", "path": f.remote_path, "blob": f.blob, "size": f.size} for f in changed
+    ]
     result = await remote.commit(
-        owner, name, branch=branch, parent=head, changes=changes, message=message, author=author, meta=meta
+        owner,
+        name,
+        branch=branch,
+        parent=head,
+        changes=changes,
+        message=message,
+        author=author,
+        meta=meta,
     )
     return UploadResult(
         commit=result["commit"],

@@ -32,7 +32,11 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.option("--remote", envvar="STREAMFS_REMOTE", help="Server URL [env STREAMFS_REMOTE; default http://127.0.0.1:8600].")
+@click.option(
+    "--remote",
+    envvar="STREAMFS_REMOTE",
+    help="Server URL [env STREAMFS_REMOTE; default http://127.0.0.1:8600].",
+)
 @click.option("--token", envvar="STREAMFS_TOKEN", help="Access token [env STREAMFS_TOKEN].")
 @click.version_option(package_name="streamfs")
 @click.pass_context
@@ -72,13 +76,19 @@ def _size(n: int) -> str:
 
 
 @cli.command()
-@click.option("--root", required=True, type=click.Path(file_okay=False), help="Directory of the store.")
+@click.option(
+    "--root", required=True, type=click.Path(file_okay=False), help="Directory of the store."
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8600, show_default=True, type=int)
-@click.option("--token-file", type=click.Path(dir_okay=False, exists=True), help="TOML file of tokens.")
+@click.option(
+    "--token-file", type=click.Path(dir_okay=False, exists=True), help="TOML file of tokens."
+)
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
 @click.option("--fd", type=int, hidden=True, help="Serve on an inherited listening socket.")
-def serve(root: str, host: str, port: int, token_file: str | None, access_log: bool, fd: int | None) -> None:
+def serve(
+    root: str, host: str, port: int, token_file: str | None, access_log: bool, fd: int | None
+) -> None:
     """Host versioned repos from a local directory."""
     from .server import serve as run_server
 
@@ -101,7 +111,9 @@ def repo_create(ctx: click.Context, repo_name: str, private: bool) -> None:
     """Create a repository with an empty main branch."""
     spec = _spec(repo_name)
     info = _run(ctx, lambda r: r.create_repo(spec.owner, spec.name, private=private))
-    click.echo(f"created {spec.repo} ({'private' if info['private'] else 'public'}, branch {info['default_branch']})")
+    click.echo(
+        f"created {spec.repo} ({'private' if info['private'] else 'public'}, branch {info['default_branch']})"
+    )
 
 
 @repo.command("info")
@@ -115,7 +127,9 @@ def repo_info(ctx: click.Context, repo_name: str) -> None:
         return await r.get_repo(spec.owner, spec.name), await r.refs(spec.owner, spec.name)
 
     info, refs = _run(ctx, go)
-    click.echo(f"{spec.repo}  {'private' if info['private'] else 'public'}  default branch {info['default_branch']}")
+    click.echo(
+        f"{spec.repo}  {'private' if info['private'] else 'public'}  default branch {info['default_branch']}"
+    )
     for kind in ("branches", "tags"):
         for ref, commit in sorted(refs[kind].items()):
             click.echo(f"  {kind[:-1] if kind == 'tags' else 'branch'}  {ref:<30} {commit}")
@@ -139,12 +153,21 @@ def upload(ctx: click.Context, target: str, local: Path, to: str, message: str) 
         result = _run(
             ctx,
             lambda r: do_upload(
-                r, spec.owner, spec.name, branch, local, to=to, message=message,
-                author=getpass.getuser(), progress=bars.update,
+                r,
+                spec.owner,
+                spec.name,
+                branch,
+                local,
+                to=to,
+                message=message,
+                author=getpass.getuser(),
+                progress=bars.update,
             ),
         )
     if not result.changed:
-        click.echo(f"nothing changed: {result.files} files already at {spec.repo}@{branch} {result.commit}")
+        click.echo(
+            f"nothing changed: {result.files} files already at {spec.repo}@{branch} {result.commit}"
+        )
         return
     click.echo(
         f"{result.changed_paths} of {result.files} files changed; sent {result.blobs_sent} blobs "
@@ -226,7 +249,9 @@ def diff(ctx: click.Context, old: str, new: str) -> None:
         for item in body[status]:
             click.echo(f"{mark}  {item['path']}  ({_size(item['size'])})")
     counts = body["counts"]
-    click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified")
+    click.echo(
+        f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified"
+    )
 
 
 @cli.command()

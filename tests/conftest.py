@@ -38,7 +38,16 @@ class ServerProcess:
         sock.listen(1024)
         self.sock = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        cmd = [sys.executable, "-m", "streamfs", "serve", "--root", str(self.root), "--fd", str(sock.fileno())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamfs",
+            "serve",
+            "--root",
+            str(self.root),
+            "--fd",
+            str(sock.fileno()),
+        ]
         if self.token_file is not None:
             cmd += ["--token-file", str(self.token_file)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
@@ -99,15 +108,28 @@ def repo_name() -> str:
     return f"t{os.getpid()}x{next(_counter)}"
 
 
-def run_cli(server: ServerProcess, *args: str, token: str | None = None, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    server: ServerProcess,
+    *args: str,
+    token: str | None = None,
+    check: bool = True,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """The real `streamfs` command against ``server``."""
     env = dict(os.environ, STREAMFS_REMOTE=server.url)
     env.pop("STREAMFS_TOKEN", None)
     if token is not None:
         env["STREAMFS_TOKEN"] = token
     proc = subprocess.run(
-        [sys.executable, "-m", "streamfs", *args], capture_output=True, text=True, env=env, timeout=300, cwd=cwd
+        [sys.executable, "-m", "streamfs", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=cwd,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"streamfs {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"streamfs {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc

@@ -6,4 +6,4 @@ from ._serve import serve
 from ._storage import LocalStorage, Storage
 from ._store import RepoStore
 
-__all__ = ["LocalStorage", "Limits", "RepoStore", "Storage", "TokenBook", "create_app", "serve"]
+__all__ = ["Limits", "LocalStorage", "RepoStore", "Storage", "TokenBook", "create_app", "serve"]

@@ -66,7 +66,9 @@ def _error_code(exc: errors.StreamfsError) -> str:
     return "error"
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
@@ -102,7 +104,9 @@ class Api:
     async def list_repos(self, request: Request) -> Response:
         principal = self.principal(request)
         repos = await self.run(lambda: list(self.store.list_repos()))
-        visible = [r.to_json() for r in repos if principal.can_read(f"{r.owner}/{r.name}", r.private)]
+        visible = [
+            r.to_json() for r in repos if principal.can_read(f"{r.owner}/{r.name}", r.private)
+        ]
         return JSONResponse({"repos": visible})
 
     async def create_repo(self, request: Request) -> Response:
@@ -154,7 +158,9 @@ class Api:
     async def log(self, request: Request) -> Response:
         owner, name, _ = await self.repo(request)
         limit = _int_param(request, "limit", 50, 1, self.limits.max_log)
-        entries = await self.run(self.store.log, owner, name, request.query_params.get("rev"), limit)
+        entries = await self.run(
+            self.store.log, owner, name, request.query_params.get("rev"), limit
+        )
         return JSONResponse({"commits": [{"id": oid, **c.to_json()} for oid, c in entries]})
 
     async def diff(self, request: Request) -> Response:
@@ -175,7 +181,9 @@ class Api:
             lists[d.status].append(item)
         counts = {k: len(v) for k, v in lists.items()}
         truncated = len(diffs) > self.limits.max_diff_entries
-        return JSONResponse({"from": old_id, "to": new_id, **lists, "counts": counts, "truncated": truncated})
+        return JSONResponse(
+            {"from": old_id, "to": new_id, **lists, "counts": counts, "truncated": truncated}
+        )
 
     # ---------------------------------------------------------------- objects
 
@@ -248,7 +256,9 @@ class Api:
         data = await self.run(self.store.storage.read, object_key("blockmap", oid))
         if data is None:
             raise errors.NotFoundError(f"no block hashes for blob {oid}")
-        return Response(data, media_type="application/json", headers=_immutable_headers(oid, info.private))
+        return Response(
+            data, media_type="application/json", headers=_immutable_headers(oid, info.private)
+        )
 
     async def get_blob(self, request: Request) -> Response:
         owner, name, info = await self.repo(request)
@@ -269,7 +279,9 @@ class Api:
         headers["Content-Length"] = str(end - start)
         self.metrics["blob_get_requests"] += 1
         if request.method == "HEAD":
-            return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+            return Response(
+                status_code=status, headers=headers, media_type="application/octet-stream"
+            )
         self.metrics["blob_bytes_sent"] += end - start
         chunks = self.store.storage.iter_range(object_key("blob", oid), start, end - start, CHUNK)
         return StreamingResponse(
@@ -280,7 +292,11 @@ class Api:
         owner, name, _ = await self.repo(request, write=True)
         oid = check_object_id(request.path_params["id"], "blob id")
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_blob_bytes:
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.limits.max_blob_bytes
+        ):
             raise errors.TooLargeError(f"blob is larger than {self.limits.max_blob_bytes} bytes")
         if await self.run(self.store.holds, owner, name, "blob", oid):
             async for _ in request.stream():
@@ -499,4 +515,3 @@ def create_app(store: RepoStore, tokens: TokenBook, limits: Limits | None = None
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.api = api
     return app
-

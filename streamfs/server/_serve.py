@@ -58,5 +58,7 @@ def serve(
     config.keep_alive_timeout = 75
     mode = "open (no token file)" if tokens.is_open else f"tokens from {token_file}"
     where = f"inherited socket {fd}" if fd is not None else f"http://{host}:{port}"
-    print(f"streamfs: serving {Path(root).resolve()} on {where} ({mode})", file=sys.stderr, flush=True)
+    print(
+        f"streamfs: serving {Path(root).resolve()} on {where} ({mode})", file=sys.stderr, flush=True
+    )
     trio.run(hypercorn_serve, app, config)  # type: ignore[arg-type]

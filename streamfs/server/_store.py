@@ -140,14 +140,20 @@ class RepoStore:
 
     def get_object(self, owner: str, name: str, kind: ObjectKind, oid: str) -> bytes:
         check_object_id(oid)
-        data = self.storage.read(object_key(kind, oid)) if self.holds(owner, name, kind, oid) else None
+        data = (
+            self.storage.read(object_key(kind, oid)) if self.holds(owner, name, kind, oid) else None
+        )
         if data is None:
             raise NotFoundError(f"no {kind} {oid} in {owner}/{name}")
         return data
 
     def blob_size(self, owner: str, name: str, oid: str) -> int:
         check_object_id(oid, "blob id")
-        size = self.storage.size(object_key("blob", oid)) if self.holds(owner, name, "blob", oid) else None
+        size = (
+            self.storage.size(object_key("blob", oid))
+            if self.holds(owner, name, "blob", oid)
+            else None
+        )
         if size is None:
             raise NotFoundError(f"no blob {oid} in {owner}/{name}")
         return size
@@ -246,8 +252,12 @@ class RepoStore:
 
     def create_tag(self, owner: str, name: str, tag: str, rev: str) -> str:
         commit = self.resolve(owner, name, rev)
-        if not self.storage.cas_ref(self._tag_key(owner, name, check_ref_name(tag, "tag")), None, commit):
-            raise AlreadyExistsError(f"tag {tag!r} already exists in {owner}/{name}; tags never move")
+        if not self.storage.cas_ref(
+            self._tag_key(owner, name, check_ref_name(tag, "tag")), None, commit
+        ):
+            raise AlreadyExistsError(
+                f"tag {tag!r} already exists in {owner}/{name}; tags never move"
+            )
         return commit
 
     def create_branch(self, owner: str, name: str, branch: str, rev: str | None) -> str:
@@ -261,7 +271,7 @@ class RepoStore:
 
     def log(self, owner: str, name: str, rev: str | None, limit: int) -> list[tuple[str, Commit]]:
         oid: str | None = self.resolve(owner, name, rev)
-        result = []
+        result: list[tuple[str, Commit]] = []
         while oid is not None and len(result) < limit:
             commit = self.load_commit(owner, name, oid)
             result.append((oid, commit))
@@ -317,12 +327,12 @@ class RepoStore:
             )
             if tree == head_commit.tree:
                 return CommitResult(head, head, base != head, changed=False)
-            new = self._store_commit(
-                owner, name, Commit(tree, (head,), message, author, now, meta)
-            )
+            new = self._store_commit(owner, name, Commit(tree, (head,), message, author, now, meta))
             if self.storage.cas_ref(key, head, new):
                 return CommitResult(new, head, base != head, changed=True)
-        raise ConflictError(f"branch {branch!r} kept moving; gave up after {MAX_COMMIT_ATTEMPTS} tries")
+        raise ConflictError(
+            f"branch {branch!r} kept moving; gave up after {MAX_COMMIT_ATTEMPTS} tries"
+        )
 
     def _with_real_size(self, owner: str, name: str, change: Change) -> Change:
         if change.blob is None:
