@@ -6,6 +6,8 @@ from ._errors import (
     ConflictError,
     IntegrityError,
     InvalidInputError,
+    IsADirError,
+    NotADirError,
     NotFoundError,
     PathNotFoundError,
     ReadOnlyError,
@@ -16,6 +18,7 @@ from ._errors import (
     StreamfsError,
     TooLargeError,
 )
+from ._repo import Repo
 
 __version__ = "0.1.0"
 
@@ -25,11 +28,14 @@ __all__ = [
     "ConflictError",
     "IntegrityError",
     "InvalidInputError",
+    "IsADirError",
+    "NotADirError",
     "NotFoundError",
     "PathNotFoundError",
     "ReadOnlyError",
     "RemoteError",
     "RemoteUnavailableError",
+    "Repo",
     "RepoNotFoundError",
     "RevisionNotFoundError",
     "StreamfsError",

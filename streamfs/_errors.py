@@ -10,6 +10,8 @@ Python API::
     │   ├── RepoNotFoundError
     │   ├── RevisionNotFoundError
     │   └── PathNotFoundError
+    ├── NotADirError (NotADirectoryError, ENOTDIR)
+    ├── IsADirError (IsADirectoryError, EISDIR)
     ├── AlreadyExistsError (FileExistsError, EEXIST)
     ├── ConflictError (EBUSY)           a commit touched a path another commit changed
     ├── InvalidInputError (EINVAL)      bad name, path, revision or request
@@ -69,6 +71,14 @@ class RevisionNotFoundError(NotFoundError):
 
 class PathNotFoundError(NotFoundError):
     pass
+
+
+class NotADirError(StreamfsError, NotADirectoryError):
+    default_errno = _errno.ENOTDIR
+
+
+class IsADirError(StreamfsError, IsADirectoryError):
+    default_errno = _errno.EISDIR
 
 
 class AlreadyExistsError(StreamfsError, FileExistsError):

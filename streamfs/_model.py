@@ -36,7 +36,11 @@ def object_id(data: bytes) -> str:
 
 
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # lone surrogates, e.g. "\udcff" in a JSON request body
+        raise InvalidInputError("text is not valid UTF-8 (lone surrogate)") from None
 
 
 def is_object_id(value: object) -> bool:
@@ -262,6 +266,8 @@ def _load_json_object(data: bytes, what: str) -> dict[str, Any]:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInputError(f"malformed {what}: not JSON") from None
+    except RecursionError:  # deeply nested arrays or objects
+        raise InvalidInputError(f"malformed {what}: nested too deeply") from None
     if not isinstance(raw, dict):
         raise InvalidInputError(f"malformed {what}: not a JSON object")
     return raw

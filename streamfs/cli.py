@@ -276,5 +276,276 @@ def branch(ctx: click.Context, target: str, branch_name: str) -> None:
     click.echo(f"{branch_name} -> {commit}")
 
 
+# ------------------------------------------------------------------ local copies and cache
+
+_cache_dir_opt = click.option(
+    "--cache-dir",
+    envvar="STREAMFS_CACHE_DIR",
+    help="Block cache directory [env STREAMFS_CACHE_DIR].",
+)
+_cache_size_opt = click.option(
+    "--cache-size",
+    envvar="STREAMFS_CACHE_SIZE",
+    help="Cache limit, e.g. 20G [env STREAMFS_CACHE_SIZE].",
+)
+
+
+def _repo_view(
+    ctx: click.Context, target: str, cache_dir: str | None, cache_size: str | None
+) -> Any:
+    from ._client import Client
+    from ._view import RepoView
+
+    url, token = ctx.obj
+    spec = _spec(target)
+    client = Client.create(url, token, cache_dir=cache_dir, cache_size=cache_size)
+    view = RepoView.open(client, spec.owner, spec.name, spec.rev)
+    click.echo(f"# {spec.repo}@{spec.rev or '(default)'} = {view.commit_id}", err=True)
+    return view
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@REV]")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--include", multiple=True, help="Only paths matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip paths matching this glob (repeatable).")
+@_cache_dir_opt
+@_cache_size_opt
+@click.pass_context
+def pull(
+    ctx: click.Context,
+    target: str,
+    dest: Path,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    cache_dir: str | None,
+    cache_size: str | None,
+) -> None:
+    """Make a full (or filtered) local copy of a revision; resumable."""
+    from ._progress import ProgressBars
+    from ._pull import pull as do_pull
+
+    view = _repo_view(ctx, target, cache_dir, cache_size)
+    with ProgressBars() as bars:
+        result = do_pull(view, dest, include=include, exclude=exclude, progress=bars.update)
+    click.echo(
+        f"pulled {result.files} files of {view.commit_id[:12]} into {dest}: "
+        f"{result.fetched} written ({_size(result.bytes_written)}), {result.kept} already there"
+    )
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@REV]")
+@click.argument("local", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_cache_dir_opt
+@click.pass_context
+def verify(ctx: click.Context, target: str, local: Path, cache_dir: str | None) -> None:
+    """Check a local copy against a revision: exit 0 only if it matches exactly."""
+    from ._progress import ProgressBars
+    from ._pull import verify as do_verify
+
+    view = _repo_view(ctx, target, cache_dir, None)
+    with ProgressBars() as bars:
+        report = do_verify(view, local, progress=bars.update)
+    for label, paths in (
+        ("missing", report.missing),
+        ("modified", report.modified),
+        ("extra", report.extra),
+    ):
+        for path in paths:
+            click.echo(f"{label:<9} {path}")
+    summary = (
+        f"{report.matched} match, {len(report.missing)} missing, "
+        f"{len(report.modified)} modified, {len(report.extra)} extra"
+    )
+    if not report.ok:
+        click.echo(f"MISMATCH: {summary}")
+        sys.exit(1)
+    click.echo(f"OK: {summary} ({view.commit_id})")
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect or clear the local block cache."""
+
+
+@cache.command("stats")
+@_cache_dir_opt
+@_cache_size_opt
+def cache_stats(cache_dir: str | None, cache_size: str | None) -> None:
+    """Size, limit, blocks and hit ratio of the cache."""
+    from ._client import Client
+
+    client = Client.create(cache_dir=cache_dir, cache_size=cache_size)
+    stats = client.cache.stats()
+    asked = stats["hits"] + stats["misses"]
+    ratio = f"{100 * stats['hits'] / asked:.1f}%" if asked else "n/a"
+    click.echo(f"directory  {client.cache_dir}")
+    click.echo(f"size       {_size(stats['size'])} of {_size(stats['limit'])}")
+    click.echo(f"blocks     {stats['blocks']}")
+    click.echo(f"hits       {stats['hits']}  misses {stats['misses']}  hit ratio {ratio}")
+
+
+@cache.command("clear")
+@_cache_dir_opt
+def cache_clear(cache_dir: str | None) -> None:
+    """Remove every cached block and tree."""
+    from ._client import Client
+
+    client = Client.create(cache_dir=cache_dir)
+    client.cache.clear()
+    click.echo(f"cleared {client.cache_dir}")
+
+
+# ------------------------------------------------------------------ mounts
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME[@REV]")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@_cache_dir_opt
+@_cache_size_opt
+@click.option("--read-only", is_flag=True, help="Never write, even on a branch.")
+@click.option("--foreground", is_flag=True, help="Stay in the foreground (logs to stderr).")
+@click.option(
+    "--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Daemon log file."
+)
+@click.option("--debug", is_flag=True, help="Log every file system call.")
+@click.option(
+    "--commit-delay",
+    default=2.0,
+    show_default=True,
+    type=float,
+    help="Seconds of quiet before staged writes are committed.",
+)
+@click.option("--ready-fd", type=int, hidden=True)
+@click.pass_context
+def mount(
+    ctx: click.Context,
+    target: str,
+    mountpoint: Path,
+    cache_dir: str | None,
+    cache_size: str | None,
+    read_only: bool,
+    foreground: bool,
+    log_file: Path | None,
+    debug: bool,
+    commit_delay: float,
+    ready_fd: int | None,
+) -> None:
+    """Mount a revision as a directory (a branch mount is writable)."""
+    import logging
+
+    from ._client import Client
+    from ._mount import Daemon, start_daemon, state_root
+
+    spec = _spec(target)
+    if not mountpoint.is_dir():
+        raise InvalidInputError(f"mount point {mountpoint} is not a directory")
+    if not foreground:
+        url, token = ctx.obj
+        args = [
+            "--remote",
+            url,
+            "mount",
+            target,
+            str(mountpoint.resolve()),
+            "--commit-delay",
+            str(commit_delay),
+        ]
+        for flag, value in (("--cache-dir", cache_dir), ("--cache-size", cache_size)):
+            if value:
+                args += [flag, value]
+        args += ["--read-only"] if read_only else []
+        args += ["--debug"] if debug else []
+        log_path = log_file or state_root() / "logs" / f"mount-{spec.owner}-{spec.name}.log"
+        commit = start_daemon(args, log_path)
+        click.echo(f"mounted {spec} at {mountpoint} (commit {commit}; log {log_path})")
+        click.echo(commit)
+        return
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        filename=str(log_file) if log_file else None,
+    )
+    url, token = ctx.obj
+    client = Client.create(url, token, cache_dir=cache_dir, cache_size=cache_size)
+    daemon = Daemon(spec, mountpoint, client, read_only=read_only, commit_delay=commit_delay)
+    daemon.run(ready_fd, debug)
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+def umount(mountpoint: Path) -> None:
+    """Commit staged changes and unmount."""
+    from ._mount import unmount
+
+    unmount(mountpoint)
+    click.echo(f"unmounted {mountpoint}")
+
+
+@cli.command()
+def status() -> None:
+    """Active mounts with their commit and pending changes."""
+    from ._mount import list_mounts
+
+    mounts = list_mounts()
+    if not mounts:
+        click.echo("no streamfs mounts")
+    for m in mounts:
+        mode = "rw" if m.get("writable") else "ro"
+        line = f"{m['mountpoint']}  {m['spec']}  {mode}  commit {m['commit']}  pending {m.get('pending', 0)}"
+        if m.get("last_error"):
+            line += f"  last error: {m['last_error']}"
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-m", "--message", required=True, help="Commit message.")
+def commit(mountpoint: Path, message: str) -> None:
+    """Commit a branch mount's staged changes now."""
+    from ._mount import control_request
+
+    reply = control_request(mountpoint, {"cmd": "commit", "message": message})
+    click.echo(
+        ("committed " if reply.get("changed") else "nothing to commit; at ") + str(reply["commit"])
+    )
+
+
+@cli.command()
+@click.argument("target", metavar="OWNER/NAME@BRANCH")
+@_cache_dir_opt
+@click.pass_context
+def sync(ctx: click.Context, target: str, cache_dir: str | None) -> None:
+    """Commit changes a killed mount left staged for a branch."""
+    from ._client import Client
+    from ._committer import Committer
+    from ._mount import branch_state_dir, lock_branch_state
+    from ._overlay import Overlay
+    from ._view import RepoView
+
+    url, token = ctx.obj
+    spec = _spec(target)
+    branch = spec.rev or "main"
+    client = Client.create(url, token, cache_dir=cache_dir)
+    state = branch_state_dir(client, spec, branch)
+    lock = lock_branch_state(state)
+    try:
+        view = RepoView.open(client, spec.owner, spec.name, branch)
+        overlay = Overlay(view, branch, state)
+        base = overlay.load_journal()
+        if base is None or overlay.pending == 0:
+            click.echo(f"nothing staged for {spec.repo}@{branch}")
+            return
+        overlay.view = RepoView.open(client, spec.owner, spec.name, base)
+        new = Committer(overlay).flush("recovered changes staged by an earlier streamfs mount")
+        click.echo(f"committed staged changes: {new}")
+    finally:
+        import os
+
+        os.close(lock)
+
+
 def main() -> None:
     cli(prog_name="streamfs")

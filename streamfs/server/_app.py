@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -209,9 +210,7 @@ class Api:
         if not isinstance(raw_changes, list):
             raise errors.InvalidInputError("'changes' must be a list")
         changes = [_change(c) for c in raw_changes]
-        meta = body.get("meta", {})
-        if not isinstance(meta, dict):
-            raise errors.InvalidInputError("'meta' must be an object")
+        meta = _meta(body.get("meta", {}))
         parent = body.get("parent")
         if parent is not None:
             parent = check_object_id(parent, "parent commit id")
@@ -355,8 +354,8 @@ class Api:
             if len(body) > limit:
                 raise errors.TooLargeError(f"request body is larger than {limit} bytes")
         try:
-            value = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            value = json.loads(body, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise errors.InvalidInputError("malformed JSON in the request body") from None
         if not isinstance(value, dict):
             raise errors.InvalidInputError("the request body must be a JSON object")
@@ -428,6 +427,10 @@ class _Unauthorized(errors.AccessDeniedError):
     pass
 
 
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _bool(value: object, what: str) -> bool:
     if not isinstance(value, bool):
         raise errors.InvalidInputError(f"'{what}' must be true or false")
@@ -435,8 +438,43 @@ def _bool(value: object, what: str) -> bool:
 
 
 def _opt_str(value: object, what: str) -> str | None:
-    if value is not None and (not isinstance(value, str) or len(value) > 65536 or "\x00" in value):
+    if value is not None and (
+        not isinstance(value, str) or len(value) > 65536 or "\x00" in value or not _is_utf8(value)
+    ):
         raise errors.InvalidInputError(f"'{what}' must be a string")
+    return value
+
+
+def _is_utf8(text: str) -> bool:
+    """False for strings with lone surrogates (JSON "\\ud800"): they cannot be stored."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+MAX_META_DEPTH = 64
+
+
+def _meta(value: object) -> dict[str, Any]:
+    """A commit's ``meta``: an object that encodes to canonical JSON every client can read."""
+    if not isinstance(value, dict):
+        raise errors.InvalidInputError("'meta' must be an object")
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_META_DEPTH:
+            raise errors.InvalidInputError(f"'meta' is nested deeper than {MAX_META_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str) and not _is_utf8(item):
+            raise errors.InvalidInputError("'meta' holds a string that is not valid UTF-8")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise errors.InvalidInputError("'meta' holds NaN or an infinite number")
     return value
 
 
@@ -471,7 +509,19 @@ async def _streamfs_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return error_response(exc.status_code, code, str(exc.detail), headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes for this path (a path may have one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.path_regex.fullmatch(request.scope["path"]):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 async def _disconnect(request: Request, exc: Exception) -> Response:

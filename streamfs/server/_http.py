@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import re
 
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # RFC 9110 DIGIT is ASCII only
 
 
 class RangeNotSatisfiable(Exception):
     pass
+
+
+def _position(digits: str) -> int:
+    """A byte position; more than 19 digits is past any blob (and past int()'s digit limit)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else 10**19
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -28,13 +34,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         raise RangeNotSatisfiable("empty range")
     if not first:
-        length = int(last)
+        length = _position(last)
         if length == 0 or size == 0:
             raise RangeNotSatisfiable("empty suffix range")
         return max(0, size - length), size
-    start = int(first)
-    end = size if not last else min(size, int(last) + 1)
-    if last and int(last) < start:
+    start = _position(first)
+    end = size if not last else min(size, _position(last) + 1)
+    if last and _position(last) < start:
         raise RangeNotSatisfiable(f"range end {last} before start {start}")
     if start >= size:
         raise RangeNotSatisfiable(f"range start {start} is past the end ({size} bytes)")

@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -70,8 +71,9 @@ class LocalStorage:
 
     Every write goes to a temporary file in ``root/tmp``, is fsynced, renamed
     into place and the directory fsynced, so a killed server leaves either the
-    old state or the new one, never half a file. Leftover temporary files are
-    removed when a storage is opened.
+    old state or the new one, never half a file. Each storage object writes
+    its temporary files in a folder of its own under ``root/tmp``; folders
+    left by dead storages are removed when a storage is opened.
 
     Locking: a ref's compare-and-swap holds an in-process lock for that ref and
     an ``flock`` on its lock file (other server processes), never anything
@@ -80,15 +82,40 @@ class LocalStorage:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
-        self._tmp = self.root / "tmp"
         self._locks_dir = self.root / "locks"
-        for d in (self.root, self._tmp, self._locks_dir):
+        for d in (self.root, self.root / "tmp", self._locks_dir):
             d.mkdir(parents=True, exist_ok=True)
-        for leftover in self._tmp.iterdir():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        self._tmp, self._tmp_lock = self._claim_tmp_dir()
         self._ref_locks: dict[str, threading.Lock] = {}
         self._ref_locks_guard = threading.Lock()
+
+    def _claim_tmp_dir(self) -> tuple[Path, int]:
+        """A temp folder of our own, held by an flock for as long as we live.
+
+        Folders whose lock can be taken belong to storages that are gone
+        (a killed server): their half-written files are removed. Folders of
+        live storages on the same root are left alone.
+        """
+        base = self.root / "tmp"
+        for lock_path in base.glob("*.lock"):
+            fd = os.open(lock_path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+            os.close(fd)
+        for leftover in base.iterdir():  # files of older layouts, unlocked folders
+            if leftover.is_file() and leftover.suffix != ".lock":
+                leftover.unlink(missing_ok=True)
+            elif leftover.is_dir() and not leftover.with_name(leftover.name + ".lock").exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+        mine = Path(tempfile.mkdtemp(dir=base, prefix=f"{os.getpid()}-"))
+        fd = os.open(mine.with_name(mine.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return mine, fd
 
     # ------------------------------------------------------------- objects
 

@@ -1,0 +1,323 @@
+"""The local block cache: verified blob blocks and immutable metadata on disk.
+
+One cache directory is shared by every process on the machine (the mount,
+DataLoader workers, the CLI). It holds three diskcache (SQLite) caches::
+
+    DIR/blocks/   blob blocks, key "BLOB:INDEX"; most of the size limit
+    DIR/meta/     trees, commits, block hash lists by key; 1/16 of the limit
+    DIR/stats/    shared hit and miss counters; never evicted
+
+Trees live apart from blocks so that streaming a large dataset, which
+evicts blocks all the time, never evicts the trees a mount is walking.
+
+Invariants and choices:
+
+- **Never a partial block.** diskcache writes a value to a new file and
+  commits the row that names it afterwards, in one SQLite transaction, so a
+  reader sees a whole value or none. ``get`` also returns None (a miss)
+  rather than fewer bytes than asked for.
+- **A hit reads only what it serves.** Values of 32 KiB and more are files;
+  ``get`` opens the file (``read=True``), seeks and reads ``length`` bytes,
+  so a 128 KiB FUSE read of a 4 MiB block reads 128 KiB.
+- **Eviction: least-recently-stored.** With it a hit is one read-only SQL
+  lookup. 'least-recently-used' turns every hit (32 per block at FUSE's
+  128 KiB) into a write transaction, which serializes all reader processes
+  on SQLite's single writer lock. Training reads every block once an epoch,
+  so once a dataset exceeds the cache LRU and FIFO evict alike; the cost of
+  FIFO is re-fetching, once per cache turnover, a block that stayed hot.
+- **Hit and miss counts** are kept in memory per process and added to
+  shared counters (diskcache ``incr``, atomic across processes) at most once
+  a second and on ``stats()``, ``close()`` and exit, for the same reason:
+  hits stay free of writes. Another live process's last second may be missing.
+- **Processes.** diskcache opens one SQLite connection per thread and
+  reopens it when it sees a new process id, so a BlockCache may cross
+  ``fork()``: the child reconnects on first use and drops the parent's
+  uncounted hits. For spawn, a BlockCache pickles as its directory and limit.
+  Each process's limit applies to the writes it makes.
+- **Best effort.** A block the disk refuses (full, locked too long) is not
+  cached; the read that fetched it still succeeds. Nothing here raises on
+  a failed put.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+import weakref
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any
+
+import diskcache
+
+from ._errors import InvalidInputError
+
+log = logging.getLogger("streamfs.cache")
+
+GiB = 1024**3
+MiB = 1024**2
+MAX_DEFAULT_SIZE = 20 * GiB  # the default limit: min(this, 10% of free space) ...
+MIN_DEFAULT_SIZE = 256 * MiB  # ... but never below this (a few readahead windows)
+META_SHARE = 16  # trees and commits get 1/16 of the limit
+EVICTION_POLICY = "least-recently-stored"
+STATS_FLUSH_SECONDS = 1.0
+
+_UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4, "p": 1024**5}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(?:i?b)?|b)?", re.IGNORECASE)
+
+_DISK_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``'10G'``, ``'500M'``, ``'1.5GiB'``, ``'4096'`` (units are powers of 1024)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE_RE.fullmatch(str(text).strip())
+        if match is None:
+            raise InvalidInputError(f"invalid size {text!r}: want bytes or e.g. 500M, 10G")
+        number, unit = match.group(1), (match.group(2) or "").lower()
+        value = int(Decimal(number) * _UNITS[unit])
+    if value <= 0:
+        raise InvalidInputError(f"invalid size {text!r}: must be positive")
+    return value
+
+
+def default_cache_dir() -> Path:
+    """``$STREAMFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/streamfs``, else ``~/.cache/streamfs``."""
+    explicit = os.environ.get("STREAMFS_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "streamfs"
+
+
+def size_for_free_space(free: int) -> int:
+    """The default limit for a disk with ``free`` bytes free."""
+    return min(MAX_DEFAULT_SIZE, max(free // 10, MIN_DEFAULT_SIZE))
+
+
+def default_cache_size(
+    directory: str | os.PathLike[str] | None = None, size: str | int | None = None
+) -> int:
+    """``size`` if given, else ``$STREAMFS_CACHE_SIZE``, else from the free space."""
+    if size is not None and size != "":
+        return parse_size(size)
+    env = os.environ.get("STREAMFS_CACHE_SIZE")
+    if env:
+        return parse_size(env)
+    return size_for_free_space(_free_space(Path(directory or default_cache_dir())))
+
+
+def _free_space(path: Path) -> int:
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent  # the cache directory may not exist yet: ask its disk
+    return shutil.disk_usage(path).free
+
+
+# --------------------------------------------------------------------------- counters
+
+
+class _Counters:
+    """This process's hits and misses, added to the shared totals now and then.
+
+    Guarded by ``_lock``: ``_hits``, ``_misses``, ``_last_flush``. ``_pid``
+    says which process the counts belong to; a forked child starts at zero.
+    """
+
+    def __init__(self, store: diskcache.Cache) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._hits = self._misses = 0
+        self._last_flush = time.monotonic()
+
+    def count(self, hit: bool) -> None:
+        self._adopt_process()
+        with self._lock:
+            if hit:
+                self._hits += 1
+            else:
+                self._misses += 1
+            due = time.monotonic() - self._last_flush >= STATS_FLUSH_SECONDS
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        self._adopt_process()
+        with self._lock:
+            hits, misses, self._hits, self._misses = self._hits, self._misses, 0, 0
+            self._last_flush = time.monotonic()
+        try:
+            for key, delta in (("hits", hits), ("misses", misses)):
+                if delta:
+                    self._store.incr(key, delta)
+        except _DISK_ERRORS as exc:
+            log.warning("cache statistics not saved: %s", exc)
+
+    def close(self) -> None:
+        self.flush()
+        self._store.close()
+
+    def totals(self) -> tuple[int, int]:
+        self.flush()
+        return int(self._store.get("hits", 0)), int(self._store.get("misses", 0))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._hits = self._misses = 0
+        self._store.clear(retry=True)
+
+    def _adopt_process(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's counts are the parent's
+            self._lock = threading.Lock()
+            self._pid = os.getpid()
+            self._hits = self._misses = 0
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def _block_key(blob: str, index: int) -> str:
+    if index < 0:
+        raise ValueError(f"invalid block index {index}")
+    return f"{blob}:{index}"
+
+
+def _read_slice(value: bytes | IO[bytes], offset: int, length: int | None) -> bytes | None:
+    """Bytes ``[offset, offset + length)`` of a stored value, or None if it is shorter."""
+    if isinstance(value, bytes):  # small values live in SQLite and come back whole
+        size = len(value)
+        end = size if length is None else offset + length
+        return value[offset:end] if offset <= end <= size else None
+    with value as handle:
+        size = os.fstat(handle.fileno()).st_size
+        end = size if length is None else offset + length
+        if not offset <= end <= size:
+            return None
+        handle.seek(offset)
+        data = handle.read(end - offset)
+    return data if len(data) == end - offset else None
+
+
+class BlockCache:
+    """Blocks by (blob id, block index) and metadata by key, under one size limit."""
+
+    def __init__(self, directory: str | os.PathLike[str], size_limit: int | None = None) -> None:
+        self.directory = Path(directory).expanduser()
+        self.size_limit = default_cache_size(self.directory, size_limit)
+        meta_limit = max(1, self.size_limit // META_SHARE)
+        self._blocks = self._open("blocks", self.size_limit - meta_limit)
+        self._meta = self._open("meta", meta_limit)
+        self._counters = _Counters(self._open("stats", 0, eviction_policy="none"))
+        weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
+
+    def _open(self, name: str, limit: int, eviction_policy: str = EVICTION_POLICY) -> Any:
+        return diskcache.Cache(
+            str(self.directory / name), size_limit=limit, eviction_policy=eviction_policy
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BlockCache, (str(self.directory), self.size_limit))
+
+    # ----------------------------------------------------------------- blocks
+
+    def get(
+        self, blob: str, index: int, offset: int = 0, length: int | None = None
+    ) -> bytes | None:
+        """``length`` bytes (None: to the end) from ``offset`` in a cached block, or None."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"invalid slice of {length} bytes at {offset}")
+        data = self._lookup(_block_key(blob, index), offset, length)
+        self._counters.count(hit=data is not None)
+        return data
+
+    def _lookup(self, key: str, offset: int, length: int | None) -> bytes | None:
+        try:
+            value = self._blocks.get(key, read=True)  # a file handle for values >= 32 KiB
+            return None if value is None else _read_slice(value, offset, length)
+        except _DISK_ERRORS as exc:
+            log.warning("cache lookup of %s failed, treated as a miss: %s", key, exc)
+            return None
+
+    def put(self, blob: str, index: int, data: bytes | bytearray | memoryview) -> None:
+        """Store a whole, verified block (content addressed: an existing one is kept)."""
+        key = _block_key(blob, index)
+        try:
+            self._blocks.add(key, bytes(data))  # bytes, not bytearray: big ones go to files
+        except _DISK_ERRORS as exc:
+            log.warning("block %s not cached: %s", key, exc)
+
+    def contains(self, blob: str, index: int) -> bool:
+        """Whether a block is cached (not counted as a hit or a miss)."""
+        return _block_key(blob, index) in self._blocks
+
+    # The names the fetcher and reader use.
+    get_block = get
+    put_block = put
+    has_block = contains
+
+    # ----------------------------------------------------------------- metadata
+
+    def get_meta(self, key: str) -> bytes | None:
+        """An immutable object (tree, commit, block list) by key, e.g. ``'tree:ID'``."""
+        try:
+            value = self._meta.get(key)
+        except _DISK_ERRORS as exc:
+            log.warning("metadata lookup failed, treated as a miss: %s", exc)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def put_meta(self, key: str, data: bytes) -> None:
+        try:
+            self._meta.add(key, bytes(data))
+        except _DISK_ERRORS as exc:
+            log.warning("%s not cached: %s", key, exc)
+
+    # ----------------------------------------------------------------- upkeep
+
+    def stats(self) -> dict[str, int]:
+        """Bytes on disk, the limit, counts, and hits and misses of every process."""
+        hits, misses = self._counters.totals()
+        return {
+            "size": int(self._blocks.volume()) + int(self._meta.volume()),
+            "limit": self.size_limit,
+            "blocks": len(self._blocks),
+            "meta_objects": len(self._meta),
+            "hits": hits,
+            "misses": misses,
+        }
+
+    def clear(self) -> None:
+        """Remove every block and metadata object and reset the counters."""
+        self._blocks.clear(retry=True)
+        self._meta.clear(retry=True)
+        self._counters.reset()
+
+    def close(self) -> None:
+        """Save this process's counts and close this thread's database connections.
+
+        The cache stays usable: diskcache reconnects on the next call.
+        """
+        self._counters.close()
+        self._blocks.close()
+        self._meta.close()
+
+    def __enter__(self) -> BlockCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"BlockCache({str(self.directory)!r}, size_limit={self.size_limit})"

@@ -1,0 +1,77 @@
+"""Client: where a front end gets its engine and cache, correctly after fork().
+
+A Client is cheap, picklable settings (server, token, cache location and
+limit, time bounds). The engine (a thread) and the open cache are looked up
+per process on each use, so an object created before ``fork()`` or sent to
+a spawned worker keeps working there: the child starts its own engine and
+opens the same cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ._cache import BlockCache, default_cache_dir, default_cache_size
+from ._engine import Engine, engine_for
+from ._remote import RetryPolicy, remote_from_env
+
+T = TypeVar("T")
+
+_caches: dict[tuple[str, int, int], BlockCache] = {}
+_caches_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _caches_lock
+    _caches_lock = threading.Lock()
+    _caches.clear()  # SQLite connections must not cross fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass(frozen=True)
+class Client:
+    url: str
+    token: str | None = field(default=None, repr=False)
+    cache_dir: str = ""
+    cache_size: int = 0
+    timeout: float = 30.0
+
+    @classmethod
+    def create(
+        cls,
+        remote: str | None = None,
+        token: str | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_size: int | str | None = None,
+        timeout: float | None = None,
+    ) -> Client:
+        url, tok = remote_from_env(remote, token)
+        directory = str(cache_dir) if cache_dir is not None else str(default_cache_dir())
+        size = default_cache_size(directory, cache_size)
+        env_timeout = os.environ.get("STREAMFS_TIMEOUT")
+        bound = timeout if timeout is not None else float(env_timeout) if env_timeout else 30.0
+        return cls(url, tok, directory, size, bound)
+
+    @property
+    def cache(self) -> BlockCache:
+        key = (self.cache_dir, self.cache_size, os.getpid())
+        with _caches_lock:
+            cache = _caches.get(key)
+            if cache is None:
+                cache = _caches[key] = BlockCache(self.cache_dir, self.cache_size)
+            return cache
+
+    @property
+    def engine(self) -> Engine:
+        retry = RetryPolicy(deadline=self.timeout, read_timeout=min(15.0, self.timeout))
+        return engine_for(self.url, self.token, self.cache, retry)
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return self.engine.call(fn, *args)

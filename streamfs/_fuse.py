@@ -1,0 +1,150 @@
+"""The FUSE front end: a thin translator from kernel callbacks to the core.
+
+Each callback looks the path up in the mount's core (``MountFS``), calls one
+method, and turns a StreamfsError into its errno (``FuseOSError``). No
+policy lives here; see _mountfs.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fuse import FuseOSError, LoggingMixIn, Operations
+
+from ._mountfs import MountFS
+
+log = logging.getLogger("streamfs.fuse")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, OSError) and exc.errno:
+        return int(exc.errno)
+    return errno.EIO
+
+
+def translated(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(self: StreamfsOperations, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except FuseOSError:
+            raise
+        except Exception as exc:
+            code = _errno_of(exc)
+            if code not in (errno.ENOENT, errno.EROFS):
+                log.warning("%s%r failed: %s", fn.__name__, args[:1], exc)
+            raise FuseOSError(code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class StreamfsOperations(LoggingMixIn, Operations):  # type: ignore[misc]
+    def __init__(self, fs: MountFS, on_ready: Callable[[], None] | None = None) -> None:
+        self.fs = fs
+        self._on_ready = on_ready
+
+    def init(self, path: str) -> None:
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def destroy(self, path: str) -> None:
+        self.fs.close()
+
+    @translated
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        return self.fs.getattr(path, fh)
+
+    @translated
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self.fs.readdir(path)]
+
+    @translated
+    def open(self, path: str, flags: int) -> int:
+        return self.fs.open(path, flags)
+
+    @translated
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.fs.read(fh, offset, size)
+
+    @translated
+    def release(self, path: str, fh: int) -> None:
+        self.fs.release(fh)
+
+    @translated
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.fs.statfs()
+
+    @translated
+    def access(self, path: str, amode: int) -> None:
+        self.fs.access(path, amode)
+
+    # ------------------------------------------------------------ writing
+
+    @translated
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        return self.fs.create(path, mode)
+
+    @translated
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self.fs.write(fh, offset, data)
+
+    @translated
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self.fs.truncate(path, length, fh)
+
+    @translated
+    def flush(self, path: str, fh: int) -> None:
+        self.fs.flush(fh)
+
+    @translated
+    def fsync(self, path: str, datasync: int, fh: int) -> None:
+        self.fs.flush(fh)
+
+    @translated
+    def unlink(self, path: str) -> None:
+        self.fs.unlink(path)
+
+    @translated
+    def mkdir(self, path: str, mode: int) -> None:
+        self.fs.mkdir(path)
+
+    @translated
+    def rmdir(self, path: str) -> None:
+        self.fs.rmdir(path)
+
+    @translated
+    def rename(self, old: str, new: str) -> None:
+        self.fs.rename(old, new)
+
+    @translated
+    def chmod(self, path: str, mode: int) -> None:
+        self.fs.chmod(path, mode)
+
+    @translated
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.fs.chown(path)
+
+    @translated
+    def utimens(self, path: str, times: tuple[float, float] | None = None) -> None:
+        self.fs.utimens(path, times)
+
+    # Not supported by a dataset mount: links and extended attributes.
+    def symlink(self, target: str, source: str) -> None:
+        raise FuseOSError(errno.EPERM)
+
+    def link(self, target: str, source: str) -> None:
+        raise FuseOSError(errno.EPERM)
+
+    def readlink(self, path: str) -> str:
+        raise FuseOSError(errno.EINVAL)
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        raise FuseOSError(errno.ENODATA)
+
+    def listxattr(self, path: str) -> list[str]:
+        return []

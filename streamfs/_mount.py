@@ -1,0 +1,354 @@
+"""Running a mount: the daemon, its registry entry and control socket, unmounting.
+
+``streamfs mount`` starts ``streamfs mount --foreground`` as a detached
+process and waits on a pipe until the file system is live (FUSE ``init``)
+or the daemon failed, then prints the pinned commit. The daemon registers
+itself in ``STATE/mounts/`` and answers ``status``/``commit`` requests on a
+Unix socket there. ``streamfs umount`` asks it to commit what is staged,
+unmounts (lazily if a reader is still inside, so it never hangs) and waits
+for the daemon to exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ._client import Client
+from ._committer import Committer
+from ._errors import InvalidInputError, ReadOnlyError, RemoteError, StreamfsError
+from ._model import RepoSpec
+from ._mountfs import MountFS
+from ._overlay import Overlay
+from ._view import RepoView
+
+log = logging.getLogger("streamfs.mount")
+
+
+def state_root() -> Path:
+    env = os.environ.get("STREAMFS_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "streamfs"
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def mount_record_path(mountpoint: Path) -> Path:
+    return state_root() / "mounts" / (_key(str(mountpoint.resolve())) + ".json")
+
+
+def branch_state_dir(client: Client, spec: RepoSpec, branch: str) -> Path:
+    return state_root() / "branches" / _key(f"{client.url}|{spec.repo}|{branch}")
+
+
+def lock_branch_state(path: Path) -> int:
+    """Hold the branch's staging folder for this process (one writer per branch and machine)."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InvalidInputError(
+            "this branch is already mounted writable on this machine (or `streamfs sync` runs); "
+            "mount it with --read-only, or unmount the other one"
+        ) from None
+    return fd
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+class Daemon:
+    def __init__(
+        self,
+        spec: RepoSpec,
+        mountpoint: Path,
+        client: Client,
+        *,
+        read_only: bool,
+        commit_delay: float,
+    ) -> None:
+        self.spec = spec
+        self.mountpoint = mountpoint.resolve()
+        self.client = client
+        branch = _branch_of(client, spec)
+        self.branch = branch if branch is not None and not read_only else None
+        self.view = RepoView.open(client, spec.owner, spec.name, spec.rev)
+        self.overlay: Overlay | None = None
+        self.committer: Committer | None = None
+        if self.branch is not None:
+            state = branch_state_dir(client, spec, self.branch)
+            self._branch_lock = lock_branch_state(state)
+            self.overlay = Overlay(self.view, self.branch, state)
+            self._recover()
+            self.committer = Committer(self.overlay, delay=commit_delay, author=_user())
+        self.fs = MountFS(self.view, self.overlay)
+        self.record = mount_record_path(self.mountpoint)
+        self.control = self.record.with_suffix(".sock")
+
+    @property
+    def commit(self) -> str:
+        return self.overlay.view.commit_id if self.overlay is not None else self.view.commit_id
+
+    def _recover(self) -> None:
+        """Commit what a killed daemon left staged, before anything else happens."""
+        assert self.overlay is not None
+        base = self.overlay.load_journal()
+        if base is None or self.overlay.pending == 0:
+            return
+        self.overlay.view = RepoView.open(self.client, self.spec.owner, self.spec.name, base)
+        committer = Committer(self.overlay, author=_user())
+        commit = committer.flush("recovered changes staged by an earlier streamfs mount")
+        log.info("recovered staged changes as commit %s", commit)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "mountpoint": str(self.mountpoint),
+            "spec": str(self.spec),
+            "commit": self.commit,
+            "writable": self.overlay is not None,
+            "pending": self.overlay.pending if self.overlay is not None else 0,
+            "last_error": self.overlay.last_error if self.overlay is not None else None,
+        }
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd == "commit":
+            if self.committer is None:
+                raise ReadOnlyError("read-only mount: nothing to commit")
+            commit = self.committer.flush(
+                str(request.get("message") or "changes from a streamfs mount")
+            )
+            return {"commit": commit or self.commit, "changed": commit is not None}
+        raise InvalidInputError(f"unknown control command {cmd!r}")
+
+    def serve_control(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as f:
+            try:
+                request = json.loads(f.readline() or b"{}")
+                reply: dict[str, Any] = {"ok": True, **self.handle(request)}
+            except StreamfsError as exc:
+                reply = {"ok": False, "error": str(exc), "errno": exc.errno}
+            except Exception as exc:  # a bad request must not kill the daemon
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            f.write(json.dumps(reply).encode() + b"\n")
+            f.flush()
+
+    def run(self, ready_fd: int | None, debug: bool) -> None:
+        from fuse import FUSE
+
+        from ._fuse import StreamfsOperations
+
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.control.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.control))
+        sock.listen(16)
+        threading.Thread(target=self.serve_control, args=(sock,), daemon=True).start()
+
+        def on_ready() -> None:
+            self.record.write_text(json.dumps({**self.status(), "control": str(self.control)}))
+            if self.committer is not None:
+                self.committer.start()
+            if ready_fd is not None:
+                os.write(ready_fd, f"ready {self.commit}\n".encode())
+                os.close(ready_fd)
+
+        ops = StreamfsOperations(self.fs, on_ready)
+        writable = self.overlay is not None
+        options: dict[str, Any] = {
+            "foreground": True,
+            "nothreads": False,
+            "fsname": f"streamfs:{self.spec.repo}",
+            "subtype": "streamfs",
+            "big_writes": True,
+            "max_read": 131072,
+        }
+        if writable:
+            options.update(attr_timeout=1.0, entry_timeout=1.0)
+        else:
+            # an immutable commit: let the kernel keep pages and attributes
+            options.update(
+                ro=True,
+                kernel_cache=True,
+                attr_timeout=3600.0,
+                entry_timeout=3600.0,
+                negative_timeout=3600.0,
+            )
+        try:
+            FUSE(ops, str(self.mountpoint), **options)
+        finally:
+            sock.close()
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.committer is not None:
+            self.committer.stop()
+            try:
+                self.committer.flush("changes from a streamfs mount (unmount)")
+            except StreamfsError as exc:
+                log.error("final commit failed; changes stay staged for the next mount: %s", exc)
+        for path in (self.record, self.control):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _branch_of(client: Client, spec: RepoSpec) -> str | None:
+    """The branch ``spec.rev`` names, or None for a tag or commit id."""
+    engine = client.engine
+
+    async def go() -> str | None:
+        assert engine.remote is not None
+        info = await engine.remote.get_repo(spec.owner, spec.name)
+        refs = await engine.remote.refs(spec.owner, spec.name)
+        rev = spec.rev or str(info["default_branch"])
+        return rev if rev in refs["branches"] else None
+
+    return engine.call(go)
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "streamfs"
+
+
+# ------------------------------------------------------------------ the client side
+
+
+def start_daemon(args: list[str], log_file: Path, timeout: float = 120.0) -> str:
+    """Start ``streamfs mount --foreground`` detached; return the commit once mounted."""
+    read_fd, write_fd = os.pipe()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log_out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamfs", *args, "--foreground", "--ready-fd", str(write_fd)],
+            pass_fds=[write_fd],
+            stdin=subprocess.DEVNULL,
+            stdout=log_out,
+            stderr=log_out,
+            start_new_session=True,
+        )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        readable, _, _ = select.select([ready], [], [], timeout)
+        line = ready.readline().decode().strip() if readable else ""
+    if line.startswith("ready "):
+        return line.split(" ", 1)[1]
+    if not readable:
+        proc.kill()
+        raise RemoteError(f"the mount did not come up within {timeout:.0f} s (log: {log_file})")
+    proc.wait(30)
+    tail = (
+        log_file.read_text(errors="replace").strip().splitlines()[-1:] if log_file.exists() else []
+    )
+    raise StreamfsError(f"the mount failed: {tail[0] if tail else 'see ' + str(log_file)}")
+
+
+def control_request(
+    mountpoint: Path, request: dict[str, Any], timeout: float = 300.0
+) -> dict[str, Any]:
+    record = mount_record_path(mountpoint)
+    if not record.exists():
+        raise InvalidInputError(f"{mountpoint} is not a streamfs mount on this machine")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(record.with_suffix(".sock")))
+        with sock.makefile("rwb") as f:
+            f.write(json.dumps(request).encode() + b"\n")
+            f.flush()
+            reply: dict[str, Any] = json.loads(f.readline() or b"{}")
+    except (OSError, ValueError) as exc:
+        raise StreamfsError(f"cannot talk to the mount daemon of {mountpoint}: {exc}") from None
+    finally:
+        sock.close()
+    if not reply.get("ok"):
+        raise StreamfsError(str(reply.get("error", "the mount daemon failed")))
+    return reply
+
+
+def list_mounts() -> list[dict[str, Any]]:
+    folder = state_root() / "mounts"
+    result = []
+    for record in sorted(folder.glob("*.json")) if folder.exists() else []:
+        try:
+            info = json.loads(record.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            continue  # a stale record of a dead daemon
+        with contextlib.suppress(StreamfsError):
+            info.update(control_request(Path(info["mountpoint"]), {"cmd": "status"}, timeout=10))
+        result.append(info)
+    return result
+
+
+def unmount(mountpoint: Path, timeout: float = 300.0) -> None:
+    record = mount_record_path(mountpoint)
+    pid = None
+    if record.exists():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            pid = int(json.loads(record.read_text())["pid"])
+        with contextlib.suppress(StreamfsError):
+            control_request(
+                mountpoint, {"cmd": "commit", "message": "changes from a streamfs mount (unmount)"}
+            )
+    done = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
+    if done.returncode != 0:
+        lazy = subprocess.run(
+            ["fusermount", "-u", "-z", str(mountpoint)], capture_output=True, text=True
+        )
+        if lazy.returncode != 0 and pid is None:
+            raise StreamfsError(
+                f"cannot unmount {mountpoint}: {lazy.stderr.strip() or done.stderr.strip()}"
+            )
+    if pid is not None:
+        _wait_for_exit(pid, timeout)
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        if not readable:
+            os.kill(pid, signal.SIGTERM)
+            raise StreamfsError(f"the mount daemon (pid {pid}) did not exit within {timeout:.0f} s")
+    finally:
+        os.close(fd)

@@ -1,0 +1,226 @@
+"""MountFS: the file system a mount shows, tested without the kernel.
+
+A read-only mount serves one pinned commit (RepoView). A writable mount (a
+branch) layers an Overlay of local changes on top of it; the overlay decides
+what a path is, stages written files on local disk and turns them into
+commits (see _overlay.py). The FUSE adapter (_fuse.py) only translates.
+
+Handles: an integer per open file. Readers get a BlobReader of their own
+(readahead state is per handle); writers get a staged file. ``_handles`` is
+guarded by ``_lock``, held for dict operations only.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat as stat_mod
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import IsADirError, ReadOnlyError, StreamfsError
+from ._fetch import BlobRef
+from ._model import Entry
+from ._overlay import Overlay, StagedHandle
+from ._reader import BlobReader
+from ._view import RepoView, entry_stat
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+@dataclass
+class _ReadHandle:
+    reader: BlobReader
+
+
+class MountFS:
+    def __init__(self, view: RepoView, overlay: Overlay | None = None) -> None:
+        self.view = view
+        self.overlay = overlay
+        self._handles: dict[int, _ReadHandle | StagedHandle] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.uid, self.gid = os.getuid(), os.getgid()
+
+    @property
+    def writable(self) -> bool:
+        return self.overlay is not None
+
+    def _base(self) -> RepoView:
+        return self.overlay.view if self.overlay is not None else self.view
+
+    # ------------------------------------------------------------ lookups
+
+    @staticmethod
+    def _rel(path: str) -> str:
+        return path.strip("/")
+
+    def lookup(self, path: str) -> Entry:
+        rel = self._rel(path)
+        if self.overlay is not None:
+            return self.overlay.lookup(rel)
+        return self.view.lookup(rel)
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        rel = self._rel(path)
+        if self.overlay is not None:
+            st = self.overlay.stat(rel)
+        else:
+            st = entry_stat(self.view.lookup(rel), rel)
+        keys = (
+            "st_mode",
+            "st_ino",
+            "st_dev",
+            "st_nlink",
+            "st_uid",
+            "st_gid",
+            "st_size",
+            "st_atime",
+            "st_mtime",
+            "st_ctime",
+        )
+        attrs = dict(zip(keys, st, strict=True))
+        attrs["st_uid"], attrs["st_gid"] = self.uid, self.gid
+        attrs["st_blocks"] = (attrs["st_size"] + 511) // 512
+        attrs["st_blksize"] = 128 * 1024
+        return attrs
+
+    def readdir(self, path: str) -> list[str]:
+        rel = self._rel(path)
+        if self.overlay is not None:
+            return self.overlay.listdir(rel)
+        return [e.name for e in self.view.listdir(rel).entries]
+
+    def access(self, path: str, amode: int) -> None:
+        entry = self.lookup(path)
+        if amode & os.W_OK and not self.writable:
+            raise ReadOnlyError("read-only mount", filename=path)
+        if amode & os.X_OK and not entry.is_dir:
+            raise StreamfsError("not executable", filename=path) from None
+
+    def statfs(self) -> dict[str, int]:
+        return {
+            "f_bsize": 4096,
+            "f_frsize": 4096,
+            "f_blocks": 1 << 30,
+            "f_bfree": 1 << 29,
+            "f_bavail": 1 << 29,
+            "f_files": 1 << 24,
+            "f_ffree": 1 << 23,
+            "f_namemax": 255,
+        }
+
+    # ------------------------------------------------------------ handles
+
+    def _add(self, handle: _ReadHandle | StagedHandle) -> int:
+        with self._lock:
+            fh = next(self._ids)
+            self._handles[fh] = handle
+        return fh
+
+    def _get(self, fh: int) -> _ReadHandle | StagedHandle:
+        with self._lock:
+            handle = self._handles.get(fh)
+        if handle is None:
+            raise StreamfsError(f"bad file handle {fh}")
+        return handle
+
+    def open(self, path: str, flags: int) -> int:
+        rel = self._rel(path)
+        wants_write = bool(flags & WRITE_FLAGS)
+        if wants_write and self.overlay is None:
+            raise ReadOnlyError("read-only mount (a pinned revision, or --read-only)", filename=rel)
+        if self.overlay is not None:
+            if wants_write:
+                return self._add(self.overlay.open_write(rel, truncate=bool(flags & os.O_TRUNC)))
+            staged = self.overlay.open_staged_read(rel)
+            if staged is not None:
+                return self._add(staged)
+        entry = self.lookup(rel)
+        if entry.is_dir:
+            raise IsADirError("is a directory", filename=rel)
+        base = self._base()
+        reader = BlobReader(base.client, BlobRef(base.owner, base.name, entry.id, entry.size), rel)
+        return self._add(_ReadHandle(reader))
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._get(fh)
+        if isinstance(handle, _ReadHandle):
+            return handle.reader.read(offset, size)
+        return handle.read(offset, size)
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            handle = self._handles.pop(fh, None)
+        if isinstance(handle, StagedHandle) and self.overlay is not None:
+            self.overlay.close_handle(handle)
+
+    def flush(self, fh: int) -> None:
+        handle = self._get(fh)
+        if isinstance(handle, StagedHandle):
+            handle.flush()
+
+    # ------------------------------------------------------------ writing
+
+    def _overlay(self, path: str) -> Overlay:
+        if self.overlay is None:
+            raise ReadOnlyError(
+                "read-only mount (a pinned revision, or --read-only)", filename=self._rel(path)
+            )
+        return self.overlay
+
+    def create(self, path: str, mode: int) -> int:
+        return self._add(self._overlay(path).create(self._rel(path)))
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self._get(fh)
+        if not isinstance(handle, StagedHandle):
+            raise StreamfsError("file not open for writing", filename=None) from None
+        return handle.write(offset, data)
+
+    def truncate(self, path: str, length: int, fh: int | None) -> None:
+        overlay = self._overlay(path)
+        if fh is not None:
+            handle = self._get(fh)
+            if isinstance(handle, StagedHandle):
+                handle.truncate(length)
+                return
+        overlay.truncate(self._rel(path), length)
+
+    def unlink(self, path: str) -> None:
+        self._overlay(path).unlink(self._rel(path))
+
+    def mkdir(self, path: str) -> None:
+        self._overlay(path).mkdir(self._rel(path))
+
+    def rmdir(self, path: str) -> None:
+        self._overlay(path).rmdir(self._rel(path))
+
+    def rename(self, old: str, new: str) -> None:
+        self._overlay(old).rename(self._rel(old), self._rel(new))
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.lookup(path)
+        if not self.writable:
+            raise ReadOnlyError("read-only mount", filename=self._rel(path))
+        if stat_mod.S_IMODE(mode) & 0o111 and not self.lookup(path).is_dir:
+            pass  # modes are not versioned; accepted and ignored like on many network file systems
+
+    def chown(self, path: str) -> None:
+        self.lookup(path)
+        if not self.writable:
+            raise ReadOnlyError("read-only mount", filename=self._rel(path))
+
+    def utimens(self, path: str, times: Any) -> None:
+        self.lookup(path)
+        if not self.writable:
+            raise ReadOnlyError("read-only mount", filename=self._rel(path))
+
+    def close(self) -> None:
+        if self.overlay is not None:
+            self.overlay.close()
+
+
+__all__ = ["MountFS", "errno"]

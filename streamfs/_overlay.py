@@ -1,0 +1,413 @@
+"""The writable layer of a branch mount: local changes over a pinned commit.
+
+What a path is, in order: a staged file (written here, or a renamed file of
+the base), a directory made here, nothing (deleted here, or below a deleted
+directory), else whatever the base commit has. Nothing of the base is
+downloaded for writing, except the old bytes of a file opened for writing
+without O_TRUNC.
+
+Durability: a written file is fsynced when closed, and the journal (what is
+staged, what is deleted, which commit it applies to) is rewritten
+atomically after every change, so a killed daemon loses nothing: the next
+mount of the branch (or ``streamfs sync``) commits it.
+
+Locking: ``_lock`` guards ``files``, ``deleted``, ``dirs`` and the journal
+write; it is never held across network I/O. A commit snapshots the state
+under the lock, uploads and commits without it, and then removes what it
+committed, unless it changed meanwhile (generation numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    IsADirError,
+    NotADirError,
+    PathNotFoundError,
+    StreamfsError,
+)
+from ._fetch import BlobRef
+from ._model import EMPTY_TREE, Entry, Tree, check_path
+from ._reader import BlobReader
+from ._view import RepoView, entry_stat
+
+log = logging.getLogger("streamfs.overlay")
+JOURNAL = "journal.json"
+
+
+@dataclass
+class Staged:
+    """A file of the overlay: local bytes, or a base blob under a new name."""
+
+    local: str | None  # file name in the staging folder
+    blob: str | None  # sha256 once known (closed), or the base blob of a renamed file
+    size: int
+    mtime: int
+    generation: int = 0
+    writers: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"local": self.local, "blob": self.blob, "size": self.size, "mtime": self.mtime}
+
+
+@dataclass
+class StagedHandle:
+    overlay: Overlay
+    path: str
+    staged: Staged
+    fd: int
+    writable: bool
+    _digest: Any = field(default_factory=hashlib.sha256)
+    _hashed: int = 0  # bytes hashed so far, while writes stay sequential from 0
+    dirty: bool = False
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        written = os.pwrite(self.fd, data, offset)
+        if offset == self._hashed and self._digest is not None:
+            self._digest.update(data[:written])
+            self._hashed += written
+        elif offset + written > self._hashed:
+            self._digest = None  # not sequential: hash the file again at close
+        self.dirty = True
+        return written
+
+    def truncate(self, length: int) -> None:
+        os.ftruncate(self.fd, length)
+        if length != self._hashed:
+            self._digest = None if length else hashlib.sha256()
+            self._hashed = 0
+        self.dirty = True
+
+    def flush(self) -> None:
+        if self.dirty:
+            os.fsync(self.fd)
+
+    def finish(self) -> tuple[str, int]:
+        """(sha256, size) of the closed file."""
+        os.fsync(self.fd)
+        size = os.fstat(self.fd).st_size
+        if self._digest is not None and self._hashed == size:
+            return self._digest.hexdigest(), size
+        digest = hashlib.sha256()
+        offset = 0
+        while chunk := os.pread(self.fd, 1 << 20, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+        return digest.hexdigest(), size
+
+
+class Overlay:
+    def __init__(self, view: RepoView, branch: str, state_dir: Path) -> None:
+        self.view = view
+        self.branch = branch
+        self.state_dir = state_dir
+        self.staging = state_dir / "files"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, Staged] = {}
+        self.deleted: set[str] = set()
+        self.dirs: set[str] = set()
+        self._generation = 0
+        self._lock = threading.RLock()
+        self.changed = threading.Condition(self._lock)
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------ persistence
+
+    def load_journal(self) -> str | None:
+        """Restore staged changes of an earlier daemon; returns the base commit they apply to."""
+        path = self.state_dir / JOURNAL
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        for p, item in raw.get("files", {}).items():
+            check_path(p)
+            self.files[p] = Staged(
+                item["local"], item["blob"], int(item["size"]), int(item["mtime"])
+            )
+        self.deleted = {check_path(p) for p in raw.get("deleted", [])}
+        self.dirs = {check_path(p) for p in raw.get("dirs", [])}
+        base: str | None = raw.get("base")
+        return base
+
+    def save_journal(self) -> None:
+        with self._lock:
+            raw = {
+                "base": self.view.commit_id,
+                "branch": self.branch,
+                "files": {p: s.to_json() for p, s in self.files.items() if s.blob is not None},
+                "deleted": sorted(self.deleted),
+                "dirs": sorted(self.dirs),
+            }
+            tmp = self.state_dir / (JOURNAL + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(raw, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_dir / JOURNAL)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self.files) + len(self.deleted)
+
+    # ------------------------------------------------------------ lookups
+
+    def _masked(self, path: str) -> bool:
+        parts = path.split("/")
+        return any("/".join(parts[:i]) in self.deleted for i in range(1, len(parts) + 1))
+
+    def lookup(self, path: str) -> Entry:
+        if path == "":
+            return self.view.root
+        with self._lock:
+            staged = self.files.get(path)
+            if staged is not None:
+                return Entry(
+                    path.rsplit("/", 1)[-1], "file", staged.blob or "", staged.size, staged.mtime
+                )
+            if path in self.dirs:
+                return Entry(path.rsplit("/", 1)[-1], "dir", "", 0, 0)
+            masked = self._masked(path)
+        if masked:
+            raise PathNotFoundError("no such file or directory", filename=path)
+        return self.view.lookup(path)
+
+    def stat(self, path: str) -> tuple[int, ...]:
+        entry = self.lookup(path)
+        with self._lock:
+            staged = self.files.get(path)
+            if staged is not None and staged.local is not None:
+                size = os.stat(self.staging / staged.local).st_size
+                entry = Entry(entry.name, "file", entry.id, size, entry.mtime)
+        return entry_stat(entry, path, writable=True)
+
+    def listdir(self, path: str) -> list[str]:
+        entry = self.lookup(path)
+        if not entry.is_dir:
+            raise NotADirError("not a directory", filename=path)
+        base: Tree = EMPTY_TREE
+        if entry.id:
+            base = self.view.tree(entry.id)
+        prefix = f"{path}/" if path else ""
+        with self._lock:
+            names = {e.name for e in base.entries if not self._masked(prefix + e.name)}
+            for p in [*self.files, *self.dirs]:
+                if p.startswith(prefix) and "/" not in p[len(prefix) :]:
+                    names.add(p[len(prefix) :])
+        return sorted(names)
+
+    def _require_parent_dir(self, path: str) -> None:
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if not self.lookup(parent).is_dir:
+            raise NotADirError("not a directory", filename=parent)
+
+    def _exists(self, path: str) -> Entry | None:
+        try:
+            return self.lookup(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    # ------------------------------------------------------------ files
+
+    def _new_local(self) -> tuple[str, int]:
+        name = uuid.uuid4().hex
+        fd = os.open(self.staging / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        return name, fd
+
+    def create(self, path: str) -> StagedHandle:
+        check_path(path)
+        self._require_parent_dir(path)
+        existing = self._exists(path)
+        if existing is not None and existing.is_dir:
+            raise IsADirError("is a directory", filename=path)
+        return self._open_new(path)
+
+    def _open_new(self, path: str) -> StagedHandle:
+        local, fd = self._new_local()
+        with self._lock:
+            self._generation += 1
+            staged = Staged(local, None, 0, _now(), self._generation, writers=1)
+            old = self.files.get(path)
+            self.files[path] = staged
+        if old is not None and old.local is not None and old.writers == 0:
+            with contextlib.suppress(FileNotFoundError):
+                (self.staging / old.local).unlink()
+        return StagedHandle(self, path, staged, fd, writable=True)
+
+    def open_write(self, path: str, *, truncate: bool) -> StagedHandle:
+        entry = self.lookup(path)
+        if entry.is_dir:
+            raise IsADirError("is a directory", filename=path)
+        with self._lock:
+            staged = self.files.get(path)
+            if staged is not None and staged.local is not None:
+                staged.writers += 1
+                self._generation += 1
+                staged.generation = self._generation
+                staged.blob = None
+                fd = os.open(self.staging / staged.local, os.O_RDWR)
+                handle = StagedHandle(self, path, staged, fd, writable=True)
+                handle._digest = None
+                if truncate:
+                    handle.truncate(0)
+                return handle
+        handle = self._open_new(path)
+        if not truncate and entry.size:
+            self._copy_base(entry, path, handle)
+        return handle
+
+    def _copy_base(self, entry: Entry, path: str, handle: StagedHandle) -> None:
+        """Copy-on-write of an existing file opened without O_TRUNC: fetch its bytes once."""
+        blob = entry.id if entry.id else None
+        with self._lock:
+            staged_old = self.files.get(path)
+        if blob is None and staged_old is not None:
+            blob = staged_old.blob
+        assert blob is not None
+        reader = BlobReader(
+            self.view.client, BlobRef(self.view.owner, self.view.name, blob, entry.size), path
+        )
+        offset = 0
+        while offset < entry.size:
+            data = reader.read(offset, 4 << 20)
+            handle.write(offset, data)
+            offset += len(data)
+
+    def open_staged_read(self, path: str) -> StagedHandle | None:
+        with self._lock:
+            staged = self.files.get(path)
+            if staged is None or staged.local is None:
+                return None
+            fd = os.open(self.staging / staged.local, os.O_RDONLY)
+        return StagedHandle(self, path, staged, fd, writable=False)
+
+    def close_handle(self, handle: StagedHandle) -> None:
+        try:
+            if handle.writable:
+                blob, size = handle.finish()
+                with self._lock:
+                    handle.staged.writers -= 1
+                    if self.files.get(handle.path) is handle.staged and handle.staged.writers == 0:
+                        handle.staged.blob, handle.staged.size = blob, size
+                        handle.staged.mtime = _now()
+                self.save_journal()
+                with self.changed:
+                    self.changed.notify_all()
+        finally:
+            os.close(handle.fd)
+
+    def truncate(self, path: str, length: int) -> None:
+        handle = self.open_write(path, truncate=length == 0)
+        try:
+            handle.truncate(length)
+        finally:
+            self.close_handle(handle)
+
+    # ------------------------------------------------------------ namespace
+
+    def unlink(self, path: str) -> None:
+        entry = self.lookup(path)
+        if entry.is_dir:
+            raise IsADirError("is a directory", filename=path)
+        with self._lock:
+            staged = self.files.pop(path, None)
+            if staged is not None and staged.local is not None and staged.writers == 0:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.staging / staged.local).unlink()
+            if self._in_base(path):
+                self.deleted.add(path)
+        self._changed()
+
+    def _in_base(self, path: str) -> bool:
+        if self._masked(path):
+            return False
+        try:
+            self.view.lookup(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def mkdir(self, path: str) -> None:
+        check_path(path)
+        self._require_parent_dir(path)
+        if self._exists(path) is not None:
+            raise AlreadyExistsError("file exists", filename=path)
+        with self._lock:
+            self.dirs.add(path)
+        self._changed()
+
+    def rmdir(self, path: str) -> None:
+        entry = self.lookup(path)
+        if not entry.is_dir:
+            raise NotADirError("not a directory", filename=path)
+        if path == "":
+            raise InvalidInputError("cannot remove the root")
+        if self.listdir(path):
+            raise StreamfsError("directory not empty", filename=path) from None
+        with self._lock:
+            self.dirs.discard(path)
+            if self._in_base(path):
+                self.deleted.add(path)
+        self._changed()
+
+    def rename(self, old: str, new: str) -> None:
+        check_path(new)
+        entry = self.lookup(old)
+        self._require_parent_dir(new)
+        target = self._exists(new)
+        if target is not None and target.is_dir != entry.is_dir:
+            raise (IsADirError if target.is_dir else NotADirError)(
+                "cannot rename over", filename=new
+            )
+        if entry.is_dir:
+            if target is not None and self.listdir(new):
+                raise StreamfsError("directory not empty", filename=new) from None
+            self.mkdir(new) if target is None else None
+            for name in self.listdir(old):
+                self.rename(f"{old}/{name}", f"{new}/{name}")
+            self.rmdir(old)
+            return
+        with self._lock:
+            staged = self.files.pop(old, None)
+            if staged is None:
+                staged = Staged(None, entry.id, entry.size, entry.mtime)
+            self._generation += 1
+            staged.generation = self._generation
+            replaced = self.files.get(new)
+            self.files[new] = staged
+            if replaced is not None and replaced.local is not None and replaced.writers == 0:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.staging / replaced.local).unlink()
+            if self._in_base(old):
+                self.deleted.add(old)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.save_journal()
+        with self.changed:
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+
+def _now() -> int:
+    import time
+
+    return int(time.time())

@@ -1,0 +1,120 @@
+"""Reading a file of a pinned commit: any byte range, from the cache or the network.
+
+``BlobReader.read`` runs in the caller's thread. Blocks already in the cache
+are served right there (a seek and a read of just the bytes asked for); only
+missing blocks hop to the engine, which fetches, verifies and caches them.
+The readahead planner (one per open handle) decides what to fetch ahead of a
+sequential reader; readahead runs in the background and never delays the
+read that triggered it.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+from ._blocks import blocks_for_range
+from ._client import Client
+from ._engine import Engine
+from ._errors import IntegrityError, StreamfsError
+from ._fetch import BlobRef
+from ._model import BLOCK_SIZE
+from ._readahead import ReadaheadPlanner
+
+
+class BlobReader:
+    """Reads of one file through one handle (the planner state is per handle)."""
+
+    def __init__(self, client: Client, blob: BlobRef, path: str) -> None:
+        self.client = client
+        self.blob = blob
+        self.path = path
+        self._planner = ReadaheadPlanner(blob.size, BLOCK_SIZE)
+        self._lock = threading.Lock()  # guards the planner only
+
+    def read(self, offset: int, size: int) -> bytes:
+        size = max(0, min(size, self.blob.size - offset))
+        if size == 0:
+            return b""
+        with self._lock:
+            plan = self._planner.on_read(offset, size)
+        cache = self.client.cache
+        pieces: dict[int, bytes] = {}
+        missing: list[int] = []
+        for index, start, length in blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE):
+            data = cache.get_block(self.blob.id, index, start, length)
+            if data is None or len(data) != length:
+                missing.append(index)
+            else:
+                pieces[index] = data
+        ahead = [i for i in plan.fetch if i not in pieces and i not in missing]
+        if ahead:
+            self.client.engine.spawn(self._prefetch, ahead)
+        if missing:
+            fetched = self._fetch(missing)
+            for index, start, length in blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE):
+                if index in fetched:
+                    pieces[index] = fetched[index][start : start + length]
+        return b"".join(pieces[i] for i in sorted(pieces))
+
+    def _fetch(self, indices: list[int]) -> dict[int, bytes]:
+        engine = self.client.engine
+        try:
+            return engine.call(_fetch_blocks, engine, self.blob, indices)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{exc.message} (never served)", filename=self.path) from None
+        except StreamfsError as exc:
+            raise type(exc)(exc.message, filename=self.path) from None
+
+    async def _prefetch(self, indices: list[int]) -> None:
+        engine = self.client.engine
+        assert engine.fetcher is not None
+        await engine.fetcher.prefetch(self.blob, indices)
+
+
+async def _fetch_blocks(engine: Engine, blob: BlobRef, indices: list[int]) -> dict[int, bytes]:
+    assert engine.fetcher is not None
+    return await engine.fetcher.blocks(blob, indices)
+
+
+class RepoFile(io.RawIOBase):
+    """A read-only, seekable binary file over a BlobReader (wrap in io.BufferedReader)."""
+
+    def __init__(self, reader: BlobReader, name: str) -> None:
+        super().__init__()
+        self._reader = reader
+        self._pos = 0
+        self.name = name
+        self.mode = "rb"
+
+    @property
+    def size(self) -> int:
+        return self._reader.blob.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._reader.read(self._pos, len(buffer))
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        data = self._reader.read(self._pos, max(0, self.size - self._pos))
+        self._pos += len(data)
+        return data

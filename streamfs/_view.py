@@ -1,0 +1,146 @@
+"""RepoView: one commit of one repository, pinned, as path -> entry. Trees load lazily.
+
+A directory's tree is fetched the first time someone looks into it, checked
+against its id, and kept in memory and in the shared disk cache (trees are
+immutable, keyed by id), so a second process or mount of the same commit
+asks the server nothing. A missing name in a known directory is answered
+here, with no request.
+
+Thread safety: any thread may call any method. The in-memory tree map is
+guarded by ``_lock``, held only for dict operations, never across I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat as stat_mod
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from ._client import Client
+from ._engine import Engine
+from ._errors import NotADirError, PathNotFoundError
+from ._model import (
+    Commit,
+    Entry,
+    Tree,
+    decode_commit,
+    decode_tree,
+    encode_commit,
+    object_id,
+    split_path,
+)
+from ._remote import Remote
+
+MAX_TREES_IN_MEMORY = 4096
+
+
+class RepoView:
+    def __init__(
+        self, client: Client, owner: str, name: str, commit_id: str, commit: Commit
+    ) -> None:
+        self.client = client
+        self.owner = owner
+        self.name = name
+        self.commit_id = commit_id
+        self.commit = commit
+        self.root = Entry("", "dir", commit.tree, 0, commit.time)
+        self._trees: OrderedDict[str, Tree] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, client: Client, owner: str, name: str, rev: str | None) -> RepoView:
+        """Resolve ``rev`` once; everything read through the view comes from that commit."""
+        engine = client.engine
+        commit_id = engine.call(_resolve, engine, owner, name, rev)
+        raw = client.cache.get_meta(f"commit:{commit_id}")
+        if raw is None or object_id(raw) != commit_id:
+            commit = engine.call(_get_commit, engine, owner, name, commit_id)
+            client.cache.put_meta(f"commit:{commit_id}", encode_commit(commit))
+        else:
+            commit = decode_commit(raw)
+        return cls(client, owner, name, commit_id, commit)
+
+    # ------------------------------------------------------------ trees
+
+    def tree(self, tree_id: str) -> Tree:
+        with self._lock:
+            tree = self._trees.get(tree_id)
+            if tree is not None:
+                self._trees.move_to_end(tree_id)
+                return tree
+        cache = self.client.cache
+        raw = cache.get_meta(f"tree:{tree_id}")
+        if raw is None or object_id(raw) != tree_id:
+            engine = self.client.engine
+            raw = engine.call(_get_tree_bytes, engine, self.owner, self.name, tree_id)
+            cache.put_meta(f"tree:{tree_id}", raw)
+        tree = decode_tree(raw)
+        with self._lock:
+            self._trees[tree_id] = tree
+            while len(self._trees) > MAX_TREES_IN_MEMORY:
+                self._trees.popitem(last=False)
+        return tree
+
+    # ------------------------------------------------------------ paths
+
+    def lookup(self, path: str) -> Entry:
+        """The entry at ``path`` ('' is the root). Raises PathNotFoundError / NotADirError."""
+        entry = self.root
+        parts = split_path(path)
+        for i, part in enumerate(parts):
+            if not entry.is_dir:
+                raise NotADirError("not a directory", filename="/".join(parts[:i]))
+            child = self.tree(entry.id).get(part)
+            if child is None:
+                raise PathNotFoundError("no such file or directory", filename="/".join(parts))
+            entry = child
+        return entry
+
+    def listdir(self, path: str) -> Tree:
+        entry = self.lookup(path)
+        if not entry.is_dir:
+            raise NotADirError("not a directory", filename=path)
+        return self.tree(entry.id)
+
+    def walk(self, top: str = "") -> Iterator[tuple[str, list[Entry], list[Entry]]]:
+        """Like os.walk, top-down: (dirpath, dir entries, file entries)."""
+        tree = self.listdir(top)
+        dirs = [e for e in tree.entries if e.is_dir]
+        files = [e for e in tree.entries if not e.is_dir]
+        yield top, dirs, files
+        for d in dirs:
+            yield from self.walk(f"{top}/{d.name}" if top else d.name)
+
+    def stat(self, path: str, *, writable: bool = False) -> tuple[int, ...]:
+        return entry_stat(self.lookup(path), path, writable=writable)
+
+
+def entry_stat(entry: Entry, path: str, *, writable: bool = False) -> tuple[int, ...]:
+    """An os.stat_result-shaped tuple for an entry (mode, ino, dev, nlink, uid, gid, size, times)."""
+    if entry.is_dir:
+        mode = stat_mod.S_IFDIR | (0o755 if writable else 0o555)
+        nlink = 2
+    else:
+        mode = stat_mod.S_IFREG | (0o644 if writable else 0o444)
+        nlink = 1
+    ino = int.from_bytes(hashlib.blake2b(path.encode(), digest_size=7).digest(), "big")
+    return (mode, ino, 0, nlink, 0, 0, entry.size, entry.mtime, entry.mtime, entry.mtime)
+
+
+async def _remote(engine: Engine) -> Remote:
+    assert engine.remote is not None
+    return engine.remote
+
+
+async def _resolve(engine: Engine, owner: str, name: str, rev: str | None) -> str:
+    return await (await _remote(engine)).resolve(owner, name, rev)
+
+
+async def _get_commit(engine: Engine, owner: str, name: str, oid: str) -> Commit:
+    return await (await _remote(engine)).get_commit(owner, name, oid)
+
+
+async def _get_tree_bytes(engine: Engine, owner: str, name: str, oid: str) -> bytes:
+    return await (await _remote(engine)).get_tree_bytes(owner, name, oid)

@@ -1,0 +1,234 @@
+"""The streaming client core against a real server: pinning, reads, cache, faults, pull/verify."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import streamfs
+from streamfs._model import BLOCK_SIZE
+
+from .conftest import ServerProcess, run_cli
+
+
+def publish(server: ServerProcess, repo: str, files: dict[str, bytes], tmp_path: Path) -> str:
+    src = tmp_path / f"src-{len(files)}-{random.random()}"
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    if run_cli(server, "repo", "create", repo, check=False).returncode not in (0, 1):
+        raise AssertionError("repo create failed")
+    return run_cli(server, "upload", repo, str(src), "-m", "data").stdout.strip().splitlines()[-1]
+
+
+def open_repo(server: ServerProcess, spec: str, cache: Path, **kwargs: object) -> streamfs.Repo:
+    return streamfs.Repo(spec, remote=server.url, cache_dir=cache, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def big(server: ServerProcess, repo_name: str, tmp_path: Path) -> tuple[str, bytes]:
+    data = random.Random(7).randbytes(2 * BLOCK_SIZE + 12345)
+    publish(server, f"alice/{repo_name}", {"big.bin": data, "small.txt": b"hello"}, tmp_path)
+    return f"alice/{repo_name}", data
+
+
+def test_pinned_commit_and_stat_before_any_read(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    repo_id, data = big
+    repo = open_repo(server, f"{repo_id}@main", tmp_path / "cache")
+    assert repo.commit == run_cli(server, "resolve", f"{repo_id}@main").stdout.strip()
+    before = server.metrics().get("blob_get_requests", 0)
+    assert repo.stat("big.bin").st_size == len(data)
+    assert repo.listdir("") == ["big.bin", "small.txt"]
+    assert server.metrics().get("blob_get_requests", 0) == before
+    with pytest.raises(FileNotFoundError) as info:
+        repo.stat("nope.txt")
+    assert info.value.errno == errno.ENOENT
+
+    # the branch moves on; the view does not
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(b"later")
+    run_cli(server, "upload", f"{repo_id}@main", str(extra), "-m", "later")
+    assert not repo.exists("extra.txt")
+    assert open_repo(server, f"{repo_id}@main", tmp_path / "cache").exists("extra.txt")
+
+
+def test_random_reads_return_exact_bytes(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    repo_id, data = big
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    rng = random.Random(1)
+    offsets = [
+        0,
+        BLOCK_SIZE - 1,
+        BLOCK_SIZE,
+        2 * BLOCK_SIZE - 3,
+        len(data) - 1,
+        len(data),
+        len(data) + 10,
+    ]
+    offsets += [rng.randrange(len(data)) for _ in range(60)]
+    with repo.open("big.bin") as f:
+        for offset in offsets:
+            size = rng.choice([1, 100, 4096, 131072, BLOCK_SIZE + 7, 3 * BLOCK_SIZE])
+            f.seek(offset)
+            assert f.read(size) == data[offset : offset + size], (offset, size)
+    assert repo.read_bytes("small.txt") == b"hello"
+    assert repo.read_bytes("big.bin") == data
+
+
+def test_second_process_sends_no_blob_request(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    repo_id, data = big
+    cache = tmp_path / "cache"
+    assert open_repo(server, repo_id, cache).read_bytes("big.bin") == data
+    before = server.metrics()
+    script = (
+        "import hashlib, streamfs, sys\n"
+        f"r = streamfs.Repo({repo_id!r}, remote={server.url!r}, cache_dir={str(cache)!r})\n"
+        "print(hashlib.sha256(r.read_bytes('big.bin')).hexdigest())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    after = server.metrics()
+    assert out.stdout.strip() == hashlib.sha256(data).hexdigest()
+    assert after.get("blob_get_requests", 0) == before.get("blob_get_requests", 0)
+
+
+def test_corrupted_block_is_never_served(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    repo_id, data = big
+    blob = hashlib.sha256(data).hexdigest()
+    stored = server.root / "data" / "objects" / "blob" / blob[:2] / blob[2:]
+    with open(stored, "r+b") as f:  # the server's disk rots under block 1
+        f.seek(BLOCK_SIZE + 100)
+        f.write(b"\xff" if data[BLOCK_SIZE + 100] != 0xFF else b"\x00")
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    with repo.open("big.bin") as f:
+        assert f.read(1000) == data[:1000]  # block 0 is intact
+        f.seek(BLOCK_SIZE)
+        with pytest.raises(streamfs.IntegrityError) as info:
+            f.read(10)
+    assert info.value.errno == errno.EIO and "big.bin" in str(info.value)
+    assert repo.client.cache.get_block(blob, 1, 0, 10) is None
+
+
+def test_dead_server_is_an_error_within_the_bound(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    repo_id, data = big
+    repo = open_repo(server, repo_id, tmp_path / "cache", timeout=3)
+    with repo.open("big.bin", buffering=0) as f:
+        assert f.read(100) == data[:100]
+        server.kill()
+        f.seek(2 * BLOCK_SIZE + 5)
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            f.read(100)
+        elapsed = time.monotonic() - started
+    assert info.value.errno == errno.EIO
+    assert isinstance(info.value, streamfs.RemoteUnavailableError)
+    assert elapsed < 3 * 3, f"took {elapsed:.1f} s with a 3 s bound"
+
+
+def test_sixteen_threads_read_sixteen_files(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    rng = random.Random(3)
+    files = {f"f{i:02d}.bin": rng.randbytes(rng.randint(1, 3 * 1024 * 1024)) for i in range(16)}
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    results: dict[str, str] = {}
+    barrier = threading.Barrier(16)
+
+    def reader(name: str) -> None:
+        barrier.wait()
+        results[name] = hashlib.sha256(repo.read_bytes(name)).hexdigest()
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+
+
+def test_cache_stays_under_its_limit(server: ServerProcess, repo_name: str, tmp_path: Path) -> None:
+    limit = 24 * 1024 * 1024
+    rng = random.Random(5)
+    files = {
+        f"f{i}.bin": rng.randbytes(4 * 1024 * 1024) for i in range(12)
+    }  # 48 MiB: twice the limit
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=limit)
+    for name, data in files.items():
+        assert repo.read_bytes(name) == data
+        assert repo.client.cache.stats()["size"] <= limit
+    usage = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert usage <= limit * 1.25  # the files on disk, SQLite included
+
+
+def test_pull_then_verify_round_trip(server: ServerProcess, repo_name: str, tmp_path: Path) -> None:
+    rng = random.Random(9)
+    files = {f"d{i % 3}/f{i}.bin": rng.randbytes(rng.randint(0, 200_000)) for i in range(30)}
+    files["big/huge.bin"] = rng.randbytes(BLOCK_SIZE + 999)
+    repo_id = f"alice/{repo_name}"
+    commit = publish(server, repo_id, files, tmp_path)
+    env_cache = ["--cache-dir", str(tmp_path / "cache")]
+    dest = tmp_path / "copy"
+
+    out = run_cli(server, "pull", f"{repo_id}@{commit[:10]}", str(dest), *env_cache)
+    assert "31 written" in out.stdout
+    assert {
+        p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()
+    } == files
+    assert "OK: 31 match" in run_cli(server, "verify", repo_id, str(dest), *env_cache).stdout
+
+    again = run_cli(server, "pull", repo_id, str(dest), *env_cache)
+    assert "0 written" in again.stdout and "31 already there" in again.stdout
+
+    (dest / "d1" / "f1.bin").write_bytes(b"tampered")
+    (dest / "d0" / "f0.bin").unlink()
+    (dest / "stray.txt").write_text("not in the repo")
+    bad = run_cli(server, "verify", repo_id, str(dest), *env_cache, check=False)
+    assert bad.returncode == 1
+    assert "modified  d1/f1.bin" in bad.stdout and "missing   d0/f0.bin" in bad.stdout
+    assert "extra     stray.txt" in bad.stdout
+
+    part = tmp_path / "part"
+    run_cli(
+        server, "pull", repo_id, str(part), "--include", "d2/*", "--exclude", "*f5.bin", *env_cache
+    )
+    expected = {p for p in files if p.startswith("d2/") and not p.endswith("f5.bin")}
+    assert {p.relative_to(part).as_posix() for p in part.rglob("*") if p.is_file()} == expected
+
+
+def test_cache_stats_and_clear(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    repo_id, data = big
+    cache = tmp_path / "cache"
+    repo = open_repo(server, repo_id, cache)
+    repo.read_bytes("big.bin")
+    repo.read_bytes("big.bin")
+    out = run_cli(server, "cache", "stats", "--cache-dir", str(cache)).stdout
+    assert "blocks     3" in out and "hit ratio" in out
+    run_cli(server, "cache", "clear", "--cache-dir", str(cache))
+    assert "blocks     0" in run_cli(server, "cache", "stats", "--cache-dir", str(cache)).stdout
+    assert os.path.isdir(cache)
