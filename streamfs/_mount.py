@@ -129,6 +129,7 @@ class Daemon:
             "writable": self.overlay is not None,
             "pending": self.overlay.pending if self.overlay is not None else 0,
             "last_error": self.overlay.last_error if self.overlay is not None else None,
+            "read_calls": self.fs.read_calls,
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class MountFS:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.uid, self.gid = os.getuid(), os.getgid()
+        self.read_calls = 0  # reads that reached the daemon (the kernel cache serves the rest)
 
     @property
     def writable(self) -> bool:
@@ -146,6 +147,8 @@ class MountFS:
         return self._add(_ReadHandle(reader))
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
+        with self._lock:
+            self.read_calls += 1
         handle = self._get(fh)
         if isinstance(handle, _ReadHandle):
             return handle.reader.read(offset, size)

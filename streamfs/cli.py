@@ -468,6 +468,8 @@ def mount(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         filename=str(log_file) if log_file else None,
     )
+    if not debug:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     url, token = ctx.obj
     client = Client.create(url, token, cache_dir=cache_dir, cache_size=cache_size)
     daemon = Daemon(spec, mountpoint, client, read_only=read_only, commit_delay=commit_delay)

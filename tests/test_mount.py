@@ -1,0 +1,244 @@
+"""Real FUSE mounts (`streamfs mount` as a daemon) against a real server.
+
+These tests need /dev/fuse and fusermount. They fail, never skip, when FUSE
+is missing: CI installs it (make install).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamfs._model import BLOCK_SIZE
+
+from .conftest import ServerProcess, run_cli
+
+
+def require_fuse() -> None:
+    assert os.path.exists("/dev/fuse"), "FUSE is missing: /dev/fuse does not exist (run make install)"
+    assert shutil.which("fusermount"), "FUSE is missing: no fusermount (apt-get install fuse)"
+
+
+class Mounts:
+    """Mounts made by one test, always unmounted in teardown."""
+
+    def __init__(self, server: ServerProcess, tmp_path: Path) -> None:
+        self.server = server
+        self.tmp = tmp_path
+        self.env = dict(
+            os.environ,
+            STREAMFS_REMOTE=server.url,
+            STREAMFS_STATE_DIR=str(tmp_path / "state"),
+            STREAMFS_CACHE_DIR=str(tmp_path / "cache"),
+            STREAMFS_TIMEOUT="3",
+        )
+        self.points: list[Path] = []
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "streamfs", *args], env=self.env, capture_output=True, text=True, timeout=180
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"streamfs {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def mount(self, spec: str, *extra: str, name: str | None = None) -> Path:
+        require_fuse()
+        point = self.tmp / (name or f"mnt{len(self.points)}")
+        point.mkdir()
+        self.points.append(point)
+        out = self.cli("mount", spec, str(point), *extra)
+        assert len(out.stdout.strip().splitlines()[-1]) == 64  # the pinned commit id
+        return point
+
+    def status(self, point: Path) -> dict[str, object]:
+        from streamfs._mount import control_request
+
+        old = os.environ.get("STREAMFS_STATE_DIR")
+        os.environ["STREAMFS_STATE_DIR"] = self.env["STREAMFS_STATE_DIR"]
+        try:
+            return control_request(point, {"cmd": "status"})
+        finally:
+            if old is None:
+                del os.environ["STREAMFS_STATE_DIR"]
+            else:
+                os.environ["STREAMFS_STATE_DIR"] = old
+
+    def cleanup(self) -> None:
+        for point in self.points:
+            if os.path.ismount(point):
+                self.cli("umount", str(point), check=False)
+            if os.path.ismount(point):
+                subprocess.run(["fusermount", "-u", "-z", str(point)], check=False)
+
+
+@pytest.fixture
+def mounts(server: ServerProcess, tmp_path: Path) -> Iterator[Mounts]:
+    m = Mounts(server, tmp_path)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+
+
+def publish(mounts: Mounts, repo: str, files: dict[str, bytes]) -> str:
+    src = mounts.tmp / f"src-{repo.replace('/', '-')}"
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    mounts.cli("repo", "create", repo)
+    return mounts.cli("upload", repo, str(src), "-m", "data").stdout.strip().splitlines()[-1]
+
+
+def dataset(n: int, seed: int = 0) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {f"d{i % 20:02d}/f{i:04d}.bin": rng.randbytes(rng.randint(0, 2000)) for i in range(n)}
+
+
+def test_find_over_1000_files_and_stat_before_read(mounts: Mounts, repo_name: str) -> None:
+    files = dataset(1000)
+    publish(mounts, f"alice/{repo_name}", files)
+    point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
+    found = subprocess.run(["find", str(point), "-type", "f"], capture_output=True, text=True, check=True)
+    paths = {Path(p).relative_to(point).as_posix() for p in found.stdout.split()}
+    assert paths == set(files)
+    sizes = {p: os.stat(point / p).st_size for p in files}
+    assert sizes == {p: len(d) for p, d in files.items()}
+    assert mounts.status(point)["read_calls"] == 0  # sizes came from trees, not reads
+
+
+def test_reads_are_byte_exact_and_mmap_works(mounts: Mounts, repo_name: str) -> None:
+    rng = random.Random(2)
+    big = rng.randbytes(3 * BLOCK_SIZE + 777)
+    files = {"big.bin": big, "small.txt": b"small file\n", "empty": b""}
+    commit = publish(mounts, f"alice/{repo_name}", files)
+    point = mounts.mount(f"alice/{repo_name}@{commit}")
+    for name, data in files.items():
+        assert (point / name).read_bytes() == data
+        assert subprocess.run(["cmp", str(point / name), str(mounts.tmp / f"src-alice-{repo_name}" / name)]).returncode == 0
+    with open(point / "big.bin", "rb") as f:
+        for _ in range(50):
+            offset, size = rng.randrange(len(big) + 10), rng.choice([1, 4096, 200_000, BLOCK_SIZE + 3])
+            f.seek(offset)
+            assert f.read(size) == big[offset : offset + size]
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            assert m[BLOCK_SIZE - 10 : BLOCK_SIZE + 10] == big[BLOCK_SIZE - 10 : BLOCK_SIZE + 10]
+            assert hashlib.sha256(m).hexdigest() == hashlib.sha256(big).hexdigest()
+
+
+def _hash_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_eight_processes_read_different_files(mounts: Mounts, repo_name: str) -> None:
+    rng = random.Random(4)
+    files = {f"f{i}.bin": rng.randbytes(rng.randint(BLOCK_SIZE // 2, 2 * BLOCK_SIZE)) for i in range(8)}
+    publish(mounts, f"alice/{repo_name}", files)
+    point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        hashes = pool.map(_hash_file, [str(point / n) for n in files])
+    assert hashes == [hashlib.sha256(d).hexdigest() for d in files.values()]
+
+
+def test_second_read_does_not_reach_the_daemon(mounts: Mounts, repo_name: str) -> None:
+    data = random.Random(5).randbytes(BLOCK_SIZE + 1000)
+    publish(mounts, f"alice/{repo_name}", {"a.bin": data})
+    point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
+    assert (point / "a.bin").read_bytes() == data
+    after_first = mounts.status(point)["read_calls"]
+    assert isinstance(after_first, int) and after_first > 0
+    assert (point / "a.bin").read_bytes() == data
+    assert mounts.status(point)["read_calls"] == after_first
+
+
+def test_erofs_enoent_and_eio(mounts: Mounts, repo_name: str) -> None:
+    data = random.Random(6).randbytes(2 * BLOCK_SIZE + 5)
+    publish(mounts, f"alice/{repo_name}", {"a.bin": data, "dir/b.txt": b"b"})
+    mounts.cli("tag", f"alice/{repo_name}@main", "v1")
+    point = mounts.mount(f"alice/{repo_name}@v1")
+
+    for attempt in (
+        lambda: (point / "new.txt").write_bytes(b"x"),
+        lambda: (point / "a.bin").unlink(),
+        lambda: (point / "newdir").mkdir(),
+        lambda: os.rename(point / "a.bin", point / "c.bin"),
+        lambda: open(point / "a.bin", "r+b"),
+    ):
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EROFS
+    for missing in ("nope.txt", "dir/nope", "nope/deeper"):
+        with pytest.raises(FileNotFoundError):
+            os.stat(point / missing)
+
+    with open(point / "a.bin", "rb", buffering=0) as f:
+        assert f.read(100) == data[:100]
+        mounts.server.kill()
+        f.seek(2 * BLOCK_SIZE)
+        with pytest.raises(OSError) as info:
+            f.read(5)
+    assert info.value.errno == errno.EIO
+    mounts.cli("umount", str(point))  # unmounting works with the server gone
+    assert not os.path.ismount(point)
+
+
+def test_branch_mount_writes_become_one_commit(mounts: Mounts, repo_name: str) -> None:
+    repo = f"alice/{repo_name}"
+    publish(mounts, repo, {"keep.txt": b"keep", "old.txt": b"old", "gone.txt": b"gone", "sub/x.txt": b"x"})
+    before = run_cli(mounts.server, "resolve", repo).stdout.strip()
+    point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
+
+    (point / "new").mkdir()
+    (point / "new" / "a.bin").write_bytes(b"A" * 300_000)
+    (point / "top.txt").write_text("hello")
+    (point / "gone.txt").unlink()
+    os.rename(point / "old.txt", point / "sub" / "renamed.txt")
+    assert sorted(os.listdir(point)) == ["keep.txt", "new", "sub", "top.txt"]
+    assert (point / "sub" / "renamed.txt").read_bytes() == b"old"
+    assert run_cli(mounts.server, "resolve", repo).stdout.strip() == before  # nothing committed yet
+
+    out = mounts.cli("commit", str(point), "-m", "edits through the mount").stdout
+    after = run_cli(mounts.server, "resolve", repo).stdout.strip()
+    assert after in out and after != before
+    log = run_cli(mounts.server, "log", repo, "--oneline").stdout.splitlines()
+    assert log[0].endswith("edits through the mount") and log[1].split()[0] == before[:12]
+    diff = run_cli(mounts.server, "diff", f"{repo}@{before}", after).stdout.splitlines()
+    assert sorted(diff[:-1]) == sorted([
+        "A  new/a.bin  (293.0 KiB)", "A  sub/renamed.txt  (3 B)", "A  top.txt  (5 B)",
+        "D  gone.txt  (4 B)", "D  old.txt  (3 B)",
+    ])
+
+    second = mounts.mount(f"{repo}@main", "--read-only")
+    assert (second / "new" / "a.bin").read_bytes() == b"A" * 300_000
+    assert (second / "top.txt").read_text() == "hello"
+    assert not (second / "gone.txt").exists()
+
+
+def test_staged_file_survives_a_killed_daemon(mounts: Mounts, repo_name: str) -> None:
+    repo = f"alice/{repo_name}"
+    publish(mounts, repo, {"a.txt": b"a"})
+    point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
+    (point / "precious.txt").write_bytes(b"do not lose me")  # closed: staged and journaled
+    pid = int(mounts.status(point)["pid"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGKILL)
+    subprocess.run(["fusermount", "-u", "-z", str(point)], check=False)
+    assert "precious.txt" not in run_cli(mounts.server, "ls", repo).stdout
+
+    mounts.points.remove(point)
+    again = mounts.mount(f"{repo}@main", name="again")
+    assert "precious.txt" in run_cli(mounts.server, "ls", repo).stdout
+    assert (again / "precious.txt").read_bytes() == b"do not lose me"
+    assert run_cli(mounts.server, "log", repo, "-n", "1").stdout.count("recovered") == 1
