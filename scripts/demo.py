@@ -44,6 +44,36 @@ def step(env: dict[str, str], *args: str) -> str:
     return proc.stdout
 
 
+def mount_demo(env: dict[str, str]) -> None:
+    """Mount the pinned tag read-only, then the branch writable, and add a file through it."""
+    env = dict(env, STREAMFS_STATE_DIR=str(WORK / "state"), STREAMFS_CACHE_DIR=str(WORK / "cache"))
+    pinned, branch = WORK / "mnt-v1", WORK / "mnt-main"
+    pinned.mkdir()
+    branch.mkdir()
+    try:
+        step(env, "mount", "demo/pets@v1", str(pinned))
+        labels = (pinned / "labels.csv").read_text().splitlines()
+        some = pinned / labels[1].split(",")[0]
+        print(f"\n$ python: read {len(labels) - 1} labels and {some.stat().st_size} bytes of "
+              f"{some.relative_to(pinned)} straight from the mount")
+        print(f"  sha256 {__import__('hashlib').sha256(some.read_bytes()).hexdigest()}")
+        try:
+            (pinned / "new.txt").write_text("x")
+        except OSError as exc:
+            print(f"  writing to a pinned mount fails as it should: {exc.strerror}")
+        step(env, "mount", "demo/pets@main", str(branch), "--commit-delay", "3600")
+        (branch / "notes.txt").write_text("added through the FUSE mount\n")
+        print(f"\n$ echo 'added through the FUSE mount' > {branch / 'notes.txt'}")
+        step(env, "status")
+        step(env, "commit", str(branch), "-m", "add notes through the mount")
+        step(env, "log", "demo/pets", "--oneline", "-n", "3")
+        step(env, "ls", "demo/pets@main")
+    finally:
+        for point in (branch, pinned):
+            if os.path.ismount(point):
+                step(env, "umount", str(point))
+
+
 def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
@@ -95,6 +125,7 @@ def main() -> None:
         step(env, "ls", "demo/pets@v1:train/cat")
         step(env, "diff", "demo/pets@v1", "main")
         step(env, "resolve", "demo/pets@v1")
+        mount_demo(env)
         print("\ndemo finished: every step above ran against the real server.")
     finally:
         server.terminate()
