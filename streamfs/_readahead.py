@@ -24,9 +24,10 @@ for S3's prefetcher:
   in one stream.
 - **The window doubles** when the reader reaches the first block of the batch
   planned at the last growth (Linux's "async readahead marker"), up to
-  ``max_window``. The reader then always has one to two windows in flight
-  ahead of it; a reader faster than the network grows the window, which is
-  how a sequential scan reaches full bandwidth.
+  ``max_window``: 8, 16, 32, 64, 128 MiB over the first ~60 MiB of a scan
+  with the defaults. Since every sequential read tops the plan up to a full
+  window past itself, a streaming reader always has a window's worth of
+  blocks requested ahead of it.
 - **A random read resets the stream**: no window, only the blocks the read
   touches. A random reader thus never fetches more than it reads (rounded to
   blocks), and a later sequential run starts small again.

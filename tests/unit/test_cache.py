@@ -1,0 +1,282 @@
+"""BlockCache on a real directory: exact slices, stats, eviction, several processes."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import pickle
+from collections.abc import Iterator
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+import pytest
+
+from streamfs._cache import (
+    BlockCache,
+    GiB,
+    MiB,
+    default_cache_dir,
+    default_cache_size,
+    parse_size,
+    size_for_free_space,
+)
+from streamfs._errors import InvalidInputError
+from streamfs._model import BLOCK_SIZE
+
+BLOB = "ab" * 32
+KiB = 1024
+
+
+def pattern(seed: int, size: int) -> bytes:
+    """Distinct, checkable content: sha256 chain of the seed, cut to size."""
+    out = bytearray()
+    digest = seed.to_bytes(8, "big")
+    while len(out) < size:
+        digest = hashlib.sha256(digest).digest()
+        out += digest * 64
+    return bytes(out[:size])
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[BlockCache]:
+    with BlockCache(tmp_path / "cache", 256 * MiB) as c:
+        yield c
+
+
+# ----------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("size", [BLOCK_SIZE, 1000, 40 * KiB])  # file-backed and inline values
+def test_get_returns_exactly_the_slice_asked_for(cache: BlockCache, size: int) -> None:
+    data = pattern(1, size)
+    cache.put(BLOB, 3, data)
+    for offset, length in [(0, size), (0, 1), (size - 1, 1), (size // 3, size // 2), (size, 0)]:
+        assert cache.get(BLOB, 3, offset, length) == data[offset : offset + length]
+    assert cache.get(BLOB, 3) == data
+    assert cache.get(BLOB, 3, size // 2) == data[size // 2 :]
+
+
+def test_a_slice_past_the_stored_bytes_is_a_miss_not_a_short_read(cache: BlockCache) -> None:
+    cache.put(BLOB, 0, pattern(2, 64 * KiB))
+    cache.put(BLOB, 1, b"tiny")
+    assert cache.get(BLOB, 0, 64 * KiB - 10, 11) is None
+    assert cache.get(BLOB, 0, 64 * KiB + 1) is None
+    assert cache.get(BLOB, 1, 2, 3) is None
+    with pytest.raises(ValueError):
+        cache.get(BLOB, 0, -1, 5)
+    with pytest.raises(ValueError):
+        cache.get(BLOB, -1)
+
+
+def test_contains_put_variants_and_first_put_wins(cache: BlockCache) -> None:
+    assert not cache.contains(BLOB, 0) and not cache.has_block(BLOB, 0)
+    cache.put(BLOB, 0, bytearray(b"x" * 50_000))
+    cache.put_block(BLOB, 1, memoryview(b"y" * 10))
+    cache.put(BLOB, 1, b"z" * 10)  # content addressed: same key, same bytes; kept as is
+    assert cache.contains(BLOB, 0) and cache.get_block(BLOB, 1) == b"y" * 10
+    assert cache.get(BLOB, 0, 49_999, 1) == b"x"
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+def test_a_hit_reads_only_what_it_serves(cache: BlockCache) -> None:
+    cache.put(BLOB, 0, pattern(3, BLOCK_SIZE))
+    cache.get(BLOB, 0, 0, 1)  # warm the SQLite connection and pages
+
+    def bytes_read() -> int:
+        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+        return int(fields["rchar"])
+
+    before = bytes_read()
+    for i in range(8):
+        assert cache.get(BLOB, 0, 1 * MiB + i * 128 * KiB, 128 * KiB) is not None
+    assert bytes_read() - before < 8 * 128 * KiB + 64 * KiB  # not 8 x 4 MiB
+
+
+# ----------------------------------------------------------------- metadata, stats, clear
+
+
+def test_metadata_store(cache: BlockCache) -> None:
+    assert cache.get_meta("tree:" + BLOB) is None
+    big = pattern(4, 100 * KiB)
+    cache.put_meta("tree:" + BLOB, b"{}")
+    cache.put_meta("blockmap:" + BLOB, big)
+    assert cache.get_meta("tree:" + BLOB) == b"{}"
+    assert cache.get_meta("blockmap:" + BLOB) == big
+
+
+def test_stats_count_hits_and_misses(cache: BlockCache) -> None:
+    assert cache.get(BLOB, 0) is None
+    cache.put(BLOB, 0, pattern(5, 100 * KiB))
+    cache.put_meta("commit:x", b"{}")
+    cache.contains(BLOB, 0)  # not a lookup that counts
+    assert cache.get(BLOB, 0, 0, 10) is not None
+    assert cache.get(BLOB, 0, 5, 10) is not None
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"]) == (2, 1)
+    assert (stats["blocks"], stats["meta_objects"], stats["limit"]) == (1, 1, 256 * MiB)
+    assert 100 * KiB < stats["size"] < 1 * MiB
+
+
+def test_clear_removes_everything(cache: BlockCache) -> None:
+    cache.put(BLOB, 0, b"a" * 40_000)
+    cache.put_meta("tree:t", b"{}")
+    cache.get(BLOB, 0)
+    cache.clear()
+    assert not cache.contains(BLOB, 0) and cache.get_meta("tree:t") is None
+    stats = cache.stats()
+    assert (stats["blocks"], stats["meta_objects"], stats["hits"], stats["misses"]) == (0, 0, 0, 0)
+
+
+def test_eviction_keeps_the_directory_under_its_limit(tmp_path: Path) -> None:
+    limit = 32 * MiB
+    with BlockCache(tmp_path / "c", limit) as cache:
+        cache.put_meta("tree:root", b"{}")  # trees have their own budget
+        for i in range(2 * limit // MiB):  # write twice the limit
+            cache.put(BLOB, i, pattern(i, MiB))
+            assert directory_bytes(tmp_path / "c") <= limit
+        last = 2 * limit // MiB - 1
+        assert cache.get(BLOB, last) == pattern(last, MiB)
+        assert not cache.contains(BLOB, 0)
+        assert cache.get_meta("tree:root") == b"{}"
+        assert cache.stats()["size"] <= limit
+
+
+def test_pickles_as_its_directory_and_limit(cache: BlockCache) -> None:
+    cache.put(BLOB, 0, b"p" * 40_000)
+    with pickle.loads(pickle.dumps(cache)) as copy:
+        assert copy.directory == cache.directory and copy.size_limit == cache.size_limit
+        assert copy.get(BLOB, 0, 0, 3) == b"ppp"
+
+
+# ----------------------------------------------------------------- processes
+
+
+def _child_reads_and_writes(directory: str, limit: int) -> bytes | None:
+    with BlockCache(directory, limit) as cache:
+        seen = cache.get(BLOB, 0)
+        cache.put(BLOB, 1, pattern(11, 2 * MiB))
+    return seen
+
+
+def test_processes_share_blocks_and_stats(tmp_path: Path) -> None:
+    directory, limit = str(tmp_path / "c"), 64 * MiB
+    with BlockCache(directory, limit) as cache:
+        cache.put(BLOB, 0, pattern(10, 2 * MiB))
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            seen = pool.apply(_child_reads_and_writes, (directory, limit))
+        assert seen == pattern(10, 2 * MiB)
+        assert cache.get(BLOB, 1) == pattern(11, 2 * MiB)
+        assert (cache.stats()["hits"], cache.stats()["misses"]) == (2, 0)
+
+
+def _writer(directory: str, count: int, started: Event) -> None:
+    with BlockCache(directory, 1 * GiB) as cache:
+        for i in range(count):
+            cache.put(BLOB, i, pattern(i, BLOCK_SIZE - i))
+            started.set()
+
+
+def test_a_reader_never_sees_a_partial_block(tmp_path: Path) -> None:
+    directory, count = str(tmp_path / "c"), 24
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    writer = context.Process(target=_writer, args=(directory, count, started))
+    with BlockCache(directory, 1 * GiB) as cache:
+        writer.start()
+        assert started.wait(60), "the writer did not start"
+        while True:
+            done = not writer.is_alive()  # decided before the round: a last full round follows
+            for i in range(count):
+                size = BLOCK_SIZE - i
+                tail = cache.get(BLOB, i, size - 64 * KiB, 64 * KiB)
+                assert tail is None or tail == pattern(i, size)[-64 * KiB :]
+                whole = cache.get(BLOB, i)
+                assert whole is None or whole == pattern(i, size)
+            if done:
+                break
+        writer.join()
+        assert writer.exitcode == 0
+        assert all(cache.contains(BLOB, i) for i in range(count))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_keeps_using_the_cache_without_double_counting(tmp_path: Path) -> None:
+    with BlockCache(tmp_path / "c", 64 * MiB) as cache:
+        cache.put(BLOB, 0, b"f" * 40_000)
+        assert cache.get(BLOB, 0, 0, 1) == b"f"  # one hit, not yet flushed
+        pid = os.fork()
+        if pid == 0:  # the child: reconnects, counts only its own hit
+            code = 1
+            try:
+                code = 0 if cache.get(BLOB, 0, 1, 1) == b"f" else 2
+                cache.put(BLOB, 1, b"c" * 10)
+                cache.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert cache.get(BLOB, 1) == b"c" * 10
+        assert cache.stats()["hits"] == 3  # parent 2, child 1
+
+
+# ----------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4096", 4096),
+        (4096, 4096),
+        ("500M", 500 * MiB),
+        ("10G", 10 * GiB),
+        ("10g", 10 * GiB),
+        ("10GiB", 10 * GiB),
+        ("10 GB", 10 * GiB),
+        ("1.5G", 3 * GiB // 2),
+        ("64k", 64 * KiB),
+        ("2T", 2 * 1024 * GiB),
+        ("100B", 100),
+        (" 7M ", 7 * MiB),
+    ],
+)
+def test_parse_size(text: str | int, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "G", "10X", "-5M", "0", "0.0001K", "1e9", "10 iB", True])
+def test_parse_size_rejects(text: str | int) -> None:
+    with pytest.raises(InvalidInputError):
+        parse_size(text)
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("STREAMFS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "streamfs"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    assert default_cache_dir() == Path.home() / ".cache" / "streamfs"
+    monkeypatch.setenv("STREAMFS_CACHE_DIR", str(tmp_path / "explicit"))
+    assert default_cache_dir() == tmp_path / "explicit"
+
+
+def test_default_cache_size(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("STREAMFS_CACHE_SIZE", raising=False)
+    assert default_cache_size(tmp_path, "2G") == 2 * GiB
+    from_disk = default_cache_size(tmp_path / "not" / "yet")
+    assert 256 * MiB <= from_disk <= 20 * GiB
+    monkeypatch.setenv("STREAMFS_CACHE_SIZE", "300M")
+    assert default_cache_size(tmp_path) == 300 * MiB
+    assert default_cache_size(tmp_path, 5 * MiB) == 5 * MiB  # explicit beats the environment
+
+
+@pytest.mark.parametrize(
+    ("free", "limit"),
+    [(0, 256 * MiB), (1 * GiB, 256 * MiB), (50 * GiB, 5 * GiB), (10_000 * GiB, 20 * GiB)],
+)
+def test_size_for_free_space(free: int, limit: int) -> None:
+    assert size_for_free_space(free) == limit
