@@ -54,8 +54,10 @@ def mount_demo(env: dict[str, str]) -> None:
         step(env, "mount", "demo/pets@v1", str(pinned))
         labels = (pinned / "labels.csv").read_text().splitlines()
         some = pinned / labels[1].split(",")[0]
-        print(f"\n$ python: read {len(labels) - 1} labels and {some.stat().st_size} bytes of "
-              f"{some.relative_to(pinned)} straight from the mount")
+        print(
+            f"\n$ python: read {len(labels) - 1} labels and {some.stat().st_size} bytes of "
+            f"{some.relative_to(pinned)} straight from the mount"
+        )
         print(f"  sha256 {__import__('hashlib').sha256(some.read_bytes()).hexdigest()}")
         try:
             (pinned / "new.txt").write_text("x")

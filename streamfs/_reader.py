@@ -50,7 +50,9 @@ class BlobReader:
         ahead = [i for i in plan.fetch if i not in pieces and i not in missing]
         if plan.whole and missing:
             # a small file: everything it lacks in one request, no separate readahead
-            missing = sorted({*missing, *(i for i in ahead if not cache.has_block(self.blob.id, i))})
+            missing = sorted(
+                {*missing, *(i for i in ahead if not cache.has_block(self.blob.id, i))}
+            )
             ahead = []
         if ahead:
             self.client.engine.spawn(self._prefetch, ahead)

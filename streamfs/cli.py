@@ -458,7 +458,12 @@ def mount(
                 args += [flag, value]
         args += ["--read-only"] if read_only else []
         args += ["--debug"] if debug else []
-        log_path = log_file or state_root() / "logs" / f"mount-{spec.owner}-{spec.name}-{(spec.rev or 'default').replace('/', '_')}.log"
+        log_path = (
+            log_file
+            or state_root()
+            / "logs"
+            / f"mount-{spec.owner}-{spec.name}-{(spec.rev or 'default').replace('/', '_')}.log"
+        )
         commit = start_daemon(args, log_path)
         click.echo(f"mounted {spec} at {mountpoint} (commit {commit}; log {log_path})")
         click.echo(commit)

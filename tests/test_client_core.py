@@ -222,7 +222,7 @@ def test_pull_then_verify_round_trip(server: ServerProcess, repo_name: str, tmp_
 def test_cache_stats_and_clear(
     server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
 ) -> None:
-    repo_id, data = big
+    repo_id, _data = big
     cache = tmp_path / "cache"
     repo = open_repo(server, repo_id, cache)
     repo.read_bytes("big.bin")

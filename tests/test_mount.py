@@ -27,7 +27,9 @@ from .conftest import ServerProcess, run_cli
 
 
 def require_fuse() -> None:
-    assert os.path.exists("/dev/fuse"), "FUSE is missing: /dev/fuse does not exist (run make install)"
+    assert os.path.exists("/dev/fuse"), (
+        "FUSE is missing: /dev/fuse does not exist (run make install)"
+    )
     assert shutil.which("fusermount"), "FUSE is missing: no fusermount (apt-get install fuse)"
 
 
@@ -48,7 +50,11 @@ class Mounts:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "streamfs", *args], env=self.env, capture_output=True, text=True, timeout=180
+            [sys.executable, "-m", "streamfs", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"streamfs {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -111,7 +117,9 @@ def test_find_over_1000_files_and_stat_before_read(mounts: Mounts, repo_name: st
     files = dataset(1000)
     publish(mounts, f"alice/{repo_name}", files)
     point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
-    found = subprocess.run(["find", str(point), "-type", "f"], capture_output=True, text=True, check=True)
+    found = subprocess.run(
+        ["find", str(point), "-type", "f"], capture_output=True, text=True, check=True
+    )
     paths = {Path(p).relative_to(point).as_posix() for p in found.stdout.split()}
     assert paths == set(files)
     sizes = {p: os.stat(point / p).st_size for p in files}
@@ -127,10 +135,18 @@ def test_reads_are_byte_exact_and_mmap_works(mounts: Mounts, repo_name: str) -> 
     point = mounts.mount(f"alice/{repo_name}@{commit}")
     for name, data in files.items():
         assert (point / name).read_bytes() == data
-        assert subprocess.run(["cmp", str(point / name), str(mounts.tmp / f"src-alice-{repo_name}" / name)]).returncode == 0
+        assert (
+            subprocess.run(
+                ["cmp", str(point / name), str(mounts.tmp / f"src-alice-{repo_name}" / name)]
+            ).returncode
+            == 0
+        )
     with open(point / "big.bin", "rb") as f:
         for _ in range(50):
-            offset, size = rng.randrange(len(big) + 10), rng.choice([1, 4096, 200_000, BLOCK_SIZE + 3])
+            offset, size = (
+                rng.randrange(len(big) + 10),
+                rng.choice([1, 4096, 200_000, BLOCK_SIZE + 3]),
+            )
             f.seek(offset)
             assert f.read(size) == big[offset : offset + size]
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
@@ -145,7 +161,9 @@ def _hash_file(path: str) -> str:
 
 def test_eight_processes_read_different_files(mounts: Mounts, repo_name: str) -> None:
     rng = random.Random(4)
-    files = {f"f{i}.bin": rng.randbytes(rng.randint(BLOCK_SIZE // 2, 2 * BLOCK_SIZE)) for i in range(8)}
+    files = {
+        f"f{i}.bin": rng.randbytes(rng.randint(BLOCK_SIZE // 2, 2 * BLOCK_SIZE)) for i in range(8)
+    }
     publish(mounts, f"alice/{repo_name}", files)
     point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
     with multiprocessing.get_context("spawn").Pool(8) as pool:
@@ -175,7 +193,7 @@ def test_erofs_enoent_and_eio(mounts: Mounts, repo_name: str) -> None:
         lambda: (point / "a.bin").unlink(),
         lambda: (point / "newdir").mkdir(),
         lambda: os.rename(point / "a.bin", point / "c.bin"),
-        lambda: open(point / "a.bin", "r+b"),
+        lambda: open(point / "a.bin", "r+b").close(),
     ):
         with pytest.raises(OSError) as info:
             attempt()
@@ -197,7 +215,11 @@ def test_erofs_enoent_and_eio(mounts: Mounts, repo_name: str) -> None:
 
 def test_branch_mount_writes_become_one_commit(mounts: Mounts, repo_name: str) -> None:
     repo = f"alice/{repo_name}"
-    publish(mounts, repo, {"keep.txt": b"keep", "old.txt": b"old", "gone.txt": b"gone", "sub/x.txt": b"x"})
+    publish(
+        mounts,
+        repo,
+        {"keep.txt": b"keep", "old.txt": b"old", "gone.txt": b"gone", "sub/x.txt": b"x"},
+    )
     before = run_cli(mounts.server, "resolve", repo).stdout.strip()
     point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
 
@@ -216,10 +238,15 @@ def test_branch_mount_writes_become_one_commit(mounts: Mounts, repo_name: str) -
     log = run_cli(mounts.server, "log", repo, "--oneline").stdout.splitlines()
     assert log[0].endswith("edits through the mount") and log[1].split()[0] == before[:12]
     diff = run_cli(mounts.server, "diff", f"{repo}@{before}", after).stdout.splitlines()
-    assert sorted(diff[:-1]) == sorted([
-        "A  new/a.bin  (293.0 KiB)", "A  sub/renamed.txt  (3 B)", "A  top.txt  (5 B)",
-        "D  gone.txt  (4 B)", "D  old.txt  (3 B)",
-    ])
+    assert sorted(diff[:-1]) == sorted(
+        [
+            "A  new/a.bin  (293.0 KiB)",
+            "A  sub/renamed.txt  (3 B)",
+            "A  top.txt  (5 B)",
+            "D  gone.txt  (4 B)",
+            "D  old.txt  (3 B)",
+        ]
+    )
 
     second = mounts.mount(f"{repo}@main", "--read-only")
     assert (second / "new" / "a.bin").read_bytes() == b"A" * 300_000
