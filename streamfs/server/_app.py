@@ -86,7 +86,10 @@ class Api:
     # ---------------------------------------------------------------- access
 
     def principal(self, request: Request) -> Principal:
-        return self.tokens.authenticate(request.headers.get("authorization"))
+        try:
+            return self.tokens.authenticate(request.headers.get("authorization"))
+        except errors.AccessDeniedError as exc:
+            raise _Unauthorized(exc.message) from None  # RFC 6750: a bad token is a 401
 
     async def repo(self, request: Request, *, write: bool = False) -> tuple[str, str, RepoInfo]:
         owner = check_name(request.path_params["owner"], "owner")
