@@ -49,6 +49,10 @@ class RepoView:
         self._trees: OrderedDict[str, Tree] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickles as the pinned commit (DataLoader workers, multiprocessing): never re-resolved.
+        return (RepoView, (self.client, self.owner, self.name, self.commit_id, self.commit))
+
     @classmethod
     def open(cls, client: Client, owner: str, name: str, rev: str | None) -> RepoView:
         """Resolve ``rev`` once; everything read through the view comes from that commit."""

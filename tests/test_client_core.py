@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import multiprocessing
 import os
 import random
 import subprocess
@@ -106,6 +107,25 @@ def test_second_process_sends_no_blob_request(
     after = server.metrics()
     assert out.stdout.strip() == hashlib.sha256(data).hexdigest()
     assert after.get("blob_get_requests", 0) == before.get("blob_get_requests", 0)
+    assert after.get("tree_get_requests", 0) == before.get("tree_get_requests", 0)
+    assert after.get("commit_get_requests", 0) == before.get("commit_get_requests", 0)
+
+
+def _child_read(repo: streamfs.Repo, path: str) -> str:
+    return hashlib.sha256(repo.read_bytes(path)).hexdigest()
+
+
+def test_forked_child_gets_its_own_engine(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    repo_id, data = big
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    assert repo.read_bytes("small.txt") == b"hello"  # the parent's engine thread is running
+    parent_engine = repo.client.engine
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        hashes = pool.starmap(_child_read, [(repo, "big.bin"), (repo, "small.txt")])
+    assert hashes == [hashlib.sha256(data).hexdigest(), hashlib.sha256(b"hello").hexdigest()]
+    assert repo.client.engine is parent_engine and parent_engine.alive
 
 
 def test_corrupted_block_is_never_served(

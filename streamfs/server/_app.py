@@ -204,6 +204,7 @@ class Api:
         if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers=headers)
         data = await self.run(self.store.get_object, owner, name, kind, oid)
+        self.metrics[f"{kind}_get_requests"] += 1
         return Response(data, media_type="application/json", headers=headers)
 
     async def create_commit(self, request: Request) -> Response:
