@@ -60,12 +60,15 @@ class Committer:
                 # quiet period: wait until no change arrives for `delay` seconds
                 while overlay.changed.wait(self.delay) and not self._stop:
                     pass
+                if self._stop:
+                    return  # the owner makes the final commit
             try:
                 self.flush("changes from a streamfs mount")
             except StreamfsError as exc:
                 log.error("commit failed; changes stay staged: %s", exc)
                 with overlay.changed:
-                    overlay.changed.wait(max(self.delay, 5.0))
+                    if not self._stop:
+                        overlay.changed.wait(max(self.delay, 5.0))
 
     def _ready(self) -> bool:
         o = self.overlay

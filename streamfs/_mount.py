@@ -318,7 +318,8 @@ def list_mounts() -> list[dict[str, Any]]:
     return result
 
 
-def unmount(mountpoint: Path, timeout: float = 300.0) -> None:
+def unmount(mountpoint: Path, timeout: float = 300.0) -> bool:
+    """Commit what is staged and unmount; False when the unmount had to be lazy."""
     record = mount_record_path(mountpoint)
     pid = None
     if record.exists():
@@ -329,16 +330,19 @@ def unmount(mountpoint: Path, timeout: float = 300.0) -> None:
                 mountpoint, {"cmd": "commit", "message": "changes from a streamfs mount (unmount)"}
             )
     done = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True, text=True)
-    if done.returncode != 0:
-        lazy = subprocess.run(
-            ["fusermount", "-u", "-z", str(mountpoint)], capture_output=True, text=True
+    if done.returncode == 0:
+        if pid is not None:
+            _wait_for_exit(pid, timeout)
+        return True
+    # Busy (a reader inside): detach now; the daemon serves open files and exits after the last close.
+    lazy = subprocess.run(
+        ["fusermount", "-u", "-z", str(mountpoint)], capture_output=True, text=True
+    )
+    if lazy.returncode != 0:
+        raise StreamfsError(
+            f"cannot unmount {mountpoint}: {lazy.stderr.strip() or done.stderr.strip()}"
         )
-        if lazy.returncode != 0 and pid is None:
-            raise StreamfsError(
-                f"cannot unmount {mountpoint}: {lazy.stderr.strip() or done.stderr.strip()}"
-            )
-    if pid is not None:
-        _wait_for_exit(pid, timeout)
+    return False
 
 
 def _wait_for_exit(pid: int, timeout: float) -> None:

@@ -487,8 +487,12 @@ def umount(mountpoint: Path) -> None:
     """Commit staged changes and unmount."""
     from ._mount import unmount
 
-    unmount(mountpoint)
-    click.echo(f"unmounted {mountpoint}")
+    if unmount(mountpoint):
+        click.echo(f"unmounted {mountpoint}")
+    else:
+        click.echo(
+            f"unmounted {mountpoint} lazily: files still open there keep working until closed"
+        )
 
 
 @cli.command()

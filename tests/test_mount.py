@@ -269,3 +269,29 @@ def test_staged_file_survives_a_killed_daemon(mounts: Mounts, repo_name: str) ->
     assert "precious.txt" in run_cli(mounts.server, "ls", repo).stdout
     assert (again / "precious.txt").read_bytes() == b"do not lose me"
     assert run_cli(mounts.server, "log", repo, "-n", "1").stdout.count("recovered") == 1
+
+
+def test_umount_with_a_reader_inside_does_not_hang(mounts: Mounts, repo_name: str) -> None:
+    publish(mounts, f"alice/{repo_name}", {"a.txt": b"a" * 1000})
+    point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
+    with open(point / "a.txt", "rb") as reader:  # a reader still inside
+        assert reader.read(10) == b"a" * 10
+        mounts.cli("umount", str(point))
+        assert not os.path.ismount(point)
+
+
+def test_racing_writer_on_the_same_path_is_reported_and_kept(mounts: Mounts, repo_name: str) -> None:
+    repo = f"alice/{repo_name}"
+    publish(mounts, repo, {"labels.csv": b"v1"})
+    point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
+    (point / "labels.csv").write_bytes(b"from the mount")
+    other = mounts.tmp / "labels.csv"
+    other.write_bytes(b"from someone else")
+    mounts.cli("upload", f"{repo}@main", str(other), "-m", "racing writer")
+
+    failed = mounts.cli("commit", str(point), "-m", "mine", check=False)
+    assert failed.returncode == 1 and "labels.csv" in failed.stderr
+    status = mounts.status(point)
+    assert status["pending"] == 1 and "labels.csv" in str(status["last_error"])
+    assert (point / "labels.csv").read_bytes() == b"from the mount"  # kept, not lost
+    assert run_cli(mounts.server, "log", repo, "-n", "1", "--oneline").stdout.split(" ", 1)[1].strip() == "racing writer"

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ T = TypeVar("T")
 IMMUTABLE = "public, max-age=31536000, immutable"
 IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
 CHUNK = 1024 * 1024
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _declared_size(value: str | None) -> int:
+    """A Content-Length as a number (ASCII digits only; absurd lengths count as huge)."""
+    if value is None or not _DIGITS.fullmatch(value):
+        return 0
+    return int(value) if len(value) <= 18 else 10**19
 
 
 @dataclass(frozen=True)
@@ -201,9 +210,9 @@ class Api:
         owner, name, info = await self.repo(request)
         oid = check_object_id(request.path_params["id"], f"{kind} id")
         headers = _immutable_headers(oid, info.private)
+        data = await self.run(self.store.get_object, owner, name, kind, oid)  # 404 before any 304
         if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        data = await self.run(self.store.get_object, owner, name, kind, oid)
         self.metrics[f"{kind}_get_requests"] += 1
         return Response(data, media_type="application/json", headers=headers)
 
@@ -295,11 +304,7 @@ class Api:
         owner, name, _ = await self.repo(request, write=True)
         oid = check_object_id(request.path_params["id"], "blob id")
         declared = request.headers.get("content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and int(declared) > self.limits.max_blob_bytes
-        ):
+        if declared is not None and _declared_size(declared) > self.limits.max_blob_bytes:
             raise errors.TooLargeError(f"blob is larger than {self.limits.max_blob_bytes} bytes")
         if await self.run(self.store.holds, owner, name, "blob", oid):
             async for _ in request.stream():
@@ -350,7 +355,7 @@ class Api:
     async def json_body(self, request: Request) -> dict[str, Any]:
         limit = self.limits.max_json_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if _declared_size(declared) > limit:
             raise errors.TooLargeError(f"request body is larger than {limit} bytes")
         body = bytearray()
         async for chunk in request.stream():
@@ -486,7 +491,7 @@ def _int_param(request: Request, key: str, default: int, low: int, high: int) ->
     raw = request.query_params.get(key)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _DIGITS.fullmatch(raw) or len(raw) > 18 or not low <= int(raw) <= high:
         raise errors.InvalidInputError(f"'{key}' must be a whole number from {low} to {high}")
     return int(raw)
 
