@@ -280,7 +280,9 @@ def test_umount_with_a_reader_inside_does_not_hang(mounts: Mounts, repo_name: st
         assert not os.path.ismount(point)
 
 
-def test_racing_writer_on_the_same_path_is_reported_and_kept(mounts: Mounts, repo_name: str) -> None:
+def test_racing_writer_on_the_same_path_is_reported_and_kept(
+    mounts: Mounts, repo_name: str
+) -> None:
     repo = f"alice/{repo_name}"
     publish(mounts, repo, {"labels.csv": b"v1"})
     point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
@@ -294,4 +296,7 @@ def test_racing_writer_on_the_same_path_is_reported_and_kept(mounts: Mounts, rep
     status = mounts.status(point)
     assert status["pending"] == 1 and "labels.csv" in str(status["last_error"])
     assert (point / "labels.csv").read_bytes() == b"from the mount"  # kept, not lost
-    assert run_cli(mounts.server, "log", repo, "-n", "1", "--oneline").stdout.split(" ", 1)[1].strip() == "racing writer"
+    assert (
+        run_cli(mounts.server, "log", repo, "-n", "1", "--oneline").stdout.split(" ", 1)[1].strip()
+        == "racing writer"
+    )
