@@ -171,6 +171,7 @@ _NAME = "[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 _STORE_FILE = re.compile(
     rf"data/objects/(blob|blockmap|tree|commit)/{_HEX}{{2}}/{_HEX}{{62}}"
     rf"|data/repos/{_NAME}/{_NAME}/repo"
+    rf"|data/index/repos/{_NAME}/{_NAME}"
     rf"|data/repos/{_NAME}/{_NAME}/(heads|tags)/[A-Za-z0-9._%-]+"
     rf"|data/repos/{_NAME}/{_NAME}/has/(blob|tree|commit)/{_HEX}{{2}}/{_HEX}{{64}}"
     rf"|locks/{_HEX}{{32}}\.lock"

@@ -30,6 +30,7 @@ from starlette.routing import Route
 from .. import _errors as errors
 from .._model import BLOCK_SIZE, check_name, check_object_id, check_ref_name
 from .._treeops import Change
+from . import _metrics as metrics
 from ._auth import Principal, TokenBook
 from ._http import RangeNotSatisfiable, etag_matches, parse_range
 from ._openapi import openapi_document
@@ -87,7 +88,7 @@ class Api:
         self.store = store
         self.tokens = tokens
         self.limits = limits
-        self.metrics: Counter[str] = Counter()
+        self.metrics: Counter[str] = metrics.new_counters()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -213,7 +214,7 @@ class Api:
         data = await self.run(self.store.get_object, owner, name, kind, oid)  # 404 before any 304
         if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        self.metrics[f"{kind}_get_requests"] += 1
+        self.metrics[metrics.OBJECT_GET_REQUESTS[kind]] += 1
         return Response(data, media_type="application/json", headers=headers)
 
     async def create_commit(self, request: Request) -> Response:
@@ -289,12 +290,12 @@ class Api:
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         headers["Content-Length"] = str(end - start)
-        self.metrics["blob_get_requests"] += 1
+        self.metrics[metrics.BLOB_GET_REQUESTS] += 1
         if request.method == "HEAD":
             return Response(
                 status_code=status, headers=headers, media_type="application/octet-stream"
             )
-        self.metrics["blob_bytes_sent"] += end - start
+        self.metrics[metrics.BLOB_BYTES_SENT] += end - start
         chunks = self.store.storage.iter_range(object_key("blob", oid), start, end - start, CHUNK)
         return StreamingResponse(
             iterate_in_threadpool(chunks), status, headers, media_type="application/octet-stream"
@@ -315,8 +316,8 @@ class Api:
             await self.run(self.store.adopt_blob, owner, name, oid, staged.path, staged.blocks)
         finally:
             staged.path.unlink(missing_ok=True)
-        self.metrics["blob_put_requests"] += 1
-        self.metrics["blob_bytes_received"] += staged.size
+        self.metrics[metrics.BLOB_PUT_REQUESTS] += 1
+        self.metrics[metrics.BLOB_BYTES_RECEIVED] += staged.size
         return JSONResponse({"id": oid, "stored": True, "size": staged.size}, 201)
 
     async def _receive(self, request: Request, oid: str) -> _Staged:

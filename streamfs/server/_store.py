@@ -7,6 +7,7 @@ Layout of keys (every name in them is validated before use)::
     objects/tree/ab/cdef...          canonical tree bytes
     objects/commit/ab/cdef...        canonical commit bytes
     repos/OWNER/NAME/repo            the repo record (a ref: JSON)
+    index/repos/OWNER/NAME           marker: lists repos without walking their objects
     repos/OWNER/NAME/heads/BRANCH    branch -> commit id (a ref, quoted name)
     repos/OWNER/NAME/tags/TAG        tag -> commit id (a ref, created once)
     repos/OWNER/NAME/has/KIND/ab/ID  marker: this repo holds that object
@@ -104,6 +105,7 @@ class RepoStore:
         info = RepoInfo(owner, name, private, default_branch, int(time.time()))
         if not self.storage.cas_ref(f"{prefix}/repo", None, json.dumps(info.to_json())):
             raise AlreadyExistsError(f"repository {owner}/{name} already exists")
+        self.storage.write(f"index/repos/{owner}/{name}", b"")
         tree = self._store_tree(owner, name, EMPTY_TREE)
         root = Commit(tree, (), "create repository", "streamfs", info.created)
         commit = self._store_commit(owner, name, root)
@@ -120,10 +122,10 @@ class RepoStore:
         )
 
     def list_repos(self) -> Iterator[RepoInfo]:
-        for key in self.storage.list("repos"):
-            parts = key.split("/")
-            if len(parts) == 4 and parts[3] == "repo":
-                yield self.get_repo(parts[1], parts[2])
+        """Every repo, from the small index written at creation (not a walk of all objects)."""
+        for key in self.storage.list("index/repos"):
+            _, _, owner, name = key.split("/")
+            yield self.get_repo(owner, name)
 
     # ------------------------------------------------------------ objects
 

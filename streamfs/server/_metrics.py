@@ -1,0 +1,34 @@
+"""The server's metrics, declared in one place (served as JSON at /v1/metrics).
+
+Counters only; each name says what it counts. Tests and benchmarks read
+them to count requests and bytes (e.g. "a second process sends no blob
+request").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+BLOB_GET_REQUESTS = "blob_get_requests"  # GET and HEAD of blob bytes
+BLOB_BYTES_SENT = "blob_bytes_sent"
+BLOB_PUT_REQUESTS = "blob_put_requests"  # uploads that stored bytes
+BLOB_BYTES_RECEIVED = "blob_bytes_received"
+TREE_GET_REQUESTS = "tree_get_requests"
+COMMIT_GET_REQUESTS = "commit_get_requests"
+
+OBJECT_GET_REQUESTS = {"tree": TREE_GET_REQUESTS, "commit": COMMIT_GET_REQUESTS}
+
+ALL = (
+    BLOB_GET_REQUESTS,
+    BLOB_BYTES_SENT,
+    BLOB_PUT_REQUESTS,
+    BLOB_BYTES_RECEIVED,
+    TREE_GET_REQUESTS,
+    COMMIT_GET_REQUESTS,
+)
+
+
+def new_counters() -> Counter[str]:
+    counters: Counter[str] = Counter()
+    counters.update(dict.fromkeys(ALL, 0))
+    return counters
