@@ -18,6 +18,7 @@ from ._errors import (
     StreamfsError,
     TooLargeError,
 )
+from ._hooks import commit, install_hooks, materialize, uninstall_hooks, worker_init_fn
 from ._repo import Repo
 
 __version__ = "0.1.0"
@@ -41,4 +42,9 @@ __all__ = [
     "StreamfsError",
     "TooLargeError",
     "__version__",
+    "commit",
+    "install_hooks",
+    "materialize",
+    "uninstall_hooks",
+    "worker_init_fn",
 ]

@@ -19,7 +19,7 @@ from ._errors import IsADirError
 from ._fetch import BlobRef
 from ._model import parse_repo_spec
 from ._reader import BlobReader, RepoFile
-from ._view import RepoView
+from ._view import RepoView, make_stat
 
 
 class Repo:
@@ -51,7 +51,7 @@ class Repo:
         return self.view.commit_id
 
     def stat(self, path: str) -> os.stat_result:
-        return os.stat_result(self.view.stat(path))
+        return make_stat(self.view.stat(path))
 
     def exists(self, path: str) -> bool:
         try:

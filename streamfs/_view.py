@@ -13,6 +13,7 @@ guarded by ``_lock``, held only for dict operations, never across I/O.
 from __future__ import annotations
 
 import hashlib
+import os
 import stat as stat_mod
 import threading
 from collections import OrderedDict
@@ -148,3 +149,20 @@ async def _get_commit(engine: Engine, owner: str, name: str, oid: str) -> Commit
 
 async def _get_tree_bytes(engine: Engine, owner: str, name: str, oid: str) -> bytes:
     return await (await _remote(engine)).get_tree_bytes(owner, name, oid)
+
+
+def make_stat(st: tuple[int, ...]) -> os.stat_result:
+    """A full os.stat_result (float and ns times, blocks, owner) from entry_stat's ten fields."""
+    mode, ino, dev, nlink, _, _, size, atime, mtime, ctime = st
+    fields = (mode, ino, dev, nlink, os.getuid(), os.getgid(), size, atime, mtime, ctime)
+    extra = {
+        "st_atime": float(atime),
+        "st_mtime": float(mtime),
+        "st_ctime": float(ctime),
+        "st_atime_ns": atime * 10**9,
+        "st_mtime_ns": mtime * 10**9,
+        "st_ctime_ns": ctime * 10**9,
+        "st_blksize": 128 * 1024,
+        "st_blocks": (size + 511) // 512,
+    }
+    return os.stat_result(fields, extra)

@@ -1,0 +1,372 @@
+"""HookFS: which local paths show which repository, and what is there. Tested without patching.
+
+The patching layer (_hooks.py) asks this core two questions per call: does
+the path belong to a hooked repository (``HookFS.for_read`` /
+``for_write`` / ``match``), and if so, what is it (``HookedRepo``). Local
+files and folders that really exist win: a user's own file is never
+shadowed, and a real folder's listing is merged with the repository's.
+
+A ``HookedRepo`` reads one pinned commit (RepoView), and on a branch it
+writes through an Overlay (HookWriter) made on the first write, per process.
+Every answer about a missing name comes from trees, without a request once
+the parent's tree is known.
+
+Thread safety: ``HookFS.repos`` is replaced, never mutated, so readers need
+no lock; ``HookedRepo._lock`` guards creating the writer only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import stat as stat_mod
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ._client import Client
+from ._errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    IsADirError,
+    PathNotFoundError,
+    ReadOnlyError,
+)
+from ._fetch import BlobRef
+from ._hookconfig import HookSpec
+from ._hookwrite import HookWriter, recover_orphans
+from ._model import Commit, Entry, RepoSpec, decode_commit, object_id, parse_repo_spec
+from ._mount import _branch_of
+from ._overlay import Overlay, StagedHandle
+from ._reader import BlobReader
+from ._view import RepoView, entry_stat, make_stat
+
+# the unpatched functions: os.stat is posix.stat until hooked, and posix is never patched
+_real: Any = importlib.import_module("nt" if os.name == "nt" else "posix")
+
+CHUNK = 8 * 1024 * 1024
+
+
+def real_lstat(path: str) -> os.stat_result | None:
+    try:
+        st: os.stat_result = _real.lstat(path)
+        return st
+    except (OSError, ValueError):
+        return None
+
+
+def _parent(rel: str) -> str:
+    return rel.rsplit("/", 1)[0] if "/" in rel else ""
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def open_pinned(client: Client, owner: str, name: str, commit_id: str) -> RepoView:
+    """A view of a commit a parent process resolved: no request when the commit is cached."""
+    raw = client.cache.get_meta(f"commit:{commit_id}")
+    if raw is not None and object_id(raw) == commit_id:
+        commit: Commit = decode_commit(raw)
+        return RepoView(client, owner, name, commit_id, commit)
+    return RepoView.open(client, owner, name, commit_id)
+
+
+class HookedRepo:
+    """One repository revision shown at one local directory."""
+
+    def __init__(self, spec: HookSpec, client: Client, view: RepoView, branch: str | None) -> None:
+        self.root = spec.path
+        self.parsed: RepoSpec = parse_repo_spec(spec.repo, allow_path=False)
+        self._spec = spec
+        self.client = client
+        self._view = view
+        self.branch = branch
+        self._writer: HookWriter | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, spec: HookSpec) -> HookedRepo:
+        parsed = parse_repo_spec(spec.repo, allow_path=False)
+        client = Client.create(spec.remote, spec.token, cache_dir=spec.cache_dir)
+        if spec.commit is not None:
+            view = open_pinned(client, parsed.owner, parsed.name, spec.commit)
+            return cls(spec, client, view, spec.branch)
+        branch = _branch_of(client, parsed)
+        if branch is not None:
+            recover_orphans(client, parsed, branch)
+        view = RepoView.open(client, parsed.owner, parsed.name, parsed.rev)
+        return cls(spec, client, view, branch)
+
+    @property
+    def spec(self) -> HookSpec:
+        """The mapping as a child process should re-install it: pinned to what we read now,
+        on the same server and cache (a child's environment may differ)."""
+        client = self.client
+        spec = replace(
+            self._spec, remote=client.url, token=client.token, cache_dir=client.cache_dir
+        )
+        return spec.resolved(self.view.commit_id, self.branch)
+
+    @property
+    def writable(self) -> bool:
+        return self.branch is not None
+
+    @property
+    def view(self) -> RepoView:
+        writer = self._writer
+        return writer.overlay.view if writer is not None else self._view
+
+    def _overlay_or_none(self) -> Overlay | None:
+        writer = self._writer
+        return writer.overlay if writer is not None else None
+
+    # ------------------------------------------------------------ reading
+
+    def lookup(self, rel: str) -> Entry:
+        overlay = self._overlay_or_none()
+        try:
+            return overlay.lookup(rel) if overlay is not None else self._view.lookup(rel)
+        except InvalidInputError:  # a name no repository path can have
+            raise PathNotFoundError("no such file or directory", filename=rel) from None
+
+    def exists(self, rel: str) -> bool:
+        try:
+            self.lookup(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def is_dir(self, rel: str) -> bool:
+        try:
+            return self.lookup(rel).is_dir
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def stat(self, rel: str) -> os.stat_result:
+        overlay = self._overlay_or_none()
+        if overlay is not None:
+            self.lookup(rel)  # maps invalid names to ENOENT
+            return make_stat(overlay.stat(rel))
+        return make_stat(entry_stat(self.lookup(rel), rel, writable=self.writable))
+
+    def names(self, rel: str) -> list[str]:
+        overlay = self._overlay_or_none()
+        if overlay is not None:
+            self.lookup(rel)
+            return overlay.listdir(rel)
+        self.lookup(rel)
+        return [e.name for e in self._view.listdir(rel).entries]
+
+    def entries(self, rel: str) -> list[tuple[str, os.stat_result]]:
+        """(name, stat) of every entry of a directory, from its tree (no request per name)."""
+        if self._overlay_or_none() is not None:
+            return [(n, self.stat(_join(rel, n))) for n in self.names(rel)]
+        self.lookup(rel)
+        tree = self._view.listdir(rel)
+        return [
+            (e.name, make_stat(entry_stat(e, _join(rel, e.name), writable=self.writable)))
+            for e in tree.entries
+        ]
+
+    def access(self, rel: str, mode: int) -> bool:
+        entry = self.lookup(rel)
+        if mode & os.W_OK and not self.writable:
+            return False
+        return not (mode & os.X_OK and not entry.is_dir)
+
+    def staged_path(self, rel: str) -> Path | None:
+        """The local file of a file staged (written) in this process, if ``rel`` is one."""
+        overlay = self._overlay_or_none()
+        if overlay is None:
+            return None
+        with overlay._lock:
+            staged = overlay.files.get(rel)
+            local = staged.local if staged is not None else None
+        return overlay.staging / local if local is not None else None
+
+    def reader(self, rel: str) -> BlobReader:
+        entry = self.lookup(rel)
+        if entry.is_dir:
+            raise IsADirError("is a directory", filename=rel)
+        view = self.view
+        return BlobReader(view.client, BlobRef(view.owner, view.name, entry.id, entry.size), rel)
+
+    # ------------------------------------------------------------ materializing
+
+    def mirror_path(self, rel: str) -> Path:
+        view = self.view
+        base = Path(self.client.cache_dir) / "mirror" / view.owner / view.name / view.commit_id
+        return base.joinpath(*rel.split("/")) if rel else base
+
+    def materialize(self, rel: str) -> str:
+        """A real local file (or folder) with the bytes of ``rel``, written atomically once."""
+        staged = self.staged_path(rel)
+        if staged is not None:
+            return str(staged)
+        entry = self.lookup(rel)
+        target = self.mirror_path(rel)
+        if entry.is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            for name in self.names(rel):
+                self.materialize(_join(rel, name))
+            return str(target)
+        present = real_lstat(str(target))
+        if present is None or present.st_size != entry.size:
+            self._write_mirror(rel, entry, target)
+        return str(target)
+
+    def _write_mirror(self, rel: str, entry: Entry, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+        reader = self.reader(rel)
+        try:
+            fd = _real.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                offset = 0
+                while offset < entry.size:
+                    data = reader.read(offset, CHUNK)
+                    os.write(fd, data)
+                    offset += len(data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.utime(tmp, (entry.mtime, entry.mtime))
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+        finally:
+            if real_lstat(str(tmp)) is not None:
+                os.unlink(tmp)
+
+    # ------------------------------------------------------------ writing
+
+    def writer(self, rel: str) -> HookWriter:
+        if self.branch is None:
+            raise ReadOnlyError(
+                f"read-only: {self._spec.repo} is hooked at a pinned revision (a tag or a "
+                "commit); hook a branch to write",
+                filename=rel,
+            )
+        with self._lock:
+            if self._writer is None:
+                self._writer = HookWriter(self._view, self.parsed, self.branch)
+            return self._writer
+
+    def open_write(
+        self, rel: str, *, create: bool, truncate: bool, exclusive: bool
+    ) -> StagedHandle:
+        overlay = self.writer(rel).overlay
+        if not self.exists(rel):
+            if not create:
+                raise PathNotFoundError("no such file or directory", filename=rel)
+            return overlay.create(rel)
+        if exclusive:
+            raise AlreadyExistsError("file exists", filename=rel)
+        return overlay.open_write(rel, truncate=truncate)
+
+    def mkdir(self, rel: str) -> None:
+        if self.exists(rel):
+            raise AlreadyExistsError("file exists", filename=rel)
+        self.writer(rel).overlay.mkdir(rel)
+
+    def unlink(self, rel: str) -> None:
+        self.lookup(rel)
+        self.writer(rel).overlay.unlink(rel)
+
+    def rmdir(self, rel: str) -> None:
+        self.lookup(rel)
+        self.writer(rel).overlay.rmdir(rel)
+
+    def rename(self, old: str, new: str) -> None:
+        self.lookup(old)
+        self.writer(new).overlay.rename(old, new)
+
+    def import_file(self, rel: str, local: str) -> None:
+        """Stage the bytes of a real local file at ``rel`` (a move into the hooked folder)."""
+        writer = self.writer(rel)
+        handle = self.open_write(rel, create=True, truncate=True, exclusive=False)
+        try:
+            with open(local, "rb") as src:  # a real file: passes through the hooks
+                offset = 0
+                while data := src.read(CHUNK):
+                    handle.write(offset, data)
+                    offset += len(data)
+        finally:
+            writer.overlay.close_handle(handle)
+
+    def commit(self, message: str) -> str | None:
+        writer = self._writer
+        return writer.commit(message) if writer is not None else None
+
+    def close(self, message: str) -> None:
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close(message)
+            self._view = writer.overlay.view
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.forget_in_child()
+            self._view = writer.overlay.view
+
+
+class HookFS:
+    """Local directory -> HookedRepo, longest root first."""
+
+    def __init__(self) -> None:
+        self.repos: tuple[HookedRepo, ...] = ()
+
+    def add(self, repo: HookedRepo) -> HookedRepo | None:
+        """Add ``repo``; returns the one it replaces at the same directory, if any."""
+        old = next((r for r in self.repos if r.root == repo.root), None)
+        rest = [r for r in self.repos if r is not old]
+        self.repos = tuple(sorted([*rest, repo], key=lambda r: len(r.root), reverse=True))
+        return old
+
+    def clear(self) -> tuple[HookedRepo, ...]:
+        repos, self.repos = self.repos, ()
+        return repos
+
+    def match(self, path: str) -> tuple[HookedRepo, str] | None:
+        """The hooked repository and repository path of a local path, by name only."""
+        repos = self.repos
+        if not repos:
+            return None
+        norm = os.path.abspath(path)
+        for repo in repos:
+            root = repo.root
+            if norm == root:
+                return repo, ""
+            if norm.startswith(root) and norm[len(root) : len(root) + 1] == os.sep:
+                return repo, norm[len(root) + 1 :].replace(os.sep, "/")
+        return None
+
+    def for_read(self, path: str) -> tuple[HookedRepo, str] | None:
+        """Hooked, unless a real local file or folder is there (it wins)."""
+        hit = self.match(path)
+        if hit is None or real_lstat(path) is not None:
+            return None
+        return hit
+
+    def for_write(self, path: str) -> tuple[HookedRepo, str] | None:
+        """Hooked when nothing real is there and the repository has the parent folder."""
+        hit = self.for_read(path)
+        if hit is None:
+            return None
+        repo, rel = hit
+        return hit if rel and repo.is_dir(_parent(rel)) else None
+
+    def for_listing(self, path: str) -> tuple[HookedRepo, str, bool] | None:
+        """(repo, rel, real folder there too) for a listing that merges both."""
+        hit = self.match(path)
+        if hit is None:
+            return None
+        st = real_lstat(path)
+        if st is not None and not stat_mod.S_ISDIR(st.st_mode):
+            return None
+        return hit[0], hit[1], st is not None
