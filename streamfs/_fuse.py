@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fuse import FuseOSError, LoggingMixIn, Operations
+from fuse import FuseOSError, Operations
 
 from ._mountfs import MountFS
 
@@ -43,10 +43,34 @@ def translated(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class StreamfsOperations(LoggingMixIn, Operations):  # type: ignore[misc]
+def _short(value: Any) -> str:
+    """A log-sized repr: the length of a data buffer, not its bytes."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    return repr(value)
+
+
+class StreamfsOperations(Operations):  # type: ignore[misc]
     def __init__(self, fs: MountFS, on_ready: Callable[[], None] | None = None) -> None:
         self.fs = fs
         self._on_ready = on_ready
+
+    def __call__(self, op: str, path: str, *args: Any) -> Any:
+        # Not fusepy's LoggingMixIn: it formats repr() of every argument and result (a 128 KiB
+        # read's bytes included) on every call, logged or not; that was a quarter of the
+        # daemon's CPU on a sequential read. Here the cost is paid only under --debug.
+        if not log.isEnabledFor(logging.DEBUG):
+            return super().__call__(op, path, *args)
+        log.debug("-> %s %s %s", op, path, ", ".join(_short(a) for a in args))
+        result: Any = "[exception]"
+        try:
+            result = super().__call__(op, path, *args)
+            return result
+        except OSError as exc:
+            result = str(exc)
+            raise
+        finally:
+            log.debug("<- %s %s", op, _short(result))
 
     def init(self, path: str) -> None:
         if self._on_ready is not None:

@@ -1,0 +1,302 @@
+"""Benchmark workloads, each run in a process of its own by scripts/bench.py.
+
+``python scripts/bench_workers.py ARGS.json`` runs ``ARGS["fn"]`` with the other keys as
+arguments and prints one JSON line: the result, plus ``rss_mb``, this process's peak RSS
+(for the Python API and hooks, the process that reads is the one that holds the engine, so
+its peak RSS is what a mount daemon's is for the mount).
+
+A worker times only its own reading: process start-up and imports are outside the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """VmHWM (peak resident set) of a process in MB, 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return 0.0
+
+
+def shuffled(paths: list[str], seed: int) -> list[str]:
+    order = list(paths)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def _epochs(
+    read: Callable[[str], int], paths: list[str], threads: int, passes: int, seed: int
+) -> dict[str, Any]:
+    """``passes`` epochs over ``paths``, each in a new shuffled order, ``threads`` readers."""
+    results = []
+    with ThreadPoolExecutor(threads) as pool:
+        for p in range(passes):
+            order = shuffled(paths, seed + p)
+            t0 = time.perf_counter()
+            total = sum(pool.map(read, order, chunksize=16))
+            elapsed = time.perf_counter() - t0
+            results.append({"elapsed": elapsed, "files": len(order), "bytes": total})
+    return {"passes": results}
+
+
+def _read_path(path: str) -> int:
+    with open(path, "rb") as f:
+        return len(f.read())
+
+
+def _load_paths(paths_file: str, root: str) -> list[str]:
+    rel = json.loads(Path(paths_file).read_text())
+    return [os.path.join(root, p) for p in rel] if root else rel
+
+
+def _repo(spec: str, remote: str, cache_dir: str) -> Any:
+    import streamfs
+
+    return streamfs.Repo(spec, remote=remote, cache_dir=cache_dir)
+
+
+def _install_hooks(spec: str, remote: str, cache_dir: str, path: str) -> None:
+    os.environ["STREAMFS_REMOTE"] = remote
+    os.environ["STREAMFS_CACHE_DIR"] = cache_dir
+    import streamfs
+
+    streamfs.install_hooks(spec, path)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ small files
+
+
+def fs_epochs(root: str, paths_file: str, threads: int, passes: int, seed: int) -> dict[str, Any]:
+    return _epochs(_read_path, _load_paths(paths_file, root), threads, passes, seed)
+
+
+def api_epochs(
+    spec: str, remote: str, cache_dir: str, paths_file: str, threads: int, passes: int, seed: int
+) -> dict[str, Any]:
+    repo = _repo(spec, remote, cache_dir)
+    return _epochs(
+        lambda p: len(repo.read_bytes(p)), _load_paths(paths_file, ""), threads, passes, seed
+    )
+
+
+def hooks_epochs(
+    spec: str,
+    remote: str,
+    cache_dir: str,
+    root: str,
+    paths_file: str,
+    threads: int,
+    passes: int,
+    seed: int,
+) -> dict[str, Any]:
+    _install_hooks(spec, remote, cache_dir, root)
+    return _epochs(_read_path, _load_paths(paths_file, root), threads, passes, seed)
+
+
+# ------------------------------------------------------------------ one big file
+
+
+def _seq_pass(readinto: Callable[[memoryview], int]) -> dict[str, float]:
+    buf = memoryview(bytearray(MiB))
+    total = 0
+    t0 = time.perf_counter()
+    while n := readinto(buf):
+        total += n
+    return {"elapsed": time.perf_counter() - t0, "bytes": total}
+
+
+def fs_seq(path: str, passes: int) -> dict[str, Any]:
+    results = []
+    for _ in range(passes):
+        with open(path, "rb", buffering=0) as f:
+            results.append(_seq_pass(f.readinto))
+    return {"passes": results}
+
+
+def api_seq(spec: str, remote: str, cache_dir: str, path: str, passes: int) -> dict[str, Any]:
+    repo = _repo(spec, remote, cache_dir)
+    results = []
+    for _ in range(passes):
+        with repo.raw_open(path) as f:
+            results.append(_seq_pass(f.readinto))
+    return {"passes": results}
+
+
+def hooks_seq(
+    spec: str, remote: str, cache_dir: str, root: str, path: str, passes: int
+) -> dict[str, Any]:
+    _install_hooks(spec, remote, cache_dir, root)
+    return fs_seq(os.path.join(root, path), passes)
+
+
+def _random(read_at: Callable[[int, int], int], offsets: list[int], size: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    total = sum(read_at(off, size) for off in offsets)
+    return {"elapsed": time.perf_counter() - t0, "reads": len(offsets), "bytes": total}
+
+
+def fs_random(path: str, offsets: list[int], size: int) -> dict[str, Any]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _random(lambda off, n: len(os.pread(fd, n, off)), offsets, size)
+    finally:
+        os.close(fd)
+
+
+def api_random(
+    spec: str, remote: str, cache_dir: str, path: str, offsets: list[int], size: int
+) -> dict[str, Any]:
+    repo = _repo(spec, remote, cache_dir)
+    with repo.raw_open(path) as f:
+
+        def read_at(off: int, n: int) -> int:
+            f.seek(off)
+            return len(f.read(n))
+
+        return _random(read_at, offsets, size)
+
+
+def hooks_random(
+    spec: str, remote: str, cache_dir: str, root: str, path: str, offsets: list[int], size: int
+) -> dict[str, Any]:
+    _install_hooks(spec, remote, cache_dir, root)
+    # os.pread on a hooked path is not Python's open(): use the file object hooks give
+    with open(os.path.join(root, path), "rb", buffering=0) as f:
+
+        def read_at(off: int, n: int) -> int:
+            f.seek(off)
+            return len(f.read(n))
+
+        return _random(read_at, offsets, size)
+
+
+# ------------------------------------------------------------------ download everything
+
+
+def download_httpx(
+    base: str, items_file: str, dest: str, connections: int, piece: int = 8 * MiB
+) -> dict[str, Any]:
+    """Every blob of ``items`` (path, id, size) with ``connections`` parallel GETs on trio;
+    blobs larger than ``piece`` in parallel range requests. Written to disk, not verified
+    (the baseline gets the cheapest settings: streamfs hashes every block it serves)."""
+    import httpx
+    import trio
+
+    items = json.loads(Path(items_file).read_text())
+    for folder in {os.path.dirname(os.path.join(dest, p)) for p, _, _ in items}:
+        os.makedirs(folder, exist_ok=True)
+
+    async def main() -> int:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        timeout = httpx.Timeout(120.0)
+        total = 0
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
+            sem = trio.Semaphore(connections)
+
+            async def get(oid: str, fd: int, start: int, end: int, whole: bool) -> None:
+                nonlocal total
+                async with sem:
+                    headers = {} if whole else {"Range": f"bytes={start}-{end - 1}"}
+                    r = await client.get(f"/blobs/{oid}", headers=headers)
+                    r.raise_for_status()
+                os.pwrite(fd, r.content, start)
+                total += len(r.content)
+
+            fds = []
+            async with trio.open_nursery() as nursery:
+                for rel, oid, size in items:
+                    fd = os.open(os.path.join(dest, rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                    fds.append(fd)
+                    for start in range(0, max(size, 1), piece):
+                        end = min(size, start + piece)
+                        nursery.start_soon(get, oid, fd, start, end, size <= piece)
+            for fd in fds:
+                os.close(fd)
+        return total
+
+    t0 = time.perf_counter()
+    total = trio.run(main)
+    return {"elapsed": time.perf_counter() - t0, "files": len(items), "bytes": total}
+
+
+def download_curl(base: str, items_file: str, dest: str, connections: int) -> dict[str, Any]:
+    """The same with curl --parallel (C, connection reuse): one GET per blob."""
+    items = json.loads(Path(items_file).read_text())
+    config = Path(dest).with_suffix(".curlrc")
+    lines = []
+    for rel, oid, _ in items:
+        lines.append(f'url = "{base}/blobs/{oid}"\noutput = "{os.path.join(dest, rel)}"\n')
+    config.write_text("".join(lines))
+    cmd = ["curl", "-sSf", "--create-dirs", "--parallel", "--parallel-max", str(connections)]
+    t0 = time.perf_counter()
+    subprocess.run([*cmd, "-K", str(config)], check=True)
+    elapsed = time.perf_counter() - t0
+    total = sum(size for _, _, size in items)
+    return {"elapsed": elapsed, "files": len(items), "bytes": total}
+
+
+# ------------------------------------------------------------------ listing
+
+
+def fs_find(root: str) -> dict[str, Any]:
+    """``find ROOT -printf '%s'``: readdir plus a stat of every entry, in C."""
+    t0 = time.perf_counter()
+    out = subprocess.run(["find", root, "-printf", "%s\n"], check=True, capture_output=True).stdout
+    elapsed = time.perf_counter() - t0
+    return {"elapsed": elapsed, "entries": out.count(b"\n")}
+
+
+def api_walk_stat(spec: str, remote: str, cache_dir: str) -> dict[str, Any]:
+    repo = _repo(spec, remote, cache_dir)
+    t0 = time.perf_counter()
+    entries = 0
+    for dirpath, dirs, files in repo.walk(""):
+        for name in (*dirs, *files):
+            repo.stat(f"{dirpath}/{name}" if dirpath else name)
+            entries += 1
+    return {"elapsed": time.perf_counter() - t0, "entries": entries}
+
+
+# ------------------------------------------------------------------ time to first byte
+
+
+def api_first_byte(spec: str, remote: str, cache_dir: str, path: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    repo = _repo(spec, remote, cache_dir)
+    with repo.raw_open(path) as f:
+        n = len(f.read(1))
+    return {"elapsed": time.perf_counter() - t0, "bytes": n}
+
+
+def main() -> None:
+    args = json.loads(Path(sys.argv[1]).read_text())
+    fn = globals()[args.pop("fn")]
+    result = fn(**args)
+    result["rss_mb"] = peak_rss_mb()
+    result["threads_left"] = threading.active_count()
+    print(json.dumps(result), flush=True)
+    sys.stdout.flush()
+    os._exit(0)  # engines and hooks run daemon threads: do not wait for them
+
+
+if __name__ == "__main__":
+    main()
