@@ -17,7 +17,10 @@ for S3's prefetcher:
 - **The first read never reads ahead**, not even at offset 0: a reader that
   reads a header and seeks away costs nothing extra. A sequential reader
   loses little, since its first block (4 MiB) covers the next ~32 FUSE reads.
-- **A stream starts on the first sequential read** with a window of
+- **A stream starts once a sequential run has covered ``min_stream`` bytes**
+  (0 here; the reader passes 2 MiB): the kernel splits one large random read
+  into 128 KiB FUSE reads that look sequential, and a 1 MiB random read must
+  not start a readahead. The stream then opens with a window of
   ``initial_window`` bytes (rounded up to whole blocks) beyond the blocks the
   read needs. While reads stay sequential the window slides along: each read
   plans only the blocks that newly fall into it, so no block is planned twice
@@ -76,6 +79,7 @@ class ReadaheadPlanner:
         max_window: int = 128 * MiB,
         small_file: int = 8 * MiB,
         tolerance: int = 1 * MiB,
+        min_stream: int = 0,
     ) -> None:
         if initial_window <= 0 or max_window < initial_window or tolerance < 0:
             raise ValueError("want 0 < initial_window <= max_window and tolerance >= 0")
@@ -86,6 +90,8 @@ class ReadaheadPlanner:
         self._initial = _to_blocks(initial_window, block_size)
         self._max = max(self._initial, max_window // block_size)
         self._tolerance = tolerance
+        self._min_stream = min_stream
+        self._run_start = 0  # where the current sequential run began
         self._whole_planned = False
         self._pos: int | None = None  # where the last read ended; None before the first
         self._window = 0  # in blocks; 0: not streaming
@@ -106,11 +112,12 @@ class ReadaheadPlanner:
         if self._small:
             return self._plan_small(needed)
         if self._is_sequential(start):
-            self._advance(needed)
             self._pos = max(end, self._pos or 0)
+            if self._window or self._pos - self._run_start >= self._min_stream:
+                self._advance(needed)
         else:
             self._reset()
-            self._pos = end
+            self._run_start, self._pos = start, end
         return Plan(tuple(needed), self._slide(needed.stop), self.window)
 
     def _plan_small(self, needed: range) -> Plan:

@@ -21,6 +21,8 @@ from ._fetch import BlobRef
 from ._model import BLOCK_SIZE
 from ._readahead import ReadaheadPlanner
 
+MIN_STREAM = 2 * 1024 * 1024  # a 1 MiB random read (eight 128 KiB FUSE reads) is no stream
+
 
 class BlobReader:
     """Reads of one file through one handle (the planner state is per handle)."""
@@ -29,7 +31,7 @@ class BlobReader:
         self.client = client
         self.blob = blob
         self.path = path
-        self._planner = ReadaheadPlanner(blob.size, BLOCK_SIZE)
+        self._planner = ReadaheadPlanner(blob.size, BLOCK_SIZE, min_stream=MIN_STREAM)
         self._lock = threading.Lock()  # guards the planner only
 
     def read(self, offset: int, size: int) -> bytes:

@@ -234,3 +234,22 @@ def test_an_empty_file_plans_nothing() -> None:
 def test_bad_settings_raise(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         ReadaheadPlanner(100, 10, **kwargs)
+
+
+@given(
+    offset=st.integers(min_value=0, max_value=30 * BLOCK_SIZE),
+    pieces=st.integers(min_value=1, max_value=15),
+)
+def test_a_split_random_read_below_min_stream_reads_nothing_ahead(offset: int, pieces: int) -> None:
+    """The kernel cuts a 1 MiB read into 128 KiB reads: that is not a stream."""
+    planner = ReadaheadPlanner(32 * BLOCK_SIZE, min_stream=2 * MiB)
+    for i in range(pieces):
+        plan = planner.on_read(offset + i * 128 * KiB, 128 * KiB)
+        assert plan.ahead == ()
+
+
+def test_a_long_sequential_run_streams_after_min_stream() -> None:
+    planner = ReadaheadPlanner(32 * BLOCK_SIZE, min_stream=2 * MiB)
+    ahead = [planner.on_read(i * 128 * KiB, 128 * KiB).ahead for i in range(24)]
+    assert all(a == () for a in ahead[:15])  # under 2 MiB read so far
+    assert any(a for a in ahead[15:])
