@@ -23,6 +23,7 @@ from ._errors import IntegrityError
 from ._fetch import BlobRef
 from ._model import Entry, check_path
 from ._reader import BlobReader
+from ._upload import hash_file
 from ._view import RepoView
 
 CHUNK = 4 * 1024 * 1024
@@ -41,14 +42,6 @@ def repo_files(view: RepoView) -> Iterable[tuple[str, Entry]]:
     for dirpath, _dirs, files in view.walk(""):
         for entry in files:
             yield (f"{dirpath}/{entry.name}" if dirpath else entry.name), entry
-
-
-def hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def local_target(dest: Path, path: str) -> Path:
