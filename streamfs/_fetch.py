@@ -23,7 +23,7 @@ import trio
 
 from ._blocks import block_span, coalesce
 from ._cache import BlockCache
-from ._errors import IntegrityError, RemoteError
+from ._errors import IntegrityError, RemoteError, RemoteUnavailableError
 from ._model import BLOCK_SIZE, block_count
 from ._remote import Remote
 
@@ -112,8 +112,14 @@ class BlockFetcher:
                 p = self._inflight[(blob.id, i)]
                 p.data = data
         except BaseException as exc:
+            # Waiters are other tasks: hand them an ordinary error, never our Cancelled.
+            shown = (
+                exc
+                if isinstance(exc, Exception)
+                else RemoteUnavailableError("the engine is shutting down")
+            )
             for key in keys:
-                self._inflight[key].error = exc
+                self._inflight[key].error = shown
             if not isinstance(exc, Exception):
                 raise
         finally:
