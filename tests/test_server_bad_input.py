@@ -234,7 +234,14 @@ def repo(srv: ServerProcess, repo_name: str) -> Repo:
 
 # ----------------------------------------------------------------- JSON bodies
 
-JSON_ROUTES = ["/repos", "{repo}/branches", "{repo}/tags", "{repo}/commits", "{repo}/blobs/missing"]
+JSON_ROUTES = [
+    "/repos",
+    "{repo}/branches",
+    "{repo}/tags",
+    "{repo}/commits",
+    "{repo}/blobs/missing",
+    "{repo}/blobs/batch",
+]
 
 
 @pytest.mark.parametrize(
@@ -296,6 +303,11 @@ def test_wrong_field_types_are_400(srv: ServerProcess, repo: Repo) -> None:
         ("{repo}/blobs/missing", {"ids": {"a": 1}}),
         ("{repo}/blobs/missing", {"ids": [5]}),
         ("{repo}/blobs/missing", {"ids": [None]}),
+        ("{repo}/blobs/batch", {}),
+        ("{repo}/blobs/batch", {"ids": []}),
+        ("{repo}/blobs/batch", {"ids": repo.blob_id}),
+        ("{repo}/blobs/batch", {"ids": [repo.blob_id, 5]}),
+        ("{repo}/blobs/batch", {"ids": [repo.blob_id] * 1001}),
         ("{repo}/commits", {"branch": "main"}),
         ("{repo}/commits", {"branch": "main", "changes": {"op": "put"}}),
         ("{repo}/commits", {"branch": "main", "changes": "x"}),
@@ -388,6 +400,7 @@ def test_unknown_repo_is_404_on_every_route(srv: ServerProcess, repo: Repo) -> N
         ("/branches", {"name": "b"}),
         ("/tags", {"name": "t"}),
         ("/blobs/missing", {"ids": [repo.blob_id]}),
+        ("/blobs/batch", {"ids": [repo.blob_id]}),
         ("/commits", {"branch": "main", "changes": []}),
     ]
     for suffix, body in writes:
@@ -410,7 +423,10 @@ def test_unknown_revisions_and_objects_are_404(srv: ServerProcess, repo: Repo) -
         assert_error(call(srv, "GET", f"{p}/blobs/{oid}"), 404)
         assert_error(call(srv, "HEAD", f"{p}/blobs/{oid}"), 404)
         assert_error(call(srv, "GET", f"{p}/blobs/{oid}/blocks"), 404)
+        for ids in ([oid], [repo.blob_id, oid]):
+            assert_error(call(srv, "POST", f"{p}/blobs/batch", json={"ids": ids}), 404)
     # Objects do not change kind: a tree id is no commit, a commit id no tree or blob.
+    assert_error(call(srv, "POST", f"{p}/blobs/batch", json={"ids": [repo.head]}), 404)
     assert_error(call(srv, "GET", f"{p}/commits/{repo.tree}"), 404)
     assert_error(call(srv, "GET", f"{p}/trees/{repo.head}"), 404)
     assert_error(call(srv, "GET", f"{p}/blobs/{repo.head}"), 404)
@@ -663,6 +679,8 @@ def test_invalid_object_ids_are_400(srv: ServerProcess, repo: Repo) -> None:
         change = {"op": "put", "path": "x.bin", "blob": bad}
         assert_error(repo.commit({"changes": [change]}), 400, "invalid")
         assert_error(call(srv, "POST", p + "/blobs/missing", json={"ids": [bad]}), 400, "invalid")
+        batch = {"ids": [repo.blob_id, bad]}
+        assert_error(call(srv, "POST", p + "/blobs/batch", json=batch), 400, "invalid")
         assert_error(repo.commit({"changes": [], "parent": bad}), 400, "invalid")
     # The same bytes under the upper-case id are still refused (ids are one spelling only).
     assert_error(call(srv, "PUT", f"{p}/blobs/{sha(b'other').upper()}", content=b"other"), 400)
@@ -756,7 +774,10 @@ _LIMITED_SERVER = """
 import sys
 from streamfs.server import Limits, serve
 root, fd, max_json, max_blob = sys.argv[1:]
-serve(root, fd=int(fd), limits=Limits(max_json_bytes=int(max_json), max_blob_bytes=int(max_blob)))
+limits = Limits(
+    max_json_bytes=int(max_json), max_blob_bytes=int(max_blob), max_batch_bytes=int(max_blob)
+)
+serve(root, fd=int(fd), limits=limits)
 """
 
 
@@ -1014,3 +1035,16 @@ def test_path_traversal_writes_nothing_outside_the_store(
     found = [p for p in (tmp_path / "store").rglob("*") if CANARY in p.name]
     assert not found
     assert [r["name"] for r in call(srv, "GET", "/repos").json()["repos"]] == [repo.name]
+
+
+def test_a_batch_over_its_byte_limit_is_413(small: LimitedServer) -> None:
+    """The small server's batches hold at most 1,000 bytes (its blob limit)."""
+    assert call(small, "POST", "/repos", json={"owner": "alice", "name": "r"}).status_code == 201
+    blobs = [os.urandom(600), os.urandom(400)]
+    ids = [sha(b) for b in blobs]
+    for blob, oid in zip(blobs, ids, strict=True):
+        assert call(small, "PUT", f"/repos/alice/r/blobs/{oid}", content=blob).status_code == 201
+    ok = call(small, "POST", "/repos/alice/r/blobs/batch", json={"ids": ids})
+    assert ok.status_code == 200 and ok.content == b"".join(blobs)
+    over = call(small, "POST", "/repos/alice/r/blobs/batch", json={"ids": [ids[0], ids[0]]})
+    assert_error(over, 413, "too_large")

@@ -373,3 +373,38 @@ def test_resolve_revision_kinds(server: ServerProcess, repo_name: str, rev_kind:
     api(server, "POST", f"/repos/{repo}/tags", json={"name": "v1", "rev": "main"})
     rev = {"branch": "main", "tag": "v1", "full": commit, "prefix": commit[:8]}[rev_kind]
     assert run_cli(server, "resolve", f"{repo}@{rev}").stdout.strip() == commit
+
+
+def test_batch_sends_whole_blobs_in_the_order_asked(server: ServerProcess, repo_name: str) -> None:
+    repo = f"alice/{repo_name}"
+    assert api(server, "POST", "/repos", json={"owner": "alice", "name": repo_name}).is_success
+    rng = random.Random(7)
+    # empty, small, and larger than the server's 1 MiB read size, so pieces are joined and split
+    blobs = [b"", *(rng.randbytes(rng.randint(1, 200_000)) for _ in range(20)), os.urandom(3 << 20)]
+    ids = [put_blob(server, repo, b) for b in blobs]
+    order = [*ids[::-1], ids[3], ids[3]]  # any order, duplicates allowed
+    before = api(server, "GET", "/metrics").json()
+    response = api(server, "POST", f"/repos/{repo}/blobs/batch", json={"ids": order})
+    assert response.status_code == 200, response.text
+    by_id = dict(zip(ids, blobs, strict=True))
+    expected = b"".join(by_id[oid] for oid in order)
+    assert int(response.headers["content-length"]) == len(expected)
+    assert response.content == expected
+    after = api(server, "GET", "/metrics").json()
+    assert after["blob_batch_requests"] - before["blob_batch_requests"] == 1
+    assert after["blob_batch_blobs"] - before["blob_batch_blobs"] == len(order)
+    assert after["blob_bytes_sent"] - before["blob_bytes_sent"] == len(expected)
+    assert after["blob_get_requests"] == before["blob_get_requests"]
+
+
+def test_batch_never_sends_another_repos_blob(server: ServerProcess, repo_name: str) -> None:
+    for name in (repo_name, repo_name + "-other"):
+        assert api(server, "POST", "/repos", json={"owner": "alice", "name": name}).is_success
+    secret = os.urandom(1000)
+    oid = put_blob(server, f"alice/{repo_name}-other", secret)
+    mine = put_blob(server, f"alice/{repo_name}", b"mine")
+    batch = {"ids": [mine, oid]}
+    response = api(server, "POST", f"/repos/alice/{repo_name}/blobs/batch", json=batch)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert secret not in response.content

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections import Counter
 
 BLOB_GET_REQUESTS = "blob_get_requests"  # GET and HEAD of blob bytes
-BLOB_BYTES_SENT = "blob_bytes_sent"
+BLOB_BATCH_REQUESTS = "blob_batch_requests"  # POST blobs/batch (many whole blobs)
+BLOB_BATCH_BLOBS = "blob_batch_blobs"  # blobs sent in those
+BLOB_BYTES_SENT = "blob_bytes_sent"  # by GET and by batches
 BLOB_PUT_REQUESTS = "blob_put_requests"  # uploads that stored bytes
 BLOB_BYTES_RECEIVED = "blob_bytes_received"
 TREE_GET_REQUESTS = "tree_get_requests"
@@ -20,6 +22,8 @@ OBJECT_GET_REQUESTS = {"tree": TREE_GET_REQUESTS, "commit": COMMIT_GET_REQUESTS}
 
 ALL = (
     BLOB_GET_REQUESTS,
+    BLOB_BATCH_REQUESTS,
+    BLOB_BATCH_BLOBS,
     BLOB_BYTES_SENT,
     BLOB_PUT_REQUESTS,
     BLOB_BYTES_RECEIVED,

@@ -269,6 +269,7 @@ def schemas() -> Json:
         ),
         "MissingRequest": obj(["ids"], ids=array(ID, maxItems=1_000_000)),
         "MissingResponse": obj(["missing"], missing=array(ID)),
+        "BatchRequest": obj(["ids"], ids=array(ID, minItems=1, maxItems=1_000)),
         "BlobStored": obj(["id", "stored"], id=ID, stored=BOOL, size=COUNT),
         "BlockMap": obj(
             ["block_size", "blocks"], block_size=typed("integer", "4194304"), blocks=array(ID)
@@ -414,6 +415,15 @@ def _blob_paths() -> Json:
                 json_ok("MissingResponse"),
                 {413: "too_large"},
                 request=body(ref("MissingRequest")),
+            )
+        },
+        "/blobs/batch": {
+            "post": repo_op(
+                "getBlobs",
+                "Many whole blobs, concatenated in the order asked",
+                {"200": {"description": "The blobs' bytes, one after another", "content": octets}},
+                {404: "not_found", 413: "too_large"},
+                request=body(ref("BatchRequest")),
             )
         },
         "/blobs/{id}": {
