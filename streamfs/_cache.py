@@ -29,7 +29,8 @@ Invariants and choices:
   shared counters (diskcache ``incr``, atomic across processes) at most once
   a second and on ``stats()``, ``close()`` and exit, for the same reason:
   hits stay free of writes. Another live process's last second may be missing.
-- **Processes.** diskcache opens one SQLite connection per thread and
+- **Processes.** No ``fork()`` happens while a thread is inside SQLite
+  (``_ForkGuard``). diskcache opens one SQLite connection per thread and
   reopens it when it sees a new process id, so a BlockCache may cross
   ``fork()``: the child reconnects on first use and drops the parent's
   uncounted hits. For spawn, a BlockCache pickles as its directory and limit.
@@ -125,6 +126,108 @@ def _free_space(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+# --------------------------------------------------------------------------- fork safety
+
+
+class _ForkGuard:
+    """Keeps ``fork()`` from happening while a thread is inside SQLite.
+
+    Python's sqlite3 releases the GIL while SQLite runs, and SQLite holds
+    mutexes of its own in there; a child forked at that moment inherits them
+    locked and hangs at its first cache call, or holds the database's write
+    lock forever. Every call into diskcache takes the guard (shared, a counter);
+    ``fork()`` waits until no call is inside, then proceeds.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._forking = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._inside += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._inside -= 1
+            if self._inside == 0:
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        with self._cond:
+            self._forking = True
+            while self._inside:
+                self._cond.wait()
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self._forking = False
+            self._cond.notify_all()
+
+
+_guard = _ForkGuard()
+
+
+def _after_fork_in_child() -> None:
+    global _guard
+    _guard = _ForkGuard()  # the parent's other threads do not exist here
+
+
+os.register_at_fork(
+    before=lambda: _guard.before_fork(),
+    after_in_parent=lambda: _guard.after_fork_in_parent(),
+    after_in_child=_after_fork_in_child,
+)
+
+
+class _Guarded:
+    """A diskcache.Cache whose every method call holds the fork guard."""
+
+    def __init__(self, cache: diskcache.Cache) -> None:
+        self._cache = cache
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._cache, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            guard = _guard
+            guard.enter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                guard.leave()
+
+        return call
+
+    def __contains__(self, key: str) -> bool:
+        guard = _guard
+        guard.enter()
+        try:
+            return key in self._cache
+        finally:
+            guard.leave()
+
+    def __len__(self) -> int:
+        guard = _guard
+        guard.enter()
+        try:
+            return len(self._cache)
+        finally:
+            guard.leave()
+
+
+def _open_cache(directory: str, **settings: Any) -> _Guarded:
+    guard = _guard
+    guard.enter()
+    try:
+        return _Guarded(diskcache.Cache(directory, **settings))
+    finally:
+        guard.leave()
+
+
 # --------------------------------------------------------------------------- counters
 
 
@@ -135,7 +238,7 @@ class _Counters:
     says which process the counts belong to; a forked child starts at zero.
     """
 
-    def __init__(self, store: diskcache.Cache) -> None:
+    def __init__(self, store: _Guarded) -> None:
         self._store = store
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -223,7 +326,7 @@ class BlockCache:
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
 
     def _open(self, name: str, limit: int, eviction_policy: str = EVICTION_POLICY) -> Any:
-        return diskcache.Cache(
+        return _open_cache(
             str(self.directory / name), size_limit=limit, eviction_policy=eviction_policy
         )
 
@@ -260,7 +363,11 @@ class BlockCache:
 
     def contains(self, blob: str, index: int) -> bool:
         """Whether a block is cached (not counted as a hit or a miss)."""
-        return _block_key(blob, index) in self._blocks
+        try:
+            return _block_key(blob, index) in self._blocks
+        except _DISK_ERRORS as exc:
+            log.warning("cache lookup of %s:%d failed, treated as a miss: %s", blob, index, exc)
+            return False
 
     # The names the fetcher and reader use.
     get_block = get
