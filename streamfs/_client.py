@@ -20,6 +20,7 @@ from ._engine import Engine, engine_for
 from ._remote import RetryPolicy, remote_from_env
 
 T = TypeVar("T")
+_OFF = {"0", "false", "no", "off"}
 
 _caches: dict[tuple[str, int, int], BlockCache] = {}
 _caches_lock = threading.Lock()
@@ -41,6 +42,7 @@ class Client:
     cache_dir: str = ""
     cache_size: int = 0
     timeout: float = 30.0
+    prefetch: bool = True  # prefetch the small files of folders being read through
 
     @classmethod
     def create(
@@ -51,13 +53,16 @@ class Client:
         cache_dir: str | os.PathLike[str] | None = None,
         cache_size: int | str | None = None,
         timeout: float | None = None,
+        prefetch: bool | None = None,
     ) -> Client:
         url, tok = remote_from_env(remote, token)
         directory = str(cache_dir) if cache_dir is not None else str(default_cache_dir())
         size = default_cache_size(directory, cache_size)
         env_timeout = os.environ.get("STREAMFS_TIMEOUT")
         bound = timeout if timeout is not None else float(env_timeout) if env_timeout else 30.0
-        return cls(url, tok, directory, size, bound)
+        if prefetch is None:
+            prefetch = os.environ.get("STREAMFS_PREFETCH", "1").strip().lower() not in _OFF
+        return cls(url, tok, directory, size, bound, prefetch)
 
     @property
     def cache(self) -> BlockCache:

@@ -10,13 +10,22 @@ Invariants (all state here is touched only by the loop thread, so no locks):
   (blob, index) to a pending fetch that later readers wait on.
 - Contiguous missing blocks are fetched in range requests of at most
   ``max_request`` bytes, at most ``parallel`` requests at once.
+- Whole small blobs that are prefetched (``prefetch_whole``) travel many to a
+  request (``POST blobs/batch``), at most ``parallel_batches`` batches at once.
+  A batch claims its blobs only when it starts, so a reader never waits behind
+  a queue of prefetches: what is not in flight yet, it fetches itself.
+- The loop only moves bytes. Hashing big pieces and writing the cache run in
+  worker threads; waiters get their block as soon as it is verified, and the
+  block stays in the in-flight table until it is in the cache, so nobody
+  fetches it again meanwhile.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -27,6 +36,8 @@ from ._errors import IntegrityError, RemoteError, RemoteUnavailableError
 from ._model import BLOCK_SIZE, block_count
 from ._remote import Remote
 
+log = logging.getLogger("streamfs.fetch")
+
 
 @dataclass(frozen=True, slots=True)
 class BlobRef:
@@ -34,6 +45,11 @@ class BlobRef:
     name: str
     id: str
     size: int
+
+
+HASH_IN_THREAD = 1024 * 1024  # pieces at least this big are hashed off the loop
+BATCH_FILES = 64  # blobs in one prefetch batch ...
+BATCH_BYTES = 8 * 1024 * 1024  # ... and bytes
 
 
 @dataclass(eq=False)
@@ -51,12 +67,17 @@ class BlockFetcher:
         *,
         max_request: int = 4 * BLOCK_SIZE,
         parallel: int = 16,
+        parallel_batches: int = 4,
     ) -> None:
         self.remote = remote
         self.cache = cache
         self.max_request = max_request
         self._limiter = trio.CapacityLimiter(parallel)
+        self._batch_limiter = trio.CapacityLimiter(parallel_batches)
         self._inflight: dict[tuple[str, int], _Pending] = {}
+        self._tasks = 0  # fetches started and not finished
+        self._quiet = trio.Event()
+        self._quiet.set()
         self._blockmaps: dict[str, list[str]] = {}
 
     async def blocks(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, bytes]:
@@ -92,8 +113,27 @@ class BlockFetcher:
                 new.append(index)
             pending[index] = p
         for first, last in coalesce(new, BLOCK_SIZE, self.max_request):
-            self._nursery.start_soon(self._fetch_run, blob, first, last)
+            self._spawn(self._fetch_claimed, blob, first, last)
         return pending
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        if self._tasks == 0:
+            self._quiet = trio.Event()
+        self._tasks += 1
+        self._nursery.start_soon(self._tracked, fn, args)
+
+    async def _tracked(self, fn: Callable[..., Awaitable[None]], args: tuple[object, ...]) -> None:
+        try:
+            await fn(*args)
+        finally:
+            self._tasks -= 1
+            if self._tasks == 0:
+                self._quiet.set()
+
+    async def quiet(self) -> None:
+        """Wait until no fetch or prefetch is running (for tests and benchmarks)."""
+        while self._tasks:
+            await self._quiet.wait()
 
     @property
     def _nursery(self) -> trio.Nursery:
@@ -102,29 +142,101 @@ class BlockFetcher:
 
     nursery: trio.Nursery | None = None  # set by the owner before use
 
-    async def _fetch_run(self, blob: BlobRef, first: int, last: int) -> None:
-        """Fetch blocks first..last (inclusive) in one range request and resolve them."""
-        keys = [(blob.id, i) for i in range(first, last + 1)]
+    async def prefetch_whole(self, blobs: Sequence[BlobRef]) -> None:
+        """Fetch whole small blobs (one block each) into the cache, many to a request."""
+        small = [b for b in blobs if 0 < b.size <= BLOCK_SIZE]
+        for start in range(0, len(small), BATCH_FILES):
+            batch: list[BlobRef] = []
+            size = 0
+            for blob in small[start : start + BATCH_FILES]:
+                if batch and size + blob.size > BATCH_BYTES:
+                    self._spawn(self._fetch_batch, batch)
+                    batch, size = [], 0
+                batch.append(blob)
+                size += blob.size
+            if batch:
+                self._spawn(self._fetch_batch, batch)
+
+    async def _fetch_batch(self, blobs: list[BlobRef]) -> None:
+        try:
+            await self._fetch_batch_claiming(blobs)
+        except Exception as exc:  # a prefetch must never take the engine down
+            log.warning("prefetch of %d blobs failed: %s", len(blobs), exc)
+
+    async def _fetch_batch_claiming(self, blobs: list[BlobRef]) -> None:
+        async with self._batch_limiter:
+            # Claim only what nobody fetched meanwhile (cache lookups are SQLite: off the loop).
+            unclaimed = [b for b in blobs if (b.id, 0) not in self._inflight]
+            uncached = await trio.to_thread.run_sync(self._not_cached, unclaimed)
+            todo = [b for b in uncached if (b.id, 0) not in self._inflight]
+            for blob in todo:
+                self._inflight[(blob.id, 0)] = _Pending()
+            if not todo:
+                return
+            first = todo[0]
+            try:
+                data = await self.remote.read_blobs(first.owner, first.name, [b.id for b in todo])
+            except BaseException as exc:
+                self._fail([(b.id, 0) for b in todo], exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+        pieces: dict[str, bytes] = {}
+        if len(data) == sum(b.size for b in todo):
+            view, offset = memoryview(data), 0
+            for blob in todo:
+                pieces[blob.id] = bytes(view[offset : offset + blob.size])
+                offset += blob.size
+            pieces = await trio.to_thread.run_sync(_verified_whole, pieces)
+        for blob in todo:
+            if blob.id not in pieces:  # cut short or corrupt: fetched again on its own
+                self._spawn(self._fetch_claimed, blob, 0, 0)
+        await self._deliver({(oid, 0): piece for oid, piece in pieces.items()})
+
+    def _not_cached(self, blobs: list[BlobRef]) -> list[BlobRef]:
+        return [b for b in blobs if not self.cache.has_block(b.id, 0)]
+
+    async def _fetch_claimed(self, blob: BlobRef, first: int, last: int) -> None:
+        """Fetch blocks first..last (inclusive) in one range request and resolve them.
+
+        The caller has made their in-flight entries.
+        """
         try:
             blocks = await self._fetch_verified(blob, first, last)
-            for i, data in blocks.items():
-                self.cache.put_block(blob.id, i, data)
-                p = self._inflight[(blob.id, i)]
-                p.data = data
         except BaseException as exc:
-            # Waiters are other tasks: hand them an ordinary error, never our Cancelled.
-            shown = (
-                exc
-                if isinstance(exc, Exception)
-                else RemoteUnavailableError("the engine is shutting down")
-            )
-            for key in keys:
-                self._inflight[key].error = shown
+            self._fail([(blob.id, i) for i in range(first, last + 1)], exc)
             if not isinstance(exc, Exception):
                 raise
+            return
+        await self._deliver({(blob.id, i): data for i, data in blocks.items()})
+
+    def _fail(self, keys: list[tuple[str, int]], exc: BaseException) -> None:
+        # Waiters are other tasks: hand them an ordinary error, never our Cancelled.
+        shown = (
+            exc
+            if isinstance(exc, Exception)
+            else RemoteUnavailableError("the engine is shutting down")
+        )
+        for key in keys:
+            pending = self._inflight.pop(key)
+            pending.error = shown
+            pending.done.set()
+
+    async def _deliver(self, blocks: dict[tuple[str, int], bytes]) -> None:
+        """Hand verified blocks to their waiters now, then write them to the cache."""
+        for key, data in blocks.items():
+            pending = self._inflight[key]
+            pending.data = data
+            pending.done.set()
+        try:
+            await trio.to_thread.run_sync(self._store, blocks)
         finally:
-            for key in keys:
-                self._inflight.pop(key).done.set()
+            for key in blocks:
+                self._inflight.pop(key)
+
+    def _store(self, blocks: dict[tuple[str, int], bytes]) -> None:
+        for (oid, index), data in blocks.items():
+            self.cache.put_block(oid, index, data)
 
     async def _fetch_verified(self, blob: BlobRef, first: int, last: int) -> dict[int, bytes]:
         hashes = await self._block_hashes(blob)
@@ -137,11 +249,18 @@ class BlockFetcher:
                 raise RemoteError(
                     f"blob {blob.id[:12]}: asked for {end - start} bytes, got {len(data)}"
                 )
+            view = memoryview(data)
             blocks = {
-                i: data[(i - first) * BLOCK_SIZE : (i - first + 1) * BLOCK_SIZE]
+                i: bytes(view[(i - first) * BLOCK_SIZE : (i - first + 1) * BLOCK_SIZE])
+                if last > first
+                else data
                 for i in range(first, last + 1)
             }
-            bad = [i for i, b in blocks.items() if hashlib.sha256(b).hexdigest() != hashes[i]]
+            expected = {i: hashes[i] for i in blocks}
+            if len(data) >= HASH_IN_THREAD:
+                bad = await trio.to_thread.run_sync(_bad_blocks, blocks, expected)
+            else:
+                bad = _bad_blocks(blocks, expected)
             if not bad:
                 return blocks
             if attempt == 1:
@@ -170,3 +289,12 @@ class BlockFetcher:
         assert hashes is not None
         self._blockmaps[blob.id] = hashes
         return hashes
+
+
+def _bad_blocks(blocks: dict[int, bytes], expected: dict[int, str]) -> list[int]:
+    return [i for i, b in blocks.items() if hashlib.sha256(b).hexdigest() != expected[i]]
+
+
+def _verified_whole(pieces: dict[str, bytes]) -> dict[str, bytes]:
+    """The pieces whose sha256 is their blob id."""
+    return {oid: b for oid, b in pieces.items() if hashlib.sha256(b).hexdigest() == oid}

@@ -34,7 +34,6 @@ from ._errors import (
     PathNotFoundError,
     ReadOnlyError,
 )
-from ._fetch import BlobRef
 from ._hookconfig import HookSpec
 from ._hookwrite import HookWriter, recover_orphans
 from ._model import Commit, Entry, RepoSpec, decode_commit, object_id, parse_repo_spec
@@ -191,8 +190,7 @@ class HookedRepo:
         entry = self.lookup(rel)
         if entry.is_dir:
             raise IsADirError("is a directory", filename=rel)
-        view = self.view
-        return BlobReader(view.client, BlobRef(view.owner, view.name, entry.id, entry.size), rel)
+        return self.view.reader(rel, entry)
 
     # ------------------------------------------------------------ materializing
 

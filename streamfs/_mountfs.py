@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import IsADirError, ReadOnlyError, StreamfsError
-from ._fetch import BlobRef
 from ._model import Entry
 from ._overlay import Overlay, StagedHandle
 from ._reader import BlobReader
@@ -142,9 +141,7 @@ class MountFS:
         entry = self.lookup(rel)
         if entry.is_dir:
             raise IsADirError("is a directory", filename=rel)
-        base = self._base()
-        reader = BlobReader(base.client, BlobRef(base.owner, base.name, entry.id, entry.size), rel)
-        return self._add(_ReadHandle(reader))
+        return self._add(_ReadHandle(self._base().reader(rel, entry)))
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         with self._lock:

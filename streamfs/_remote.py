@@ -304,6 +304,16 @@ class Remote:
         )
         return response.content
 
+    async def read_blobs(self, owner: str, name: str, ids: Sequence[str]) -> bytes:
+        """Whole blobs, one after another in the order of ``ids`` (POST blobs/batch). Not verified."""
+        response = await self._request(
+            "POST",
+            self._repo(owner, name) + "/blobs/batch",
+            f"{len(ids)} blobs of {owner}/{name}",
+            json={"ids": list(ids)},
+        )
+        return response.content
+
     async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, list[str]]:
         body = await self._json(
             "GET", self._repo(owner, name) + f"/blobs/{oid}/blocks", f"blocks of {oid[:12]}"

@@ -16,9 +16,8 @@ from collections.abc import Iterator
 
 from ._client import Client
 from ._errors import IsADirError
-from ._fetch import BlobRef
 from ._model import parse_repo_spec
-from ._reader import BlobReader, RepoFile
+from ._reader import RepoFile
 from ._view import RepoView, make_stat
 
 
@@ -32,10 +31,16 @@ class Repo:
         cache_dir: str | os.PathLike[str] | None = None,
         cache_size: int | str | None = None,
         timeout: float | None = None,
+        prefetch: bool | None = None,
     ) -> None:
         parsed = parse_repo_spec(spec, allow_path=False)
         self.client = Client.create(
-            remote, token, cache_dir=cache_dir, cache_size=cache_size, timeout=timeout
+            remote,
+            token,
+            cache_dir=cache_dir,
+            cache_size=cache_size,
+            timeout=timeout,
+            prefetch=prefetch,
         )
         self.view = RepoView.open(self.client, parsed.owner, parsed.name, parsed.rev)
         self.owner, self.name, self.rev = parsed.owner, parsed.name, parsed.rev
@@ -78,8 +83,7 @@ class Repo:
         entry = self.view.lookup(path)
         if entry.is_dir:
             raise IsADirError("is a directory", filename=path)
-        blob = BlobRef(self.owner, self.name, entry.id, entry.size)
-        return RepoFile(BlobReader(self.client, blob, path), path)
+        return RepoFile(self.view.reader(path, entry), path)
 
     def read_bytes(self, path: str) -> bytes:
         with self.raw_open(path) as f:

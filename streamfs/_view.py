@@ -6,8 +6,13 @@ immutable, keyed by id), so a second process or mount of the same commit
 asks the server nothing. A missing name in a known directory is answered
 here, with no request.
 
+Opening a file through the view (``reader``) also feeds the sibling
+planner (``_siblings``), which prefetches the small files of folders that are
+being read through.
+
 Thread safety: any thread may call any method. The in-memory tree map is
-guarded by ``_lock``, held only for dict operations, never across I/O.
+guarded by ``_lock``, the planner by ``_plan_lock``; both are held only for
+in-memory work, never across I/O.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from collections.abc import Iterator
 
 from ._client import Client
 from ._engine import Engine
-from ._errors import NotADirError, PathNotFoundError
+from ._errors import NotADirError, PathNotFoundError, StreamfsError
+from ._fetch import BlobRef
 from ._model import (
+    BLOCK_SIZE,
     Commit,
     Entry,
     Tree,
@@ -32,9 +39,13 @@ from ._model import (
     object_id,
     split_path,
 )
+from ._reader import BlobReader
 from ._remote import Remote
+from ._siblings import SiblingPlanner
 
 MAX_TREES_IN_MEMORY = 4096
+PREFETCH_BASE = 32 * 1024 * 1024  # prefetched, never opened: at most this plus what was read
+PREFETCH_CAP_SHARE = 4  # ... and at most this share of the cache
 
 
 class RepoView:
@@ -49,6 +60,11 @@ class RepoView:
         self.root = Entry("", "dir", commit.tree, 0, commit.time)
         self._trees: OrderedDict[str, Tree] = OrderedDict()
         self._lock = threading.Lock()
+        self._planner: SiblingPlanner | None = None
+        if client.prefetch:
+            cap = min(client.cache_size // PREFETCH_CAP_SHARE, 1024**3)
+            self._planner = SiblingPlanner(BLOCK_SIZE, min(PREFETCH_BASE, cap), cap, os.getpid())
+        self._plan_lock = threading.Lock()
 
     def __reduce__(self) -> tuple[object, ...]:
         # Pickles as the pinned commit (DataLoader workers, multiprocessing): never re-resolved.
@@ -121,6 +137,29 @@ class RepoView:
     def stat(self, path: str, *, writable: bool = False) -> tuple[int, ...]:
         return entry_stat(self.lookup(path), path, writable=writable)
 
+    # ------------------------------------------------------------ reading
+
+    def reader(self, path: str, entry: Entry) -> BlobReader:
+        """A reader of the file ``entry`` at ``path``; tells the prefetcher it was opened."""
+        if self._planner is not None:
+            self._note_open(path, entry)
+        return BlobReader(self.client, BlobRef(self.owner, self.name, entry.id, entry.size), path)
+
+    def _note_open(self, path: str, entry: Entry) -> None:
+        assert self._planner is not None
+        folder = path.strip("/").rpartition("/")[0]
+        try:
+            siblings = self.listdir(folder).entries  # in memory: looking up ``path`` loaded it
+        except StreamfsError:  # e.g. a folder that only a branch mount's new files make
+            return
+        with self._plan_lock:
+            picks = self._planner.on_open(folder, siblings, entry)
+        cache = self.client.cache
+        picks = [e for e in picks if not cache.has_block(e.id, 0)]  # a warm epoch fetches nothing
+        if picks:
+            blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
+            self.client.engine.spawn(_prefetch_whole, self.client.engine, blobs)
+
 
 def entry_stat(entry: Entry, path: str, *, writable: bool = False) -> tuple[int, ...]:
     """An os.stat_result-shaped tuple for an entry (mode, ino, dev, nlink, uid, gid, size, times)."""
@@ -145,6 +184,11 @@ async def _resolve(engine: Engine, owner: str, name: str, rev: str | None) -> st
 
 async def _get_commit(engine: Engine, owner: str, name: str, oid: str) -> Commit:
     return await (await _remote(engine)).get_commit(owner, name, oid)
+
+
+async def _prefetch_whole(engine: Engine, blobs: list[BlobRef]) -> None:
+    assert engine.fetcher is not None
+    await engine.fetcher.prefetch_whole(blobs)
 
 
 async def _get_tree_bytes(engine: Engine, owner: str, name: str, oid: str) -> bytes:

@@ -252,3 +252,84 @@ def test_cache_stats_and_clear(
     run_cli(server, "cache", "clear", "--cache-dir", str(cache))
     assert "blocks     0" in run_cli(server, "cache", "stats", "--cache-dir", str(cache)).stdout
     assert os.path.isdir(cache)
+
+
+# ----------------------------------------------------------------- prefetch of small files
+
+
+def folder_of_images(count: int, seed: int = 3) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {f"train/img{i:04d}.jpg": rng.randbytes(rng.randint(1000, 30_000)) for i in range(count)}
+
+
+def wait_for_prefetches(repo: streamfs.Repo) -> None:
+    engine = repo.client.engine
+    assert engine.fetcher is not None
+    engine.call(engine.fetcher.quiet)
+
+
+def test_reading_through_a_folder_prefetches_the_rest_in_batches(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    files = folder_of_images(120)
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    before = server.metrics()
+    order = list(files)
+    random.Random(5).shuffle(order)
+    assert repo.read_bytes(order[0]) == files[order[0]]
+    wait_for_prefetches(repo)
+    assert server.metrics()["blob_batch_requests"] == before["blob_batch_requests"]  # one file: no
+    assert repo.read_bytes(order[1]) == files[order[1]]
+    wait_for_prefetches(repo)
+    for path in order[2:]:
+        assert repo.read_bytes(path) == files[path]
+    wait_for_prefetches(repo)
+    after = server.metrics()
+    batches = after["blob_batch_requests"] - before["blob_batch_requests"]
+    gets = after["blob_get_requests"] - before["blob_get_requests"]
+    sent = after["blob_bytes_sent"] - before["blob_bytes_sent"]
+    assert batches >= 2  # 64 files a batch at most
+    assert after["blob_batch_blobs"] - before["blob_batch_blobs"] == len(files) - 2
+    assert gets == 2  # the two files read before the folder counted as read through
+    assert sent == sum(len(d) for d in files.values())  # every byte once
+
+
+def test_prefetch_can_be_turned_off(server: ServerProcess, repo_name: str, tmp_path: Path) -> None:
+    files = folder_of_images(30)
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    before = server.metrics()
+    repo = open_repo(server, repo_id, tmp_path / "cache", prefetch=False)
+    for path in files:
+        assert repo.read_bytes(path) == files[path]
+    wait_for_prefetches(repo)
+    after = server.metrics()
+    assert after["blob_batch_requests"] == before["blob_batch_requests"]
+    assert after["blob_get_requests"] - before["blob_get_requests"] == len(files)
+
+
+def test_a_rotten_blob_in_a_batch_is_never_served(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    files = folder_of_images(20)
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    victim = "train/img0010.jpg"
+    oid = hashlib.sha256(files[victim]).hexdigest()
+    stored = server.root / "data" / "objects" / "blob" / oid[:2] / oid[2:]
+    with open(stored, "r+b") as f:  # same length, different bytes: the batch stays aligned
+        f.seek(100)
+        f.write(bytes(b ^ 0xFF for b in files[victim][100:110]))
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    for path in ("train/img0000.jpg", "train/img0001.jpg"):
+        assert repo.read_bytes(path) == files[path]
+    wait_for_prefetches(repo)  # the batch held the victim: refused, fetched alone, refused again
+    with pytest.raises(OSError) as info:
+        repo.read_bytes(victim)
+    assert info.value.errno == errno.EIO
+    for path, data in files.items():
+        if path != victim:
+            assert repo.read_bytes(path) == data
+    assert not repo.client.cache.has_block(oid, 0)

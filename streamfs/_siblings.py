@@ -1,0 +1,132 @@
+"""Which small files to prefetch while a folder is read file by file (pure logic).
+
+A training epoch opens every file of a dataset once, in shuffled order, a
+few at a time. Each small file then costs a round trip of its own, and the
+readers never have more requests in flight than there are readers. Once a
+folder shows that it is being read through, its other small files are
+fetched ahead, many to a request (``POST blobs/batch``), so that the readers
+find them in the cache.
+
+The policy, per view of a commit:
+
+- **Evidence first.** A folder becomes active when a second, different file
+  of it is opened. Reading one file of a folder prefetches nothing.
+- **Bounded waste.** Bytes prefetched and not yet opened stay under
+  ``base + bytes of small files opened so far`` (and under ``cap``). However
+  a program reads, what was fetched and never read is at most ``base`` plus
+  what it did read; for a whole epoch it is nothing.
+- **Passes.** Opening a file again that was opened in the folder's current
+  pass starts a new pass (the next epoch): the folder is read through again,
+  so a cache that evicted it is refilled ahead of the readers.
+- **Spread.** Each process starts a folder at its own offset, so DataLoader
+  workers that prefetch the same folder mostly fetch different files.
+- Only files of at most ``small`` bytes are prefetched (one block; big files
+  have their own sequential readahead).
+
+Not thread-safe: the owner holds a lock around ``on_open``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ._model import Entry
+
+MAX_FOLDERS = 1024  # folders remembered; the least recently opened one is forgotten
+PICK_RUN = 64  # files taken from one folder before turning to the next active one
+
+
+@dataclass(eq=False)
+class _Folder:
+    entries: Sequence[Entry]
+    start: int  # this process's offset into entries
+    cursor: int = 0  # candidates looked at in this pass
+    opened: set[str] = field(default_factory=set)  # names opened in this pass
+    active: bool = False
+
+    def exhausted(self) -> bool:
+        return self.cursor >= len(self.entries)
+
+
+class SiblingPlanner:
+    def __init__(self, small: int, base: int, cap: int, salt: int = 0) -> None:
+        self.small = small
+        self.base = base
+        self.cap = cap
+        self._salt = salt
+        self._folders: OrderedDict[str, _Folder] = OrderedDict()
+        self._active: deque[str] = deque()  # active folders that may have candidates left
+        self._outstanding: dict[str, int] = {}  # blob id -> size: prefetched, not opened yet
+        self.outstanding_bytes = 0
+        self.opened_bytes = 0
+
+    def allowance(self) -> int:
+        """How many bytes may be prefetched and not yet opened, now."""
+        return min(self.cap, self.base + self.opened_bytes)
+
+    def on_open(self, folder: str, siblings: Sequence[Entry], entry: Entry) -> list[Entry]:
+        """``entry`` (a file in ``folder``, whose entries are ``siblings``) was opened.
+
+        Returns the files to prefetch now; they count as outstanding until opened.
+        """
+        if entry.size > self.small:
+            return []
+        self.opened_bytes += entry.size
+        size = self._outstanding.pop(entry.id, None)
+        if size is not None:
+            self.outstanding_bytes -= size
+        state = self._folder(folder, siblings)
+        if entry.name in state.opened:  # a new pass over this folder
+            state.opened.clear()
+            state.cursor = 0
+            state.active = False
+        state.opened.add(entry.name)
+        if not state.active and len(state.opened) >= 2:
+            state.active = True
+            self._active.append(folder)
+        return self._pick()
+
+    def _folder(self, folder: str, siblings: Sequence[Entry]) -> _Folder:
+        state = self._folders.get(folder)
+        if state is None or state.entries is not siblings:
+            digest = hashlib.blake2b(f"{self._salt}:{folder}".encode(), digest_size=8).digest()
+            start = int.from_bytes(digest, "big") % max(1, len(siblings))
+            state = self._folders[folder] = _Folder(siblings, start)
+            while len(self._folders) > MAX_FOLDERS:
+                self._folders.popitem(last=False)
+        self._folders.move_to_end(folder)
+        return state
+
+    def _pick(self) -> list[Entry]:
+        picks: list[Entry] = []
+        allowance = self.allowance()
+        while self._active and self.outstanding_bytes < allowance:
+            folder = self._active[0]
+            state = self._folders.get(folder)
+            if state is None or not state.active or state.exhausted():
+                self._active.popleft()
+                continue
+            taken = 0
+            while taken < PICK_RUN and not state.exhausted():
+                n = len(state.entries)
+                candidate = state.entries[(state.start + state.cursor) % n]
+                if (
+                    candidate.is_dir
+                    or not 0 < candidate.size <= self.small
+                    or candidate.name in state.opened
+                    or candidate.id in self._outstanding
+                ):
+                    state.cursor += 1
+                    continue
+                if self.outstanding_bytes + candidate.size > allowance:
+                    return picks  # the window is full: this one comes first next time
+                state.cursor += 1
+                self._outstanding[candidate.id] = candidate.size
+                self.outstanding_bytes += candidate.size
+                picks.append(candidate)
+                taken += 1
+            self._active.rotate(-1)
+        return picks

@@ -1,0 +1,132 @@
+"""The sibling prefetch planner: what it picks, and the bound on what is never read."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamfs._model import Entry
+from streamfs._siblings import SiblingPlanner
+
+KiB = 1024
+
+
+def folder(name: str, sizes: list[int]) -> tuple[Entry, ...]:
+    return tuple(
+        Entry(f"f{i:04d}", "file", hashlib.sha256(f"{name}/{i}".encode()).hexdigest(), size)
+        for i, size in enumerate(sizes)
+    )
+
+
+def test_one_open_prefetches_nothing_a_second_one_does() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=1 << 20, cap=1 << 30)
+    files = folder("a", [100 * KiB] * 50)
+    assert planner.on_open("a", files, files[7]) == []
+    picks = planner.on_open("a", files, files[3])
+    assert picks
+    assert files[7] not in picks and files[3] not in picks
+    assert all(p in files for p in picks)
+    assert planner.outstanding_bytes == sum(p.size for p in picks) <= planner.allowance()
+
+
+def test_picks_skip_big_files_empty_files_and_folders() -> None:
+    planner = SiblingPlanner(small=1 << 20, base=64 << 20, cap=1 << 30)
+    files = (
+        *folder("a", [10 * KiB, 0, 2 << 20, 20 * KiB, 30 * KiB]),
+        Entry("sub", "dir", "0" * 64, 5),
+    )
+    planner.on_open("a", files, files[0])
+    picks = planner.on_open("a", files, files[3])
+    assert picks == [files[4]]
+
+
+def test_opening_a_prefetched_file_frees_its_budget() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=300 * KiB, cap=1 << 30)
+    files = folder("a", [100 * KiB] * 100)
+    planner.on_open("a", files, files[0])
+    picks = planner.on_open("a", files, files[1])
+    assert planner.outstanding_bytes == sum(p.size for p in picks)
+    before = planner.outstanding_bytes
+    more = planner.on_open("a", files, picks[0])
+    assert picks[0] not in more
+    # the opened pick left the outstanding set; the window also grew by what was read
+    assert planner.outstanding_bytes <= planner.allowance()
+    assert planner.outstanding_bytes >= before - picks[0].size
+
+
+def test_big_files_are_not_counted_and_trigger_nothing() -> None:
+    planner = SiblingPlanner(small=1 << 20, base=1 << 20, cap=1 << 30)
+    files = folder("a", [8 << 20] * 10)
+    assert planner.on_open("a", files, files[0]) == []
+    assert planner.on_open("a", files, files[1]) == []
+    assert planner.opened_bytes == 0
+
+
+def test_a_new_pass_prefetches_the_folder_again() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=1 << 30, cap=1 << 30)
+    files = folder("a", [10 * KiB] * 20)
+    planner.on_open("a", files, files[0])
+    first = planner.on_open("a", files, files[1])
+    assert len(first) == 18
+    for entry in first:
+        planner.on_open("a", files, entry)
+    assert planner.outstanding_bytes == 0
+    # epoch 2: the same files again
+    assert planner.on_open("a", files, files[0]) == []
+    second = planner.on_open("a", files, files[1])
+    assert sorted(e.name for e in second) == sorted(e.name for e in first)
+
+
+def test_processes_start_folders_at_different_places() -> None:
+    files = folder("a", [10 * KiB] * 1000)
+    starts = set()
+    for salt in range(8):
+        planner = SiblingPlanner(small=4 << 20, base=100 * KiB, cap=1 << 30, salt=salt)
+        planner.on_open("a", files, files[0])
+        starts.add(planner.on_open("a", files, files[1])[0].name)
+    assert len(starts) >= 6
+
+
+def test_the_cap_holds_whatever_was_read() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=1 << 20, cap=2 << 20)
+    files = folder("a", [100 * KiB] * 500)
+    for entry in files[:200]:
+        planner.on_open("a", files, entry)
+        assert planner.outstanding_bytes <= 2 << 20
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    folders=st.integers(1, 6),
+    per_folder=st.integers(1, 80),
+    reads=st.integers(0, 300),
+    base_kib=st.integers(0, 2000),
+)
+def test_bytes_fetched_and_never_read_stay_under_base_plus_read(
+    seed: int, folders: int, per_folder: int, reads: int, base_kib: int
+) -> None:
+    """Any access pattern: prefetched-but-unopened <= base + bytes opened, at every step."""
+    rng = random.Random(seed)
+    tree = {
+        f"d{d}": folder(f"d{d}", [rng.randint(1, 300 * KiB) for _ in range(per_folder)])
+        for d in range(folders)
+    }
+    planner = SiblingPlanner(small=256 * KiB, base=base_kib * KiB, cap=1 << 40)
+    fetched: dict[str, int] = {}
+    opened: dict[str, int] = {}
+    opened_small = 0
+    for _ in range(reads):
+        name = rng.choice(sorted(tree))
+        entry = rng.choice(tree[name])
+        if entry.size <= 256 * KiB:
+            opened_small += entry.size
+        opened[entry.id] = entry.size
+        for pick in planner.on_open(name, tree[name], entry):
+            assert pick.size <= 256 * KiB
+            fetched[pick.id] = pick.size
+        never_read = sum(size for oid, size in fetched.items() if oid not in opened)
+        assert never_read <= base_kib * KiB + opened_small
