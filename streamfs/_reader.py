@@ -33,6 +33,9 @@ class BlobReader:
         self.path = path
         self._planner = ReadaheadPlanner(blob.size, BLOCK_SIZE, min_stream=MIN_STREAM)
         self._lock = threading.Lock()  # guards the planner only
+        # The last block this handle fetched, whole: the kernel reads a file in 128 KiB pieces,
+        # and the rest of a block just fetched should not cost a cache lookup each.
+        self._memo: tuple[int, bytes] | None = None
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.blob.size - offset))
@@ -43,7 +46,11 @@ class BlobReader:
         cache = self.client.cache
         pieces: dict[int, bytes] = {}
         missing: list[int] = []
+        memo = self._memo
         for index, start, length in blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE):
+            if memo is not None and memo[0] == index:
+                pieces[index] = memo[1][start : start + length]
+                continue
             data = cache.get_block(self.blob.id, index, start, length)
             if data is None or len(data) != length:
                 missing.append(index)
@@ -60,6 +67,8 @@ class BlobReader:
             self.client.engine.spawn(self._prefetch, ahead)
         if missing:
             fetched = self._fetch(missing)
+            last = max(fetched)
+            self._memo = (last, fetched[last])
             for index, start, length in blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE):
                 if index in fetched:
                     pieces[index] = fetched[index][start : start + length]
