@@ -328,6 +328,7 @@ def w_epoch(ctx: Run, run: int) -> None:
     # quick: curl only (the faster of the two everywhere we measured); full: both
     systems += [] if ctx.quick else [(report.DL_HTTPX, download("download_httpx"))]
     systems += [(report.DL_CURL, download("download_curl"))]
+    systems += [(report.DL_BATCH, download("download_curl_batches"))]
     systems += [(report.LOCAL, local)] + ([(report.RCLONE, rclone)] if ctx.rclone else [])
     for name, fn in systems:
         add_fetched(ctx.measure("epoch", name, run, fn), ctx.small_bytes)

@@ -39,9 +39,9 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        # random reads keep the full run's density (1,000 reads per 2 GiB) so amplification means
-        # the same thing at both sizes
-        return cls(400, 100, 128 * MiB, 10_000, 50, 64, 2)
+        # Folders keep the full run's 200 small files each, and random reads its density (1,000
+        # reads per 2 GiB), so prefetching and amplification mean the same thing at both sizes.
+        return cls(800, 4, 128 * MiB, 10_000, 50, 64, 2)
 
     @classmethod
     def full(cls) -> Sizes:
