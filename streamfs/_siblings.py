@@ -20,6 +20,8 @@ The policy, per view of a commit:
   so a cache that evicted it is refilled ahead of the readers.
 - **Spread.** Each process starts a folder at its own offset, so DataLoader
   workers that prefetch the same folder mostly fetch different files.
+- **Batches.** The window is topped up once ``refill`` bytes of it (or half)
+  are free, so picks come many at a time and travel in few requests.
 - Only files of at most ``small`` bytes are prefetched (one block; big files
   have their own sequential readahead).
 
@@ -37,6 +39,7 @@ from ._model import Entry
 
 MAX_FOLDERS = 1024  # folders remembered; the least recently opened one is forgotten
 PICK_RUN = 64  # files taken from one folder before turning to the next active one
+REFILL = 4 * 1024 * 1024  # the window is topped up once this much of it is free
 
 
 @dataclass(eq=False)
@@ -52,8 +55,11 @@ class _Folder:
 
 
 class SiblingPlanner:
-    def __init__(self, small: int, base: int, cap: int, salt: int = 0) -> None:
+    def __init__(
+        self, small: int, base: int, cap: int, salt: int = 0, refill: int = REFILL
+    ) -> None:
         self.small = small
+        self.refill = refill
         self.base = base
         self.cap = cap
         self._salt = salt
@@ -103,6 +109,8 @@ class SiblingPlanner:
     def _pick(self) -> list[Entry]:
         picks: list[Entry] = []
         allowance = self.allowance()
+        if allowance - self.outstanding_bytes < min(self.refill, allowance // 2):
+            return picks  # refill in batches, not a file or two per open
         while self._active and self.outstanding_bytes < allowance:
             folder = self._active[0]
             state = self._folders.get(folder)

@@ -130,3 +130,15 @@ def test_bytes_fetched_and_never_read_stay_under_base_plus_read(
             fetched[pick.id] = pick.size
         never_read = sum(size for oid, size in fetched.items() if oid not in opened)
         assert never_read <= base_kib * KiB + opened_small
+
+
+def test_the_window_is_refilled_in_batches_not_a_file_at_a_time() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=8 << 20, cap=1 << 30, refill=2 << 20)
+    files = folder("a", [100 * KiB] * 3000)
+    batches = []
+    for entry in random.Random(1).sample(files, 600):
+        picks = planner.on_open("a", files, entry)
+        if picks:
+            batches.append(sum(p.size for p in picks))
+    assert len(batches) >= 5
+    assert all(size >= (2 << 20) - 100 * KiB for size in batches[1:]), batches
