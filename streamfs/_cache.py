@@ -361,6 +361,20 @@ class BlockCache:
         except _DISK_ERRORS as exc:
             log.warning("block %s not cached: %s", key, exc)
 
+    def put_many(self, blocks: dict[tuple[str, int], bytes]) -> None:
+        """Store whole, verified blocks in one transaction: one SQLite commit for all."""
+        guard = _guard
+        guard.enter()
+        try:
+            cache = self._blocks._cache
+            with cache.transact(retry=True):
+                for (blob, index), data in blocks.items():
+                    cache.add(_block_key(blob, index), bytes(data))
+        except _DISK_ERRORS as exc:
+            log.warning("%d blocks not cached: %s", len(blocks), exc)
+        finally:
+            guard.leave()
+
     def contains(self, blob: str, index: int) -> bool:
         """Whether a block is cached (not counted as a hit or a miss)."""
         try:

@@ -74,6 +74,9 @@ class BlockFetcher:
         self.max_request = max_request
         self._limiter = trio.CapacityLimiter(parallel)
         self._batch_limiter = trio.CapacityLimiter(parallel_batches)
+        # One cache writer per process: SQLite has one write lock, and writers that race for
+        # it sleep in its busy handler.
+        self._writer = trio.CapacityLimiter(1)
         self._inflight: dict[tuple[str, int], _Pending] = {}
         self._tasks = 0  # fetches started and not finished
         self._quiet = trio.Event()
@@ -229,14 +232,10 @@ class BlockFetcher:
             pending.data = data
             pending.done.set()
         try:
-            await trio.to_thread.run_sync(self._store, blocks)
+            await trio.to_thread.run_sync(self.cache.put_many, blocks, limiter=self._writer)
         finally:
             for key in blocks:
                 self._inflight.pop(key)
-
-    def _store(self, blocks: dict[tuple[str, int], bytes]) -> None:
-        for (oid, index), data in blocks.items():
-            self.cache.put_block(oid, index, data)
 
     async def _fetch_verified(self, blob: BlobRef, first: int, last: int) -> dict[int, bytes]:
         hashes = await self._block_hashes(blob)
