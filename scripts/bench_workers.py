@@ -269,9 +269,10 @@ def download_curl_batches(
     for n, start in enumerate(range(0, len(items), per_batch)):
         ids = [oid for _, oid, _ in items[start : start + per_batch]]
         body = json.dumps({"ids": ids}).replace('"', '\\"')
-        lines.append(
-            f'url = "{base}/blobs/batch"\noutput = "{os.path.join(dest, f"batch{n}")}"\n'
-            f'header = "Content-Type: application/json"\ndata = "{body}"\n'
+        lines.append(  # "next": each POST its own body and headers (they would add up)
+            ("next\n" if n else "")
+            + f'url = "{base}/blobs/batch"\noutput = "{os.path.join(dest, f"batch{n}")}"\n'
+            + f'fail\nheader = "Content-Type: application/json"\ndata = "{body}"\n'
         )
     config.write_text("".join(lines))
     cmd = ["curl", "-sSf", "--parallel", "--parallel-max", str(connections)]
