@@ -51,6 +51,14 @@ class BlobReader:
             if memo is not None and memo[0] == index:
                 pieces[index] = memo[1][start : start + length]
                 continue
+            if plan.window:  # streaming: the rest of this block is read next, take it whole
+                whole = cache.get_block(self.blob.id, index)
+                if whole is not None and len(whole) >= start + length:
+                    memo = self._memo = (index, whole)
+                    pieces[index] = whole[start : start + length]
+                else:
+                    missing.append(index)
+                continue
             data = cache.get_block(self.blob.id, index, start, length)
             if data is None or len(data) != length:
                 missing.append(index)
