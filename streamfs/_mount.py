@@ -21,10 +21,11 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._client import Client
 from ._committer import Committer
@@ -251,33 +252,63 @@ def _user() -> str:
 # ------------------------------------------------------------------ the client side
 
 
-def start_daemon(args: list[str], log_file: Path, timeout: float = 120.0) -> str:
-    """Start ``streamfs mount --foreground`` detached; return the commit once mounted."""
-    read_fd, write_fd = os.pipe()
+def start_daemon(run: Callable[[int], None], log_file: Path, timeout: float = 120.0) -> str:
+    """Run ``run(ready_fd)`` as a detached daemon; return the commit once it says it is mounted.
+
+    The daemon is this process, forked twice (so that init adopts it and no
+    zombie is left behind), not a new interpreter: the mount comes up without
+    a second Python start-up and a second import of streamfs, trio and httpx.
+    The caller must not have started threads yet. ``run`` writes
+    ``ready COMMIT`` to the fd once FUSE is up; its output goes to ``log_file``.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log_out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamfs", *args, "--foreground", "--ready-fd", str(write_fd)],
-            pass_fds=[write_fd],
-            stdin=subprocess.DEVNULL,
-            stdout=log_out,
-            stderr=log_out,
-            start_new_session=True,
-        )
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_fd)
+        _become_daemon(run, write_fd, log_file)  # never returns
     os.close(write_fd)
+    os.waitpid(child, 0)  # the first child exits at once; the daemon is its child
     with os.fdopen(read_fd, "rb") as ready:
         readable, _, _ = select.select([ready], [], [], timeout)
         line = ready.readline().decode().strip() if readable else ""
     if line.startswith("ready "):
         return line.split(" ", 1)[1]
     if not readable:
-        proc.kill()
         raise RemoteError(f"the mount did not come up within {timeout:.0f} s (log: {log_file})")
-    proc.wait(30)
     tail = (
         log_file.read_text(errors="replace").strip().splitlines()[-1:] if log_file.exists() else []
     )
     raise StreamfsError(f"the mount failed: {tail[0] if tail else 'see ' + str(log_file)}")
+
+
+def _become_daemon(run: Callable[[int], None], ready_fd: int, log_file: Path) -> NoReturn:
+    """In the first child: detach, fork the daemon, run it, and exit like an interpreter does.
+
+    The daemon leaves by SystemExit, which unwinds through the CLI's stack (no
+    ``finally`` there does anything) so that exit handlers run as in any
+    process: logs flushed, cache counters saved.
+    """
+    try:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        out = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        for target in (0, 1, 2):
+            os.dup2(null if target == 0 else out, target)
+        os.close(null)
+        os.close(out)
+    except BaseException:
+        os._exit(1)  # nothing to report to: the caller sees the ready pipe close
+    try:
+        run(ready_fd)
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        raise SystemExit(1) from None
+    raise SystemExit(0)
 
 
 def control_request(

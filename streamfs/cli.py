@@ -442,43 +442,43 @@ def mount(
     spec = _spec(target)
     if not mountpoint.is_dir():
         raise InvalidInputError(f"mount point {mountpoint} is not a directory")
-    if not foreground:
-        url, token = ctx.obj
-        args = [
-            "--remote",
-            url,
-            "mount",
-            target,
-            str(mountpoint.resolve()),
-            "--commit-delay",
-            str(commit_delay),
-        ]
-        for flag, value in (("--cache-dir", cache_dir), ("--cache-size", cache_size)):
-            if value:
-                args += [flag, value]
-        args += ["--read-only"] if read_only else []
-        args += ["--debug"] if debug else []
-        log_path = (
-            log_file
-            or state_root()
-            / "logs"
-            / f"mount-{spec.owner}-{spec.name}-{(spec.rev or 'default').replace('/', '_')}.log"
-        )
-        commit = start_daemon(args, log_path)
-        click.echo(f"mounted {spec} at {mountpoint} (commit {commit}; log {log_path})")
-        click.echo(commit)
-        return
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        filename=str(log_file) if log_file else None,
-    )
-    if not debug:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     url, token = ctx.obj
-    client = Client.create(url, token, cache_dir=cache_dir, cache_size=cache_size)
-    daemon = Daemon(spec, mountpoint, client, read_only=read_only, commit_delay=commit_delay)
-    daemon.run(ready_fd, debug)
+
+    def serve(fd: int | None, log_path: Path | None) -> None:
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            filename=str(log_path) if log_path else None,
+            force=True,
+        )
+        if not debug:
+            logging.getLogger("httpx").setLevel(logging.WARNING)
+        client = Client.create(url, token, cache_dir=cache_dir, cache_size=cache_size)
+        daemon = Daemon(
+            spec, mountpoint.resolve(), client, read_only=read_only, commit_delay=commit_delay
+        )
+        daemon.run(fd, debug)
+
+    if foreground:
+        serve(ready_fd, log_file)
+        return
+    log_path = (
+        log_file
+        or state_root()
+        / "logs"
+        / f"mount-{spec.owner}-{spec.name}-{(spec.rev or 'default').replace('/', '_')}.log"
+    )
+
+    def detached(fd: int) -> None:
+        try:
+            serve(fd, None)  # stderr is the log file already
+        except StreamfsError as exc:
+            click.echo(f"streamfs: error: {exc}", err=True)
+            sys.exit(1)
+
+    commit = start_daemon(detached, log_path)
+    click.echo(f"mounted {spec} at {mountpoint} (commit {commit}; log {log_path})")
+    click.echo(commit)
 
 
 @cli.command()
