@@ -23,7 +23,7 @@ import socket
 import subprocess
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -228,12 +228,22 @@ class Daemon:
 
 def _branch_of(client: Client, spec: RepoSpec) -> str | None:
     """The branch ``spec.rev`` names, or None for a tag or commit id."""
+    import trio
+
     engine = client.engine
 
     async def go() -> str | None:
-        assert engine.remote is not None
-        info = await engine.remote.get_repo(spec.owner, spec.name)
-        refs = await engine.remote.refs(spec.owner, spec.name)
+        remote = engine.remote
+        assert remote is not None
+        answers: dict[str, Any] = {}
+
+        async def ask(key: str, fn: Callable[[str, str], Awaitable[Any]]) -> None:
+            answers[key] = await fn(spec.owner, spec.name)
+
+        async with trio.open_nursery() as nursery:  # one round trip, not two
+            nursery.start_soon(ask, "info", remote.get_repo)
+            nursery.start_soon(ask, "refs", remote.refs)
+        info, refs = answers["info"], answers["refs"]
         rev = spec.rev or str(info["default_branch"])
         return rev if rev in refs["branches"] else None
 
