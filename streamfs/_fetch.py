@@ -15,9 +15,10 @@ Invariants (all state here is touched only by the loop thread, so no locks):
   A batch claims its blobs only when it starts, so a reader never waits behind
   a queue of prefetches: what is not in flight yet, it fetches itself.
 - The loop only moves bytes. Hashing big pieces and writing the cache run in
-  worker threads; waiters get their block as soon as it is verified, and the
-  block stays in the in-flight table until it is in the cache, so nobody
-  fetches it again meanwhile.
+  worker threads, the writes through one writer (SQLite has one write lock;
+  racing writers sleep in its busy handler), many blocks per transaction.
+  A block is handed to its waiters once it is in the cache, so a read that
+  returned left its blocks for every other process.
 """
 
 from __future__ import annotations
@@ -226,16 +227,19 @@ class BlockFetcher:
             pending.done.set()
 
     async def _deliver(self, blocks: dict[tuple[str, int], bytes]) -> None:
-        """Hand verified blocks to their waiters now, then write them to the cache."""
-        for key, data in blocks.items():
-            pending = self._inflight[key]
-            pending.data = data
-            pending.done.set()
+        """Write verified blocks to the cache, then hand them to their waiters.
+
+        Cached before served: once a read returns, every process on the
+        machine finds its blocks in the cache (a DataLoader worker may be
+        killed the moment it has read its last file).
+        """
         try:
             await trio.to_thread.run_sync(self.cache.put_many, blocks, limiter=self._writer)
         finally:
-            for key in blocks:
-                self._inflight.pop(key)
+            for key, data in blocks.items():
+                pending = self._inflight.pop(key)
+                pending.data = data
+                pending.done.set()
 
     async def _fetch_verified(self, blob: BlobRef, first: int, last: int) -> dict[int, bytes]:
         hashes = await self._block_hashes(blob)

@@ -86,7 +86,7 @@ def recover_orphans(client: Client, spec: RepoSpec, branch: str) -> list[str]:
     commits = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
-            fd = lock_branch_state(folder)
+            fd = lock_branch_state(folder, wait=0)  # probing: a held one is live
         except InvalidInputError:
             continue  # a live process holds it
         try:

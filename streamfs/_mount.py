@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -60,19 +61,31 @@ def branch_state_dir(client: Client, spec: RepoSpec, branch: str) -> Path:
     return state_root() / "branches" / _key(f"{client.url}|{spec.repo}|{branch}")
 
 
-def lock_branch_state(path: Path) -> int:
-    """Hold the branch's staging folder for this process (one writer per branch and machine)."""
+LOCK_WAIT = 5.0  # seconds: a daemon that was just killed may take a moment to let go
+
+
+def lock_branch_state(path: Path, wait: float = LOCK_WAIT) -> int:
+    """Hold the branch's staging folder for this process (one writer per branch and machine).
+
+    A holder that is dying (killed, its FUSE threads still leaving the kernel)
+    is waited for up to ``wait`` seconds; a live one makes this fail.
+    """
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
         os.close(fd)
         raise InvalidInputError(
             "this branch is already mounted writable on this machine (or `streamfs sync` runs); "
             "mount it with --read-only, or unmount the other one"
         ) from None
-    return fd
 
 
 # ------------------------------------------------------------------ the daemon
