@@ -44,6 +44,9 @@ from ._remote import Remote
 from ._siblings import SiblingPlanner
 
 MAX_TREES_IN_MEMORY = 4096
+# Decoded entries cost ~400 bytes each (name, id, index): a 1,000,000-entry listing would keep
+# ~400 MB. Beyond this many, the least recently used trees are dropped (they stay on disk).
+MAX_ENTRIES_IN_MEMORY = 200_000
 PREFETCH_BASE = 32 * 1024 * 1024  # prefetched, never opened: at most this plus what was read
 PREFETCH_CAP_SHARE = 4  # ... and at most this share of the cache
 
@@ -59,6 +62,7 @@ class RepoView:
         self.commit = commit
         self.root = Entry("", "dir", commit.tree, 0, commit.time)
         self._trees: OrderedDict[str, Tree] = OrderedDict()
+        self._entries = 0  # entries of the trees in self._trees
         self._lock = threading.Lock()
         self._planner: SiblingPlanner | None = None
         if client.prefetch:
@@ -99,9 +103,14 @@ class RepoView:
             cache.put_meta(f"tree:{tree_id}", raw)
         tree = decode_tree(raw)
         with self._lock:
-            self._trees[tree_id] = tree
-            while len(self._trees) > MAX_TREES_IN_MEMORY:
-                self._trees.popitem(last=False)
+            if tree_id not in self._trees:
+                self._trees[tree_id] = tree
+                self._entries += len(tree)
+            while len(self._trees) > 1 and (
+                len(self._trees) > MAX_TREES_IN_MEMORY or self._entries > MAX_ENTRIES_IN_MEMORY
+            ):
+                _, dropped = self._trees.popitem(last=False)
+                self._entries -= len(dropped)
         return tree
 
     # ------------------------------------------------------------ paths
