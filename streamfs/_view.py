@@ -45,8 +45,9 @@ from ._siblings import SiblingPlanner
 
 MAX_TREES_IN_MEMORY = 4096
 # Decoded entries cost ~400 bytes each (name, id, index): a 1,000,000-entry listing would keep
-# ~400 MB. Beyond this many, the least recently used trees are dropped (they stay on disk).
-MAX_ENTRIES_IN_MEMORY = 200_000
+# ~400 MB. Beyond this many, the least recently used trees are dropped (they stay on disk):
+# find over 1,000,000 entries peaks at 264 MB in the daemon, 83 MB in the API (docs/benchmarks.md).
+MAX_ENTRIES_IN_MEMORY = 100_000
 PREFETCH_BASE = 32 * 1024 * 1024  # prefetched, never opened: at most this plus what was read
 PREFETCH_CAP_SHARE = 4  # ... and at most this share of the cache
 

@@ -333,3 +333,22 @@ def test_a_rotten_blob_in_a_batch_is_never_served(
         if path != victim:
             assert repo.read_bytes(path) == data
     assert not repo.client.cache.has_block(oid, 0)
+
+
+def test_decoded_trees_stay_under_the_entry_cap(
+    server: ServerProcess, repo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamfs import _view
+
+    monkeypatch.setattr(_view, "MAX_ENTRIES_IN_MEMORY", 25)
+    files = {f"d{d}/f{i:02d}.txt": f"{d}/{i}".encode() for d in range(8) for i in range(10)}
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache", prefetch=False)
+    for _ in range(2):  # the second pass decodes dropped trees again, from the disk cache
+        for path, data in files.items():
+            assert repo.stat(path).st_size == len(data)
+            assert repo.read_bytes(path) == data
+            assert repo.view._entries <= 25
+    with pytest.raises(FileNotFoundError):
+        repo.stat("d3/nope.txt")
