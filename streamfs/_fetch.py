@@ -148,7 +148,15 @@ class BlockFetcher:
 
     async def prefetch_whole(self, blobs: Sequence[BlobRef]) -> None:
         """Fetch whole small blobs (one block each) into the cache, many to a request."""
-        small = [b for b in blobs if 0 < b.size <= BLOCK_SIZE]
+        unique = {b.id: b for b in blobs}  # one claim per blob: a twice-claimed one never resolves
+        repos: dict[tuple[str, str], list[BlobRef]] = {}
+        for blob in unique.values():
+            if 0 < blob.size <= BLOCK_SIZE:
+                repos.setdefault((blob.owner, blob.name), []).append(blob)
+        for small in repos.values():  # a batch asks one repository
+            self._batches(small)
+
+    def _batches(self, small: list[BlobRef]) -> None:
         for start in range(0, len(small), BATCH_FILES):
             batch: list[BlobRef] = []
             size = 0
@@ -177,25 +185,30 @@ class BlockFetcher:
                 self._inflight[(blob.id, 0)] = _Pending()
             if not todo:
                 return
-            first = todo[0]
             try:
-                data = await self.remote.read_blobs(first.owner, first.name, [b.id for b in todo])
-            except BaseException as exc:
+                pieces = await self._read_batch(todo)
+            except BaseException as exc:  # every claim is resolved, whatever happened
                 self._fail([(b.id, 0) for b in todo], exc)
                 if not isinstance(exc, Exception):
                     raise
                 return
-        pieces: dict[str, bytes] = {}
-        if len(data) == sum(b.size for b in todo):
-            view, offset = memoryview(data), 0
-            for blob in todo:
-                pieces[blob.id] = bytes(view[offset : offset + blob.size])
-                offset += blob.size
-            pieces = await trio.to_thread.run_sync(_verified_whole, pieces)
         for blob in todo:
             if blob.id not in pieces:  # cut short or corrupt: fetched again on its own
                 self._spawn(self._fetch_claimed, blob, 0, 0)
         await self._deliver({(oid, 0): piece for oid, piece in pieces.items()})
+
+    async def _read_batch(self, blobs: list[BlobRef]) -> dict[str, bytes]:
+        """The blobs that arrived whole and match their ids (the rest are left out)."""
+        first = blobs[0]
+        data = await self.remote.read_blobs(first.owner, first.name, [b.id for b in blobs])
+        if len(data) != sum(b.size for b in blobs):
+            return {}
+        pieces: dict[str, bytes] = {}
+        view, offset = memoryview(data), 0
+        for blob in blobs:
+            pieces[blob.id] = bytes(view[offset : offset + blob.size])
+            offset += blob.size
+        return await trio.to_thread.run_sync(_verified_whole, pieces)
 
     def _not_cached(self, blobs: list[BlobRef]) -> list[BlobRef]:
         return [b for b in blobs if not self.cache.has_block(b.id, 0)]

@@ -352,3 +352,35 @@ def test_decoded_trees_stay_under_the_entry_cap(
             assert repo.view._entries <= 25
     with pytest.raises(FileNotFoundError):
         repo.stat("d3/nope.txt")
+
+
+def test_a_prefetch_naming_a_blob_twice_or_two_repos_resolves_every_claim(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    from streamfs._fetch import BlobRef
+
+    datasets = {
+        f"alice/{repo_name}": folder_of_images(6, seed=11),
+        f"alice/{repo_name}-b": folder_of_images(6, seed=12),
+    }
+    refs = []
+    for repo_id, files in datasets.items():
+        publish(server, repo_id, files, tmp_path)
+        owner, name = repo_id.split("/")
+        refs += [
+            BlobRef(owner, name, hashlib.sha256(d).hexdigest(), len(d)) for d in files.values()
+        ]
+    repo = open_repo(server, f"alice/{repo_name}", tmp_path / "cache", prefetch=False)
+    engine = repo.client.engine
+    assert engine.fetcher is not None
+    before = server.metrics()
+    engine.call(engine.fetcher.prefetch_whole, refs + refs)  # every blob named twice, two repos
+    wait_for_prefetches(repo)
+    after = server.metrics()
+    assert after["blob_batch_blobs"] - before["blob_batch_blobs"] == len(refs)
+    assert after["blob_batch_requests"] - before["blob_batch_requests"] == 2  # one per repo
+    for repo_id, files in datasets.items():
+        reader = open_repo(server, repo_id, tmp_path / "cache", prefetch=False)
+        for path, data in files.items():
+            assert reader.read_bytes(path) == data
+    assert server.metrics()["blob_get_requests"] == after["blob_get_requests"]
