@@ -82,7 +82,6 @@ def test_contains_put_variants_and_first_put_wins(cache: BlockCache) -> None:
     assert cache.get(BLOB, 0, 49_999, 1) == b"x"
 
 
-@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
 def test_a_hit_reads_only_what_it_serves(cache: BlockCache) -> None:
     cache.put(BLOB, 0, pattern(3, BLOCK_SIZE))
     cache.get(BLOB, 0, 0, 1)  # warm the SQLite connection and pages
@@ -204,7 +203,6 @@ def test_a_reader_never_sees_a_partial_block(tmp_path: Path) -> None:
         assert all(cache.contains(BLOB, i) for i in range(count))
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_keeps_using_the_cache_without_double_counting(tmp_path: Path) -> None:
     with BlockCache(tmp_path / "c", 64 * MiB) as cache:
         cache.put(BLOB, 0, b"f" * 40_000)
