@@ -200,6 +200,7 @@ class _Guarded:
             finally:
                 guard.leave()
 
+        setattr(self, name, call)  # built once per name: every FUSE read makes such a call
         return call
 
     def __contains__(self, key: str) -> bool:

@@ -164,9 +164,7 @@ class RepoView:
             return
         with self._plan_lock:
             picks = self._planner.on_open(folder, siblings, entry)
-        cache = self.client.cache
-        picks = [e for e in picks if not cache.has_block(e.id, 0)]  # a warm epoch fetches nothing
-        if picks:
+        if picks:  # a window's worth at a time; the batch drops what is cached, off this thread
             blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
             self.client.engine.spawn(_prefetch_whole, self.client.engine, blobs)
 
