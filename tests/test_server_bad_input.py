@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -211,9 +212,11 @@ def check_log(srv: ServerProcess) -> None:
     assert "internal error" not in log, log
 
 
-@pytest.fixture
-def srv(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path / "store")
+S = TypeVar("S", bound=ServerProcess)
+
+
+def served(server: S, tmp_path: Path) -> Iterator[S]:
+    """Run ``server`` for a test; then: nothing new outside its store, a sound store, a clean log."""
     before = _outside_snapshot(tmp_path) | {"store", server.log_path.name}
     server.start()
     try:
@@ -221,10 +224,15 @@ def srv(tmp_path: Path) -> Iterator[ServerProcess]:
     finally:
         server.stop()
     assert _outside_snapshot(tmp_path) == before
-    for place in (tmp_path, tmp_path.parent, Path("/tmp"), Path("/")):
-        assert not (place / CANARY).exists(), place / CANARY
     check_store(tmp_path / "store")
     check_log(server)
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Iterator[ServerProcess]:
+    yield from served(ServerProcess(tmp_path / "store"), tmp_path)
+    for place in (tmp_path, tmp_path.parent, Path("/tmp"), Path("/")):
+        assert not (place / CANARY).exists(), place / CANARY
 
 
 @pytest.fixture
@@ -807,16 +815,7 @@ class LimitedServer(ServerProcess):
 
 @pytest.fixture
 def small(tmp_path: Path) -> Iterator[LimitedServer]:
-    server = LimitedServer(tmp_path / "store", max_json=1000, max_blob=1000)
-    before = _outside_snapshot(tmp_path) | {"store", server.log_path.name}
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-    assert _outside_snapshot(tmp_path) == before
-    check_store(tmp_path / "store")
-    check_log(server)
+    yield from served(LimitedServer(tmp_path / "store", max_json=1000, max_blob=1000), tmp_path)
 
 
 def test_oversized_streamed_bodies_are_413_and_leave_nothing(
