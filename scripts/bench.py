@@ -166,6 +166,16 @@ def worker(fn: str, timeout: float = 1800, **kwargs: Any) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def client_worker(ctx: Run, fn: str, spec: str, **kwargs: Any) -> dict[str, Any]:
+    """A worker that reads ``spec`` through the Python API, from a fresh cache."""
+    return worker(fn, spec=spec, remote=ctx.remote, cache_dir=str(fresh("cache")), **kwargs)
+
+
+def hooks_worker(ctx: Run, fn: str, spec: str, **kwargs: Any) -> dict[str, Any]:
+    """A worker that reads ``spec`` through install_hooks, from a fresh cache."""
+    return client_worker(ctx, fn, spec, root=str(WORK / "run" / "hooked"), **kwargs)
+
+
 @contextlib.contextmanager
 def sf_mount(ctx: Run, spec: str, *extra: str) -> Iterator[StreamfsMount]:
     point, cache = fresh("mnt"), fresh("cache")
@@ -239,11 +249,10 @@ def w_ttfb(ctx: Run, run: int) -> None:
         ctx.measure("ttfb", f"{report.MOUNT}, {label}", run, mount_ttfb)
 
         def api_ttfb(spec: str = spec, path: str = path) -> dict[str, Any]:
-            r = worker(
+            r = client_worker(
+                ctx,
                 "api_first_byte",
-                spec=spec,
-                remote=ctx.remote,
-                cache_dir=str(fresh("cache")),
+                spec,
                 path=path,
             )
             return {"ttfb_s": r["elapsed"], "rss_mb": r["rss_mb"]}
@@ -281,18 +290,14 @@ def w_epoch(ctx: Run, run: int) -> None:
             return epoch_metrics(r, m.rss_mb())
 
     def api() -> dict[str, Any]:
-        r = worker(
-            "api_epochs", spec=spec, remote=ctx.remote, cache_dir=str(fresh("cache")), **common
-        )
+        r = client_worker(ctx, "api_epochs", spec, **common)
         return epoch_metrics(r, r["rss_mb"])
 
     def hooks() -> dict[str, Any]:
-        r = worker(
+        r = hooks_worker(
+            ctx,
             "hooks_epochs",
-            spec=spec,
-            remote=ctx.remote,
-            cache_dir=str(fresh("cache")),
-            root=str(WORK / "run" / "hooked"),
+            spec,
             **common,
         )
         return epoch_metrics(r, r["rss_mb"])
@@ -343,23 +348,20 @@ def w_seq(ctx: Run, run: int) -> None:
             return seq_metrics(r, m.rss_mb())
 
     def api() -> dict[str, Any]:
-        r = worker(
+        r = client_worker(
+            ctx,
             "api_seq",
-            spec=spec,
-            remote=ctx.remote,
-            cache_dir=str(fresh("cache")),
+            spec,
             path=path,
             passes=WARM_PASSES + 1,
         )
         return seq_metrics(r, r["rss_mb"])
 
     def hooks() -> dict[str, Any]:
-        r = worker(
+        r = hooks_worker(
+            ctx,
             "hooks_seq",
-            spec=spec,
-            remote=ctx.remote,
-            cache_dir=str(fresh("cache")),
-            root=str(WORK / "run" / "hooked"),
+            spec,
             path=path,
             passes=WARM_PASSES + 1,
         )
@@ -412,11 +414,10 @@ def w_random(ctx: Run, run: int) -> None:
             return metrics(r, m.rss_mb())
 
     def api() -> dict[str, Any]:
-        r = worker(
+        r = client_worker(
+            ctx,
             "api_random",
-            spec=spec,
-            remote=ctx.remote,
-            cache_dir=str(fresh("cache")),
+            spec,
             path=path,
             offsets=offsets,
             size=size,
@@ -424,12 +425,10 @@ def w_random(ctx: Run, run: int) -> None:
         return metrics(r, r["rss_mb"])
 
     def hooks() -> dict[str, Any]:
-        r = worker(
+        r = hooks_worker(
+            ctx,
             "hooks_random",
-            spec=spec,
-            remote=ctx.remote,
-            cache_dir=str(fresh("cache")),
-            root=str(WORK / "run" / "hooked"),
+            spec,
             path=path,
             offsets=offsets,
             size=size,
@@ -466,7 +465,7 @@ def w_meta(ctx: Run, run: int) -> None:
             return metrics(r, m.rss_mb())
 
     def api() -> dict[str, Any]:
-        r = worker("api_walk_stat", spec=spec, remote=ctx.remote, cache_dir=str(fresh("cache")))
+        r = client_worker(ctx, "api_walk_stat", spec)
         return metrics(r, r["rss_mb"])
 
     def local() -> dict[str, Any]:
