@@ -22,6 +22,7 @@ import trio
 
 from . import _errors as errors
 from ._model import Commit, Tree, decode_commit, decode_tree, object_id
+from ._transport import WideReadTransport
 
 DEFAULT_REMOTE = "http://127.0.0.1:8600"
 UPLOAD_CHUNK = 1024 * 1024
@@ -94,7 +95,10 @@ class Remote:
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._client = httpx.AsyncClient(
-            base_url=self.url + "/v1", headers=headers, timeout=timeout, limits=limits
+            base_url=self.url + "/v1",
+            headers=headers,
+            timeout=timeout,
+            transport=WideReadTransport(limits),
         )
 
     async def __aenter__(self) -> Remote:
