@@ -42,6 +42,7 @@ Invariants and choices:
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -220,11 +221,26 @@ class _Guarded:
             guard.leave()
 
 
+class _WholeWriteDisk(diskcache.Disk):  # type: ignore[misc]  # untyped library
+    """diskcache's Disk, except that a big bytes value is written to its file in one piece.
+
+    diskcache writes bytes values through ``io.BytesIO`` iterated line by line: for random
+    data that is a Python object and a ~4 KiB ``write`` per 256 bytes on average (strace: 30,000
+    writes for a 128 MiB file). Handing the bytes over as a file to read makes it one
+    ``read(4 MiB)`` and one ``write``; small values still go inline into SQLite.
+    """
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if type(value) is bytes and len(value) >= self.min_file_size:
+            return super().store(io.BytesIO(value), True, key=key)
+        return super().store(value, read, key=key)
+
+
 def _open_cache(directory: str, **settings: Any) -> _Guarded:
     guard = _guard
     guard.enter()
     try:
-        return _Guarded(diskcache.Cache(directory, **settings))
+        return _Guarded(diskcache.Cache(directory, disk=_WholeWriteDisk, **settings))
     finally:
         guard.leave()
 
