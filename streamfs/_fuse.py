@@ -51,9 +51,23 @@ def _short(value: Any) -> str:
 
 
 class StreamfsOperations(Operations):  # type: ignore[misc]
+    """The callbacks libfuse may make. An operation set to None is not registered at all.
+
+    libfuse then answers it in C (ENOSYS, or success for opendir/releasedir) without a
+    call into Python: every such call costs a ctypes crossing and the GIL, and an epoch over
+    small files made one ``ioctl`` (Python's ``open()`` asks ``isatty``) and one ``flush``
+    (every ``close()``) per file. A read-only mount has nothing to flush.
+    """
+
+    ioctl = None
+    opendir = None
+    releasedir = None
+
     def __init__(self, fs: MountFS, on_ready: Callable[[], None] | None = None) -> None:
         self.fs = fs
         self._on_ready = on_ready
+        if fs.overlay is None:
+            self.flush = None  # type: ignore[method-assign,assignment]
 
     def __call__(self, op: str, path: str, *args: Any) -> Any:
         # Not fusepy's LoggingMixIn: it formats repr() of every argument and result (a 128 KiB

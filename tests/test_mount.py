@@ -154,6 +154,24 @@ def test_reads_are_byte_exact_and_mmap_works(mounts: Mounts, repo_name: str) -> 
             assert hashlib.sha256(m).hexdigest() == hashlib.sha256(big).hexdigest()
 
 
+def test_a_read_only_mount_leaves_ioctl_and_flush_to_libfuse(
+    mounts: Mounts, repo_name: str
+) -> None:
+    files = {"a.txt": b"alpha\n", "b.txt": b"beta\n"}
+    commit = publish(mounts, f"alice/{repo_name}", files)
+    log = mounts.tmp / "daemon.log"
+    point = mounts.mount(f"alice/{repo_name}@{commit}", "--debug", "--log-file", str(log))
+    for name, data in files.items():
+        with open(point / name, "rb") as f:  # Python's open() asks isatty: an ioctl
+            assert not f.isatty() and f.read() == data
+    mounts.cli("umount", str(point))
+    calls = [
+        line.split("-> ", 1)[1].split()[0] for line in log.read_text().splitlines() if "-> " in line
+    ]
+    assert calls.count("open") == 2 and calls.count("release") == 2  # the log saw the opens
+    assert "ioctl" not in calls and "flush" not in calls  # answered in C, no call into Python
+
+
 def _hash_file(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
