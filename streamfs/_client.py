@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ._cache import BlockCache, default_cache_dir, default_cache_size
-from ._engine import Engine, engine_for
+from ._engine import Engine, engine_for, running_engine
 from ._remote import RetryPolicy, remote_from_env
 
 T = TypeVar("T")
@@ -77,6 +77,11 @@ class Client:
     def engine(self) -> Engine:
         retry = RetryPolicy(deadline=self.timeout, read_timeout=min(15.0, self.timeout))
         return engine_for(self.url, self.token, self.cache, retry)
+
+    @property
+    def running_engine(self) -> Engine | None:
+        """The engine if this process has started it (asking never starts one)."""
+        return running_engine(self.url, self.token, self.cache)
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self.engine.call(fn, *args)

@@ -129,6 +129,12 @@ def engine_for(
         return engine
 
 
+def running_engine(url: str, token: str | None, cache: BlockCache) -> Engine | None:
+    """The process's engine for a server and cache if it is running (never starts one)."""
+    engine = _engines.get((url, token, str(cache.directory)))
+    return engine if engine is not None and engine.alive else None
+
+
 def _after_fork_in_child() -> None:
     global _engines_lock
     _engines_lock = threading.Lock()

@@ -19,6 +19,8 @@ Invariants (all state here is touched only by the loop thread, so no locks):
   racing writers sleep in its busy handler), many blocks per transaction.
   A block is handed to its waiters once it is in the cache, so a read that
   returned left its blocks for every other process.
+- A prefetched small blob is also kept in memory (``fresh``) for the first
+  reader in this process, which then skips reading it back from the cache.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import trio
 from ._blocks import block_span, coalesce
 from ._cache import BlockCache
 from ._errors import IntegrityError, RemoteError, RemoteUnavailableError
+from ._fresh import FreshBlobs
 from ._model import BLOCK_SIZE, block_count
 from ._remote import Remote
 
@@ -83,6 +86,7 @@ class BlockFetcher:
         self._quiet = trio.Event()
         self._quiet.set()
         self._blockmaps: dict[str, list[str]] = {}
+        self.fresh = FreshBlobs()  # prefetched small blobs, for their first reader
 
     async def blocks(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, bytes]:
         """The verified bytes of the given blocks (fetching what is not in flight)."""
@@ -196,6 +200,8 @@ class BlockFetcher:
             if blob.id not in pieces:  # cut short or corrupt: fetched again on its own
                 self._spawn(self._fetch_claimed, blob, 0, 0)
         await self._deliver({(oid, 0): piece for oid, piece in pieces.items()})
+        for oid, piece in pieces.items():
+            self.fresh.add(oid, piece)
 
     async def _read_batch(self, blobs: list[BlobRef]) -> dict[str, bytes]:
         """The blobs that arrived whole and match their ids (the rest are left out)."""

@@ -47,6 +47,8 @@ class BlobReader:
         pieces: dict[int, bytes] = {}
         missing: list[int] = []
         memo = self._memo
+        if memo is None and plan.whole:
+            memo = self._memo = self._take_fresh()
         for index, start, length in blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE):
             if memo is not None and memo[0] == index:
                 pieces[index] = memo[1][start : start + length]
@@ -81,6 +83,15 @@ class BlobReader:
                 if index in fetched:
                     pieces[index] = fetched[index][start : start + length]
         return b"".join(pieces[i] for i in sorted(pieces))
+
+    def _take_fresh(self) -> tuple[int, bytes] | None:
+        """A small file the prefetcher just fetched, taken from memory (first reader only)."""
+        engine = self.client.running_engine
+        fetcher = engine.fetcher if engine is not None else None
+        if self.blob.size > BLOCK_SIZE or fetcher is None:
+            return None
+        data = fetcher.fresh.take(self.blob.id)
+        return None if data is None or len(data) != self.blob.size else (0, data)
 
     def _fetch(self, indices: list[int]) -> dict[int, bytes]:
         engine = self.client.engine

@@ -296,6 +296,30 @@ def test_reading_through_a_folder_prefetches_the_rest_in_batches(
     assert sent == sum(len(d) for d in files.values())  # every byte once
 
 
+def test_a_prefetched_file_is_handed_over_in_memory_and_left_in_the_cache(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    files = folder_of_images(40, seed=8)
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    order = sorted(files)
+    for path in order[:2]:  # the second open starts the folder's prefetch
+        assert repo.read_bytes(path) == files[path]
+    wait_for_prefetches(repo)
+    cache, fetcher = repo.client.cache, repo.client.engine.fetcher
+    assert fetcher is not None and len(fetcher.fresh) == len(files) - 2
+    for path in order[2:]:  # in the disk cache for every other process ...
+        assert cache.contains(hashlib.sha256(files[path]).hexdigest(), 0)
+    hits = cache.stats()["hits"]
+    for path in order[2:]:
+        assert repo.read_bytes(path) == files[path]
+    assert cache.stats()["hits"] == hits  # ... and handed to this one without a read back
+    assert len(fetcher.fresh) == 0 and fetcher.fresh.nbytes == 0
+    assert repo.read_bytes(order[5]) == files[order[5]]  # a second read: from the cache
+    assert cache.stats()["hits"] == hits + 1
+
+
 def test_prefetch_can_be_turned_off(server: ServerProcess, repo_name: str, tmp_path: Path) -> None:
     files = folder_of_images(30)
     repo_id = f"alice/{repo_name}"
