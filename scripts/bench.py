@@ -249,12 +249,7 @@ def w_ttfb(ctx: Run, run: int) -> None:
         ctx.measure("ttfb", f"{report.MOUNT}, {label}", run, mount_ttfb)
 
         def api_ttfb(spec: str = spec, path: str = path) -> dict[str, Any]:
-            r = client_worker(
-                ctx,
-                "api_first_byte",
-                spec,
-                path=path,
-            )
+            r = client_worker(ctx, "api_first_byte", spec, path=path)
             return {"ttfb_s": r["elapsed"], "rss_mb": r["rss_mb"]}
 
         ctx.measure("ttfb", f"{report.API}, {label}", run, api_ttfb)
@@ -294,12 +289,7 @@ def w_epoch(ctx: Run, run: int) -> None:
         return epoch_metrics(r, r["rss_mb"])
 
     def hooks() -> dict[str, Any]:
-        r = hooks_worker(
-            ctx,
-            "hooks_epochs",
-            spec,
-            **common,
-        )
+        r = hooks_worker(ctx, "hooks_epochs", spec, **common)
         return epoch_metrics(r, r["rss_mb"])
 
     def download(fn: str) -> Callable[[], dict[str, Any]]:
@@ -348,23 +338,11 @@ def w_seq(ctx: Run, run: int) -> None:
             return seq_metrics(r, m.rss_mb())
 
     def api() -> dict[str, Any]:
-        r = client_worker(
-            ctx,
-            "api_seq",
-            spec,
-            path=path,
-            passes=WARM_PASSES + 1,
-        )
+        r = client_worker(ctx, "api_seq", spec, path=path, passes=WARM_PASSES + 1)
         return seq_metrics(r, r["rss_mb"])
 
     def hooks() -> dict[str, Any]:
-        r = hooks_worker(
-            ctx,
-            "hooks_seq",
-            spec,
-            path=path,
-            passes=WARM_PASSES + 1,
-        )
+        r = hooks_worker(ctx, "hooks_seq", spec, path=path, passes=WARM_PASSES + 1)
         return seq_metrics(r, r["rss_mb"])
 
     def download(fn: str, connections: int) -> Callable[[], dict[str, Any]]:
@@ -414,25 +392,11 @@ def w_random(ctx: Run, run: int) -> None:
             return metrics(r, m.rss_mb())
 
     def api() -> dict[str, Any]:
-        r = client_worker(
-            ctx,
-            "api_random",
-            spec,
-            path=path,
-            offsets=offsets,
-            size=size,
-        )
+        r = client_worker(ctx, "api_random", spec, path=path, offsets=offsets, size=size)
         return metrics(r, r["rss_mb"])
 
     def hooks() -> dict[str, Any]:
-        r = hooks_worker(
-            ctx,
-            "hooks_random",
-            spec,
-            path=path,
-            offsets=offsets,
-            size=size,
-        )
+        r = hooks_worker(ctx, "hooks_random", spec, path=path, offsets=offsets, size=size)
         return metrics(r, r["rss_mb"])
 
     def local() -> dict[str, Any]:

@@ -116,11 +116,15 @@ _engines: dict[tuple[str, str | None, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
+def _key(url: str, token: str | None, cache: BlockCache) -> tuple[str, str | None, str]:
+    return (url, token, str(cache.directory))
+
+
 def engine_for(
     url: str, token: str | None, cache: BlockCache, retry: RetryPolicy | None = None
 ) -> Engine:
     """The process's engine for a server and cache (started on first use)."""
-    key = (url, token, str(cache.directory))
+    key = _key(url, token, cache)
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None or not engine.alive:
@@ -131,7 +135,7 @@ def engine_for(
 
 def running_engine(url: str, token: str | None, cache: BlockCache) -> Engine | None:
     """The process's engine for a server and cache if it is running (never starts one)."""
-    engine = _engines.get((url, token, str(cache.directory)))
+    engine = _engines.get(_key(url, token, cache))
     return engine if engine is not None and engine.alive else None
 
 

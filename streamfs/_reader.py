@@ -86,9 +86,11 @@ class BlobReader:
 
     def _take_fresh(self) -> tuple[int, bytes] | None:
         """A small file the prefetcher just fetched, taken from memory (first reader only)."""
+        if self.blob.size > BLOCK_SIZE:
+            return None
         engine = self.client.running_engine
         fetcher = engine.fetcher if engine is not None else None
-        if self.blob.size > BLOCK_SIZE or fetcher is None:
+        if fetcher is None:
             return None
         data = fetcher.fresh.take(self.blob.id)
         return None if data is None or len(data) != self.blob.size else (0, data)

@@ -262,6 +262,16 @@ def folder_of_images(count: int, seed: int = 3) -> dict[str, bytes]:
     return {f"train/img{i:04d}.jpg": rng.randbytes(rng.randint(1000, 30_000)) for i in range(count)}
 
 
+def published_images(
+    server: ServerProcess, repo_name: str, tmp_path: Path, count: int, seed: int = 3
+) -> tuple[str, dict[str, bytes]]:
+    """A repo alice/REPO_NAME holding ``folder_of_images(count, seed)``: its id and files."""
+    files = folder_of_images(count, seed)
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    return repo_id, files
+
+
 def wait_for_prefetches(repo: streamfs.Repo) -> None:
     engine = repo.client.engine
     assert engine.fetcher is not None
@@ -271,9 +281,7 @@ def wait_for_prefetches(repo: streamfs.Repo) -> None:
 def test_reading_through_a_folder_prefetches_the_rest_in_batches(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:
-    files = folder_of_images(120)
-    repo_id = f"alice/{repo_name}"
-    publish(server, repo_id, files, tmp_path)
+    repo_id, files = published_images(server, repo_name, tmp_path, 120)
     repo = open_repo(server, repo_id, tmp_path / "cache")
     before = server.metrics()
     order = list(files)
@@ -299,9 +307,7 @@ def test_reading_through_a_folder_prefetches_the_rest_in_batches(
 def test_a_prefetched_file_is_handed_over_in_memory_and_left_in_the_cache(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:
-    files = folder_of_images(40, seed=8)
-    repo_id = f"alice/{repo_name}"
-    publish(server, repo_id, files, tmp_path)
+    repo_id, files = published_images(server, repo_name, tmp_path, 40, seed=8)
     repo = open_repo(server, repo_id, tmp_path / "cache")
     order = sorted(files)
     for path in order[:2]:  # the second open starts the folder's prefetch
@@ -321,9 +327,7 @@ def test_a_prefetched_file_is_handed_over_in_memory_and_left_in_the_cache(
 
 
 def test_prefetch_can_be_turned_off(server: ServerProcess, repo_name: str, tmp_path: Path) -> None:
-    files = folder_of_images(30)
-    repo_id = f"alice/{repo_name}"
-    publish(server, repo_id, files, tmp_path)
+    repo_id, files = published_images(server, repo_name, tmp_path, 30)
     before = server.metrics()
     repo = open_repo(server, repo_id, tmp_path / "cache", prefetch=False)
     for path in files:
@@ -337,9 +341,7 @@ def test_prefetch_can_be_turned_off(server: ServerProcess, repo_name: str, tmp_p
 def test_a_rotten_blob_in_a_batch_is_never_served(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:
-    files = folder_of_images(20)
-    repo_id = f"alice/{repo_name}"
-    publish(server, repo_id, files, tmp_path)
+    repo_id, files = published_images(server, repo_name, tmp_path, 20)
     victim = "train/img0010.jpg"
     oid = hashlib.sha256(files[victim]).hexdigest()
     stored = server.root / "data" / "objects" / "blob" / oid[:2] / oid[2:]
