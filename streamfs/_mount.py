@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 from ._client import Client
 from ._committer import Committer
 from ._errors import InvalidInputError, ReadOnlyError, RemoteError, StreamfsError
+from ._malloc import keep_block_buffers
 from ._model import RepoSpec
 from ._mountfs import MountFS
 from ._overlay import Overlay
@@ -184,6 +185,7 @@ class Daemon:
 
         from ._fuse import StreamfsOperations
 
+        keep_block_buffers()
         self.record.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.control.unlink()
