@@ -19,8 +19,10 @@ Invariants (all state here is touched only by the loop thread, so no locks):
   racing writers sleep in its busy handler), many blocks per transaction.
   A block is handed to its waiters once it is in the cache, so a read that
   returned left its blocks for every other process.
-- A prefetched small blob is also kept in memory (``fresh``) for the first
-  reader in this process, which then skips reading it back from the cache.
+- A prefetched block (a small blob, or readahead) is also kept in memory
+  (``fresh``) for the first reader in this process, which then skips reading
+  it back from the cache. A block a reader waited for is not kept: the
+  reader has it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import trio
 from ._blocks import block_span, coalesce
 from ._cache import BlockCache
 from ._errors import IntegrityError, RemoteError, RemoteUnavailableError
-from ._fresh import FreshBlobs
+from ._fresh import FreshBlocks
 from ._model import BLOCK_SIZE, block_count
 from ._remote import Remote
 
@@ -86,7 +88,7 @@ class BlockFetcher:
         self._quiet = trio.Event()
         self._quiet.set()
         self._blockmaps: dict[str, list[str]] = {}
-        self.fresh = FreshBlobs()  # prefetched small blobs, for their first reader
+        self.fresh = FreshBlocks()  # prefetched blocks, for their first reader
 
     async def blocks(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, bytes]:
         """The verified bytes of the given blocks (fetching what is not in flight)."""
@@ -99,6 +101,7 @@ class BlockFetcher:
                 raise p.error
             assert p.data is not None
             result[index] = p.data
+            self.fresh.take((blob.id, index))  # a readahead this read caught up with
         return result
 
     async def prefetch(self, blob: BlobRef, indices: Sequence[int]) -> None:
@@ -109,9 +112,11 @@ class BlockFetcher:
             if (blob.id, i) not in self._inflight and not self.cache.has_block(blob.id, i)
         ]
         if wanted:
-            self._start(blob, wanted)
+            self._start(blob, wanted, keep=True)
 
-    def _start(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, _Pending]:
+    def _start(
+        self, blob: BlobRef, indices: Sequence[int], *, keep: bool = False
+    ) -> dict[int, _Pending]:
         pending: dict[int, _Pending] = {}
         new: list[int] = []
         for index in sorted(set(indices)):
@@ -121,7 +126,7 @@ class BlockFetcher:
                 new.append(index)
             pending[index] = p
         for first, last in coalesce(new, BLOCK_SIZE, self.max_request):
-            self._spawn(self._fetch_claimed, blob, first, last)
+            self._spawn(self._fetch_claimed, blob, first, last, keep)
         return pending
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
@@ -198,10 +203,8 @@ class BlockFetcher:
                 return
         for blob in todo:
             if blob.id not in pieces:  # cut short or corrupt: fetched again on its own
-                self._spawn(self._fetch_claimed, blob, 0, 0)
-        await self._deliver({(oid, 0): piece for oid, piece in pieces.items()})
-        for oid, piece in pieces.items():
-            self.fresh.add(oid, piece)
+                self._spawn(self._fetch_claimed, blob, 0, 0, True)
+        await self._deliver({(oid, 0): piece for oid, piece in pieces.items()}, keep=True)
 
     async def _read_batch(self, blobs: list[BlobRef]) -> dict[str, bytes]:
         """The blobs that arrived whole and match their ids (the rest are left out)."""
@@ -219,10 +222,10 @@ class BlockFetcher:
     def _not_cached(self, blobs: list[BlobRef]) -> list[BlobRef]:
         return [b for b in blobs if not self.cache.has_block(b.id, 0)]
 
-    async def _fetch_claimed(self, blob: BlobRef, first: int, last: int) -> None:
+    async def _fetch_claimed(self, blob: BlobRef, first: int, last: int, keep: bool) -> None:
         """Fetch blocks first..last (inclusive) in one range request and resolve them.
 
-        The caller has made their in-flight entries.
+        The caller has made their in-flight entries; ``keep``: a prefetch (see ``_deliver``).
         """
         try:
             blocks = await self._fetch_verified(blob, first, last)
@@ -231,7 +234,7 @@ class BlockFetcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        await self._deliver({(blob.id, i): data for i, data in blocks.items()})
+        await self._deliver({(blob.id, i): data for i, data in blocks.items()}, keep)
 
     def _fail(self, keys: list[tuple[str, int]], exc: BaseException) -> None:
         # Waiters are other tasks: hand them an ordinary error, never our Cancelled.
@@ -245,17 +248,20 @@ class BlockFetcher:
             pending.error = shown
             pending.done.set()
 
-    async def _deliver(self, blocks: dict[tuple[str, int], bytes]) -> None:
+    async def _deliver(self, blocks: dict[tuple[str, int], bytes], keep: bool = False) -> None:
         """Write verified blocks to the cache, then hand them to their waiters.
 
         Cached before served: once a read returns, every process on the
         machine finds its blocks in the cache (a DataLoader worker may be
-        killed the moment it has read its last file).
+        killed the moment it has read its last file). Prefetched blocks
+        (``keep``) also wait in ``fresh`` for a reader that comes later.
         """
         try:
             await trio.to_thread.run_sync(self.cache.put_many, blocks, limiter=self._writer)
         finally:
             for key, data in blocks.items():
+                if keep:
+                    self.fresh.add(key, data)
                 pending = self._inflight.pop(key)
                 pending.data = data
                 pending.done.set()

@@ -1,12 +1,18 @@
-"""Small blobs just prefetched, kept in memory until a reader takes them.
+"""Blocks just prefetched, kept in memory until a reader takes them.
 
-A prefetched file is written to the disk cache (for every other process)
-and, here, handed to the first reader in this process without reading it
-back: a cache hit is an SQLite lookup and a file open, seek, read and close,
-each of which lets go of the GIL, and in a FUSE daemon with a dozen threads
-every let-go is a chance of a thread switch. Taking a blob removes it;
-entries nobody takes are dropped oldest first beyond ``max_bytes``, so this
-never holds more than that.
+A prefetched block (a whole small file, or a readahead block of a big one)
+is written to the disk cache (for every other process) and, here, handed
+to the first reader in this process without reading it back: a cache hit
+is an SQLite lookup and a file open, seek, read and close, each of which
+lets go of the GIL, and in a FUSE daemon with a dozen threads every let-go
+is a chance of a thread switch; a 4 MiB read-back is also a fresh 4 MiB
+buffer. Taking a block removes it.
+
+At most ``max_bytes`` are held. What was prefetched first is what a reader
+wants next, so when full the store keeps its old blocks and turns new ones
+away (they are in the disk cache), unless the oldest is **stale**: twice
+``max_bytes`` have been offered since it came and nobody took it (its
+reader closed the file or sought away), and then it goes.
 
 Thread safety: the engine's loop adds, reader threads take; one lock, held
 only for dictionary work.
@@ -19,35 +25,50 @@ from collections import OrderedDict
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
+Key = tuple[str, int]  # (blob id, block index)
 
-class FreshBlobs:
+
+class FreshBlocks:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._blobs: OrderedDict[str, bytes] = OrderedDict()  # guarded by _lock
-        self._bytes = 0  # guarded by _lock: sum of len() of _blobs' values
+        # guarded by _lock: key -> (bytes, the offered count when it came), oldest first
+        self._blocks: OrderedDict[Key, tuple[bytes, int]] = OrderedDict()
+        self._bytes = 0  # guarded by _lock: sum of the held blocks' lengths
+        self._offered = 0  # guarded by _lock: bytes ever offered to add
 
-    def add(self, oid: str, data: bytes) -> None:
-        """Keep ``data`` (the verified bytes of blob ``oid``) for its first reader."""
-        if len(data) > self.max_bytes:
-            return
+    def add(self, key: Key, data: bytes) -> bool:
+        """Keep ``data`` (verified bytes of block ``key``) for its first reader, if there is room."""
         with self._lock:
-            old = self._blobs.pop(oid, None)
-            if old is not None:
-                self._bytes -= len(old)
-            self._blobs[oid] = data
+            self._offered += len(data)
+            self._drop(key)
+            while self._bytes + len(data) > self.max_bytes and self._oldest_is_stale():
+                self._drop(next(iter(self._blocks)))
+            if self._bytes + len(data) > self.max_bytes:
+                return False
+            self._blocks[key] = (data, self._offered)
             self._bytes += len(data)
-            while self._bytes > self.max_bytes:
-                _, dropped = self._blobs.popitem(last=False)
-                self._bytes -= len(dropped)
+            return True
 
-    def take(self, oid: str) -> bytes | None:
-        """The bytes of blob ``oid`` if they are here; they are not kept after."""
+    def take(self, key: Key) -> bytes | None:
+        """The bytes of block ``key`` if they are here; they are not kept after."""
         with self._lock:
-            data = self._blobs.pop(oid, None)
-            if data is not None:
-                self._bytes -= len(data)
-            return data
+            held = self._blocks.pop(key, None)
+            if held is None:
+                return None
+            self._bytes -= len(held[0])
+            return held[0]
+
+    def _oldest_is_stale(self) -> bool:
+        if not self._blocks:
+            return False
+        _, since = next(iter(self._blocks.values()))
+        return self._offered - since >= 2 * self.max_bytes
+
+    def _drop(self, key: Key) -> None:
+        held = self._blocks.pop(key, None)
+        if held is not None:
+            self._bytes -= len(held[0])
 
     @property
     def nbytes(self) -> int:
@@ -56,4 +77,4 @@ class FreshBlobs:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._blobs)
+            return len(self._blocks)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import threading
 
-from ._blocks import blocks_for_range
+from ._blocks import block_span, blocks_for_range
 from ._client import Client
 from ._engine import Engine
 from ._errors import IntegrityError, StreamfsError
@@ -47,14 +47,17 @@ class BlobReader:
         pieces: dict[int, bytes] = {}
         missing: list[int] = []
         memo = self._memo
-        if memo is None and plan.whole:
-            memo = self._memo = self._take_fresh()
+        if memo is None and plan.whole and self.blob.size <= BLOCK_SIZE:
+            whole = self._take_fresh(0)
+            memo = self._memo = None if whole is None else (0, whole)
         for index, start, length in blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE):
             if memo is not None and memo[0] == index:
                 pieces[index] = memo[1][start : start + length]
                 continue
             if plan.window:  # streaming: the rest of this block is read next, take it whole
-                whole = cache.get_block(self.blob.id, index)
+                whole = self._take_fresh(index)
+                if whole is None:
+                    whole = cache.get_block(self.blob.id, index)
                 if whole is not None and len(whole) >= start + length:
                     memo = self._memo = (index, whole)
                     pieces[index] = whole[start : start + length]
@@ -84,16 +87,15 @@ class BlobReader:
                     pieces[index] = fetched[index][start : start + length]
         return b"".join(pieces[i] for i in sorted(pieces))
 
-    def _take_fresh(self) -> tuple[int, bytes] | None:
-        """A small file the prefetcher just fetched, taken from memory (first reader only)."""
-        if self.blob.size > BLOCK_SIZE:
-            return None
+    def _take_fresh(self, index: int) -> bytes | None:
+        """Block ``index`` if the prefetcher just fetched it, from memory (first reader only)."""
         engine = self.client.running_engine
         fetcher = engine.fetcher if engine is not None else None
         if fetcher is None:
             return None
-        data = fetcher.fresh.take(self.blob.id)
-        return None if data is None or len(data) != self.blob.size else (0, data)
+        data = fetcher.fresh.take((self.blob.id, index))
+        start, end = block_span(index, self.blob.size, BLOCK_SIZE)
+        return data if data is not None and len(data) == end - start else None
 
     def _fetch(self, indices: list[int]) -> dict[int, bytes]:
         engine = self.client.engine

@@ -326,6 +326,27 @@ def test_a_prefetched_file_is_handed_over_in_memory_and_left_in_the_cache(
     assert cache.stats()["hits"] == hits + 1
 
 
+def test_readahead_blocks_are_handed_over_in_memory_and_left_in_the_cache(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    data = random.Random(9).randbytes(6 * BLOCK_SIZE + 777)
+    publish(server, f"alice/{repo_name}", {"video.bin": data}, tmp_path)
+    repo = open_repo(server, f"alice/{repo_name}", tmp_path / "cache")
+    blob = hashlib.sha256(data).hexdigest()
+    mib = 1024 * 1024
+    with repo.open("video.bin", buffering=0) as f:
+        head = b"".join(f.read(mib) for _ in range(3))  # 2 MiB in: a stream, blocks 1-2 ahead
+        wait_for_prefetches(repo)
+        cache, fetcher = repo.client.cache, repo.client.engine.fetcher
+        assert fetcher is not None and len(fetcher.fresh) == 2
+        assert cache.contains(blob, 1) and cache.contains(blob, 2)  # there for other processes
+        hits = cache.stats()["hits"]
+        rest = f.read(len(data))
+    assert head + rest == data
+    assert cache.stats()["hits"] == hits  # each block came from memory or its own fetch
+    assert len(fetcher.fresh) == 0  # every prefetched block went to the reader
+
+
 def test_prefetch_can_be_turned_off(server: ServerProcess, repo_name: str, tmp_path: Path) -> None:
     repo_id, files = published_images(server, repo_name, tmp_path, 30)
     before = server.metrics()

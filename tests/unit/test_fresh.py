@@ -1,4 +1,4 @@
-"""FreshBlobs: taken once, bounded in bytes, oldest dropped first."""
+"""FreshBlocks: taken once, bounded in bytes, old blocks kept over new until stale."""
 
 from __future__ import annotations
 
@@ -7,61 +7,72 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfs._fresh import FreshBlobs
+from streamfs._fresh import FreshBlocks
 
 
-def test_a_blob_is_taken_once() -> None:
-    fresh = FreshBlobs(100)
-    fresh.add("a", b"x" * 10)
-    assert fresh.take("a") == b"x" * 10
-    assert fresh.take("a") is None and fresh.take("never") is None
+def test_a_block_is_taken_once() -> None:
+    fresh = FreshBlocks(100)
+    assert fresh.add(("a", 0), b"x" * 10)
+    assert fresh.take(("a", 1)) is None  # another block of the same blob
+    assert fresh.take(("a", 0)) == b"x" * 10
+    assert fresh.take(("a", 0)) is None and fresh.take(("never", 0)) is None
     assert len(fresh) == 0 and fresh.nbytes == 0
 
 
-def test_oldest_are_dropped_beyond_the_limit_and_oversize_is_never_kept() -> None:
-    fresh = FreshBlobs(25)
-    for name in "abc":
-        fresh.add(name, name.encode() * 10)
-    assert fresh.take("a") is None  # 30 bytes > 25: the oldest went
-    assert fresh.take("b") == b"b" * 10 and fresh.take("c") == b"c" * 10
-    fresh.add("big", b"z" * 26)
-    assert len(fresh) == 0
+def test_when_full_new_blocks_are_turned_away_and_the_next_to_read_stay() -> None:
+    fresh = FreshBlocks(25)
+    added = [fresh.add(("big", i), bytes([i]) * 10) for i in range(3)]
+    assert added == [True, True, False]  # 30 bytes > 25: block 2 is left to the disk cache
+    assert fresh.take(("big", 0)) == bytes([0]) * 10
+    assert fresh.add(("big", 2), bytes([2]) * 10)  # a reader took one: room again
+    assert fresh.take(("big", 1)) == bytes([1]) * 10
+    assert not fresh.add(("huge", 0), b"z" * 26)
+    assert len(fresh) == 1
+
+
+def test_a_block_nobody_took_gives_way_once_twice_the_limit_was_offered_since() -> None:
+    fresh = FreshBlocks(20)
+    fresh.add(("left", 0), b"l" * 20)  # its reader went away
+    offered = [fresh.add(("new", i), b"n" * 10) for i in range(4)]
+    assert offered == [False, False, False, True]  # the 4th brings the offered bytes to 2 x 20
+    assert fresh.take(("left", 0)) is None
+    assert fresh.take(("new", 3)) == b"n" * 10
 
 
 def test_adding_again_replaces_and_counts_once() -> None:
-    fresh = FreshBlobs(100)
-    fresh.add("a", b"1" * 40)
-    fresh.add("a", b"1" * 40)
+    fresh = FreshBlocks(100)
+    fresh.add(("a", 0), b"1" * 40)
+    fresh.add(("a", 0), b"1" * 40)
     assert fresh.nbytes == 40 and len(fresh) == 1
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 40), st.booleans())))
 def test_never_holds_more_than_its_limit(ops: list[tuple[str, int, bool]]) -> None:
-    fresh = FreshBlobs(64)
+    fresh = FreshBlocks(64)
     for name, size, take in ops:
         if take:
-            data = fresh.take(name)
+            data = fresh.take((name, 0))
             assert data is None or data == name.encode() * len(data)
         else:
-            fresh.add(name, name.encode() * size)
+            fresh.add((name, 0), name.encode() * size)
         assert fresh.nbytes <= 64
-        assert fresh.nbytes == sum(len(fresh._blobs[k]) for k in fresh._blobs)
+        assert fresh.nbytes == sum(len(data) for data, _ in fresh._blocks.values())
 
 
-def test_each_blob_goes_to_exactly_one_of_many_takers() -> None:
-    fresh = FreshBlobs(1 << 20)
+def test_each_block_goes_to_exactly_one_of_many_takers() -> None:
+    fresh = FreshBlocks(1 << 20)
     for i in range(500):
-        fresh.add(str(i), b"%d" % i)
-    taken: list[list[str]] = [[] for _ in range(4)]
+        fresh.add(("blob", i), b"%d" % i)
+    taken: list[list[int]] = [[] for _ in range(4)]
 
-    def take_all(out: list[str]) -> None:
+    def take_all(out: list[int]) -> None:
         for i in range(500):
-            if fresh.take(str(i)) is not None:
-                out.append(str(i))
+            if fresh.take(("blob", i)) is not None:
+                out.append(i)
 
     threads = [threading.Thread(target=take_all, args=(out,)) for out in taken]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted((k for out in taken for k in out), key=int) == [str(i) for i in range(500)]
+    assert sorted(k for out in taken for k in out) == list(range(500))
