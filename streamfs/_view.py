@@ -48,7 +48,9 @@ MAX_TREES_IN_MEMORY = 4096
 # ~400 MB. Beyond this many, the least recently used trees are dropped (they stay on disk):
 # find over 1,000,000 entries peaks at 264 MB in the daemon, 83 MB in the API (docs/benchmarks.md).
 MAX_ENTRIES_IN_MEMORY = 100_000
-PREFETCH_BASE = 32 * 1024 * 1024  # prefetched, never opened: at most this plus what was read
+# Prefetched and never opened: at most this, plus what was read, plus 4x what prefetching saved
+# (_siblings.py) ...
+PREFETCH_BASE = 32 * 1024 * 1024
 PREFETCH_CAP_SHARE = 4  # ... and at most this share of the cache
 
 
@@ -67,7 +69,7 @@ class RepoView:
         self._lock = threading.Lock()
         self._planner: SiblingPlanner | None = None
         if client.prefetch:
-            cap = min(client.cache_size // PREFETCH_CAP_SHARE, 1024**3)
+            cap = client.cache_size // PREFETCH_CAP_SHARE
             self._planner = SiblingPlanner(BLOCK_SIZE, min(PREFETCH_BASE, cap), cap, os.getpid())
         self._plan_lock = threading.Lock()
 
