@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Callable
 
 from ._blocks import block_span, blocks_for_range
 from ._client import Client
@@ -27,10 +28,19 @@ MIN_STREAM = 2 * 1024 * 1024  # a 1 MiB random read (eight 128 KiB FUSE reads) i
 class BlobReader:
     """Reads of one file through one handle (the planner state is per handle)."""
 
-    def __init__(self, client: Client, blob: BlobRef, path: str) -> None:
+    def __init__(
+        self,
+        client: Client,
+        blob: BlobRef,
+        path: str,
+        on_first_read: Callable[[bool], None] | None = None,
+    ) -> None:
         self.client = client
         self.blob = blob
         self.path = path
+        # told once, at the first read, whether the cache lacked any of it: the file was
+        # opened (the sibling prefetcher's evidence; a warm read plans nothing)
+        self._on_first_read = on_first_read
         self._planner = ReadaheadPlanner(blob.size, BLOCK_SIZE, min_stream=MIN_STREAM)
         self._lock = threading.Lock()  # guards the planner only
         # The last block this handle fetched, whole: the kernel reads a file in 128 KiB pieces,
@@ -69,6 +79,11 @@ class BlobReader:
                 missing.append(index)
             else:
                 pieces[index] = data
+        if self._on_first_read is not None:
+            with self._lock:  # once, whichever of two racing first reads gets here first
+                tell, self._on_first_read = self._on_first_read, None
+            if tell is not None:
+                tell(bool(missing))
         ahead = [i for i in plan.fetch if i not in pieces and i not in missing]
         if plan.whole and missing:
             # a small file: everything it lacks in one request, no separate readahead

@@ -10,7 +10,10 @@ find them in the cache.
 The policy, per view of a commit:
 
 - **Evidence first.** A folder becomes active when a second, different file
-  of it is opened. Reading one file of a folder prefetches nothing.
+  of it is opened and at least one of its files opened in this pass was not
+  (wholly) in the cache. Reading one file of a folder prefetches nothing, and
+  neither does reading a folder that is cached: a warm epoch costs the
+  prefetcher no cache lookups at all.
 - **Bounded waste, growing with proof.** Bytes prefetched and not yet
   opened stay under ``base + opened + reward * useful`` (and under ``cap``):
   ``opened`` the bytes of small files opened so far, ``useful`` those of
@@ -24,7 +27,8 @@ The policy, per view of a commit:
   against 2.1x with no reward). For a whole epoch the waste is nothing.
 - **Passes.** Opening a file again that was opened in the folder's current
   pass starts a new pass (the next epoch): the folder is read through again,
-  so a cache that evicted it is refilled ahead of the readers.
+  and once a file of it misses (a cache that evicted some of it) the rest is
+  refilled ahead of the readers.
 - **Spread.** Each process starts a folder at its own offset, so DataLoader
   workers that prefetch the same folder mostly fetch different files.
 - **Batches.** The window is topped up once ``refill`` bytes of it (or half)
@@ -56,6 +60,7 @@ class _Folder:
     start: int  # this process's offset into entries
     cursor: int = 0  # candidates looked at in this pass
     opened: set[str] = field(default_factory=set)  # names opened in this pass
+    missed: bool = False  # a file opened in this pass was not in the cache
     active: bool = False
 
     def exhausted(self) -> bool:
@@ -89,8 +94,11 @@ class SiblingPlanner:
         """How many bytes may be prefetched and not yet opened, now."""
         return min(self.cap, self.base + self.opened_bytes + self.reward * self.useful_bytes)
 
-    def on_open(self, folder: str, siblings: Sequence[Entry], entry: Entry) -> list[Entry]:
-        """``entry`` (a file in ``folder``, whose entries are ``siblings``) was opened.
+    def on_open(
+        self, folder: str, siblings: Sequence[Entry], entry: Entry, missed: bool = True
+    ) -> list[Entry]:
+        """``entry`` (a file in ``folder``, whose entries are ``siblings``) was opened;
+        ``missed``: the cache lacked (some of) it.
 
         Returns the files to prefetch now; they count as outstanding until opened.
         """
@@ -105,9 +113,10 @@ class SiblingPlanner:
         if entry.name in state.opened:  # a new pass over this folder
             state.opened.clear()
             state.cursor = 0
-            state.active = False
+            state.active = state.missed = False
         state.opened.add(entry.name)
-        if not state.active and len(state.opened) >= 2:
+        state.missed = state.missed or missed
+        if not state.active and state.missed and len(state.opened) >= 2:
             state.active = True
             self._active.append(folder)
         return self._pick()

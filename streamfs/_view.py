@@ -17,6 +17,7 @@ in-memory work, never across I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat as stat_mod
@@ -152,12 +153,13 @@ class RepoView:
     # ------------------------------------------------------------ reading
 
     def reader(self, path: str, entry: Entry) -> BlobReader:
-        """A reader of the file ``entry`` at ``path``; tells the prefetcher it was opened."""
-        if self._planner is not None:
-            self._note_open(path, entry)
-        return BlobReader(self.client, BlobRef(self.owner, self.name, entry.id, entry.size), path)
+        """A reader of the file ``entry`` at ``path``; its first read tells the prefetcher."""
+        blob = BlobRef(self.owner, self.name, entry.id, entry.size)
+        if self._planner is None:
+            return BlobReader(self.client, blob, path)
+        return BlobReader(self.client, blob, path, functools.partial(self._note_open, path, entry))
 
-    def _note_open(self, path: str, entry: Entry) -> None:
+    def _note_open(self, path: str, entry: Entry, missed: bool) -> None:
         assert self._planner is not None
         folder = path.strip("/").rpartition("/")[0]
         try:
@@ -165,7 +167,7 @@ class RepoView:
         except StreamfsError:  # e.g. a folder that only a branch mount's new files make
             return
         with self._plan_lock:
-            picks = self._planner.on_open(folder, siblings, entry)
+            picks = self._planner.on_open(folder, siblings, entry, missed)
         if picks:  # a window's worth at a time; the batch drops what is cached, off this thread
             blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
             self.client.engine.spawn(_prefetch_whole, self.client.engine, blobs)

@@ -304,6 +304,38 @@ def test_reading_through_a_folder_prefetches_the_rest_in_batches(
     assert sent == sum(len(d) for d in files.values())  # every byte once
 
 
+def test_a_cached_folder_plans_no_prefetch_and_an_evicted_one_is_refilled(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    repo_id, files = published_images(server, repo_name, tmp_path, 90, seed=4)
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    planner = repo.view._planner
+    assert planner is not None
+
+    def epoch(seed: int) -> dict[str, int]:
+        before = server.metrics()
+        order = list(files)
+        random.Random(seed).shuffle(order)
+        for i, path in enumerate(order):
+            assert repo.read_bytes(path) == files[path]
+            if i == 2:
+                wait_for_prefetches(repo)
+                planned[seed] = planner.outstanding_bytes
+        wait_for_prefetches(repo)
+        after = server.metrics()
+        return {k: after[k] - before[k] for k in ("blob_get_requests", "blob_batch_blobs")}
+
+    planned: dict[int, int] = {}
+    assert epoch(1) == {"blob_get_requests": 2, "blob_batch_blobs": len(files) - 2}
+    assert planned[1] > 0
+    # a warm epoch: every file in the cache, so the new pass prefetches nothing
+    assert epoch(2) == {"blob_get_requests": 0, "blob_batch_blobs": 0}
+    assert planned[2] == 0
+    repo.client.cache.clear()  # evicted: the next pass misses, and refills the rest ahead
+    assert epoch(3) == {"blob_get_requests": 2, "blob_batch_blobs": len(files) - 2}
+    assert planned[3] > 0
+
+
 def test_a_prefetched_file_is_handed_over_in_memory_and_left_in_the_cache(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:

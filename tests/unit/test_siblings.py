@@ -178,3 +178,16 @@ def test_the_window_grows_as_prefetched_files_get_opened() -> None:
     without = epoch_misses(SiblingPlanner(4 << 20, 8 << 20, 1 << 40, reward=0), 20, 200)
     rewarded = epoch_misses(SiblingPlanner(4 << 20, 8 << 20, 1 << 40), 20, 200)
     assert rewarded < 0.7 * without, (rewarded, without)
+
+
+def test_a_folder_read_from_the_cache_prefetches_nothing_until_a_file_misses() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=1 << 30, cap=1 << 30)
+    files = folder("a", [10 * KiB] * 20)
+    for entry in files[:5]:
+        assert planner.on_open("a", files, entry, missed=False) == []
+    picks = planner.on_open("a", files, files[5], missed=True)  # evicted: the rest comes ahead
+    assert sorted(p.name for p in picks) == sorted(e.name for e in files[6:])
+    for entry in picks:
+        planner.on_open("a", files, entry, missed=False)
+    # the next pass, all cached again: the evidence of the last pass does not carry over
+    assert all(planner.on_open("a", files, e, missed=False) == [] for e in files)
