@@ -5,9 +5,11 @@ branch) layers an Overlay of local changes on top of it; the overlay decides
 what a path is, stages written files on local disk and turns them into
 commits (see _overlay.py). The FUSE adapter (_fuse.py) only translates.
 
-Handles: an integer per open file. Readers get a BlobReader of their own
-(readahead state is per handle); writers get a staged file. ``_handles`` is
-guarded by ``_lock``, held for dict operations only.
+Handles: an integer per open file of a writable mount. Readers get a
+BlobReader of their own (readahead state is per handle); writers get a staged
+file. ``_handles`` is guarded by ``_lock``, held for dict operations only. A
+read-only mount has no handles: libfuse answers open and release itself and
+reads come by path (``read_path``, readers kept per stream in PathReaders).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from ._errors import IsADirError, ReadOnlyError, StreamfsError
 from ._model import Entry
 from ._overlay import Overlay, StagedHandle
+from ._pathreaders import PathReaders
 from ._reader import BlobReader
 from ._view import RepoView, entry_stat
 
@@ -43,6 +46,8 @@ class MountFS:
         self._lock = threading.Lock()
         self.uid, self.gid = os.getuid(), os.getgid()
         self.read_calls = 0  # reads that reached the daemon (the kernel cache serves the rest)
+        # a read-only mount reads by path: no open or release reaches Python (see _pathreaders.py)
+        self.by_path = PathReaders(self._path_reader)
 
     @property
     def writable(self) -> bool:
@@ -150,6 +155,18 @@ class MountFS:
         if isinstance(handle, _ReadHandle):
             return handle.reader.read(offset, size)
         return handle.read(offset, size)
+
+    def read_path(self, path: str, offset: int, size: int) -> bytes:
+        """A read with no handle: a read-only mount, whose opens libfuse answers itself."""
+        with self._lock:
+            self.read_calls += 1
+        return self.by_path.read(self._rel(path), offset, size)
+
+    def _path_reader(self, rel: str) -> BlobReader:
+        entry = self.view.lookup(rel)
+        if entry.is_dir:
+            raise IsADirError("is a directory", filename=rel)
+        return self.view.reader(rel, entry)
 
     def release(self, fh: int) -> None:
         with self._lock:

@@ -103,6 +103,10 @@ class ReadaheadPlanner:
         """The current readahead window in bytes (0 when not streaming)."""
         return self._window * self.block_size
 
+    def continues(self, offset: int) -> bool:
+        """Whether a read at ``offset`` carries on this handle's reading (a small file's always does)."""
+        return self._small or self._is_sequential(offset)
+
     def on_read(self, offset: int, size: int) -> Plan:
         """Plan the read of ``size`` bytes at ``offset`` and update the state."""
         start, end = clip(offset, size, self.file_size)

@@ -3,7 +3,7 @@
 ``BlobReader.read`` runs in the caller's thread. Blocks already in the cache
 are served right there (a seek and a read of just the bytes asked for); only
 missing blocks hop to the engine, which fetches, verifies and caches them.
-The readahead planner (one per open handle) decides what to fetch ahead of a
+The readahead planner (one per reader) decides what to fetch ahead of a
 sequential reader; readahead runs in the background and never delays the
 read that triggered it.
 """
@@ -26,7 +26,8 @@ MIN_STREAM = 2 * 1024 * 1024  # a 1 MiB random read (eight 128 KiB FUSE reads) i
 
 
 class BlobReader:
-    """Reads of one file through one handle (the planner state is per handle)."""
+    """Reads of one file through one handle, or one stream of a pinned mount's reads of
+    a path (see _pathreaders.py): the readahead state is per reader."""
 
     def __init__(
         self,
@@ -46,6 +47,11 @@ class BlobReader:
         # The last block this handle fetched, whole: the kernel reads a file in 128 KiB pieces,
         # and the rest of a block just fetched should not cost a cache lookup each.
         self._memo: tuple[int, bytes] | None = None
+
+    def continues(self, offset: int) -> bool:
+        """Whether a read at ``offset`` continues this reader's stream (see ReadaheadPlanner)."""
+        with self._lock:
+            return self._planner.continues(offset)
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.blob.size - offset))

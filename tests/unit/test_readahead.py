@@ -253,3 +253,12 @@ def test_a_long_sequential_run_streams_after_min_stream() -> None:
     ahead = [planner.on_read(i * 128 * KiB, 128 * KiB).ahead for i in range(24)]
     assert all(a == () for a in ahead[:15])  # under 2 MiB read so far
     assert any(a for a in ahead[15:])
+
+
+def test_continues_says_which_reads_belong_to_a_handle() -> None:
+    p = ReadaheadPlanner(64 * MiB, BLOCK_SIZE)
+    assert not p.continues(0)  # no read yet: nothing to continue
+    p.on_read(0, 128 * KiB)
+    assert p.continues(128 * KiB) and p.continues(0)  # next piece, or a little out of order
+    assert not p.continues(40 * MiB)  # far away: another stream
+    assert ReadaheadPlanner(100 * KiB, BLOCK_SIZE).continues(90 * KiB)  # small files: always
