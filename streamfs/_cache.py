@@ -19,6 +19,12 @@ Invariants and choices:
 - **A hit reads only what it serves.** Values of 32 KiB and more are files;
   ``get`` opens the file (``read=True``), seeks and reads ``length`` bytes,
   so a 128 KiB FUSE read of a 4 MiB block reads 128 KiB.
+- **A block file's name is remembered.** A process keeps the file name of
+  each block file it wrote or looked up (at most 200,000), and opens it
+  directly the next time: no SQL, and no hand-off of the GIL for it, which 8
+  reader threads paid on every file of a warm epoch. diskcache names files
+  at random and never reuses a name, so the file is this block's whole value
+  or it is gone (evicted, by any process), and then the lookup goes to SQLite.
 - **Eviction: least-recently-stored.** With it a hit is one read-only SQL
   lookup. 'least-recently-used' turns every hit (32 per block at FUSE's
   128 KiB) into a write transaction, which serializes all reader processes
@@ -51,6 +57,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -67,6 +74,7 @@ MAX_DEFAULT_SIZE = 20 * GiB  # the default limit: min(this, 10% of free space) .
 MIN_DEFAULT_SIZE = 256 * MiB  # ... but never below this (a few readahead windows)
 META_SHARE = 16  # trees and commits get 1/16 of the limit
 EVICTION_POLICY = "least-recently-stored"
+WHERE_LIMIT = 200_000  # block files whose names a process remembers (~200 bytes each)
 STATS_FLUSH_SECONDS = 1.0
 
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4, "p": 1024**5}
@@ -230,9 +238,14 @@ class _WholeWriteDisk(diskcache.Disk):  # type: ignore[misc]  # untyped library
     ``read(4 MiB)`` and one ``write``; small values still go inline into SQLite.
     """
 
+    remember: Callable[[str, str], None] | None = None  # told (key, path) of each file written
+
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if type(value) is bytes and len(value) >= self.min_file_size:
-            return super().store(io.BytesIO(value), True, key=key)
+            stored = super().store(io.BytesIO(value), True, key=key)
+            if self.remember is not None and isinstance(key, str):
+                self.remember(key, os.path.join(self._directory, stored[2]))
+            return stored
         return super().store(value, read, key=key)
 
 
@@ -340,6 +353,9 @@ class BlockCache:
         self._blocks = self._open("blocks", self.size_limit - meta_limit)
         self._meta = self._open("meta", meta_limit)
         self._counters = _Counters(self._open("stats", 0, eviction_policy="none"))
+        # key -> the file diskcache keeps that block in, as last written or seen here
+        self._where: dict[str, str] = {}
+        self._blocks._cache.disk.remember = self._remember
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
 
     def _open(self, name: str, limit: int, eviction_policy: str = EVICTION_POLICY) -> Any:
@@ -363,12 +379,29 @@ class BlockCache:
         return data
 
     def _lookup(self, key: str, offset: int, length: int | None) -> bytes | None:
+        where = self._where.get(key)
+        if where is not None:
+            # no SQLite lookup: the file is this block's, or gone (evicted since; diskcache
+            # names files at random and never reuses a name)
+            try:
+                return _read_slice(open(where, "rb"), offset, length)
+            except OSError:
+                self._where.pop(key, None)
         try:
             value = self._blocks.get(key, read=True)  # a file handle for values >= 32 KiB
-            return None if value is None else _read_slice(value, offset, length)
+            if value is None:
+                return None
+            if not isinstance(value, bytes):
+                self._remember(key, value.name)
+            return _read_slice(value, offset, length)
         except _DISK_ERRORS as exc:
             log.warning("cache lookup of %s failed, treated as a miss: %s", key, exc)
             return None
+
+    def _remember(self, key: str, path: str) -> None:
+        if len(self._where) >= WHERE_LIMIT:
+            self._where.clear()
+        self._where[key] = path
 
     def put(self, blob: str, index: int, data: bytes | bytearray | memoryview) -> None:
         """Store a whole, verified block (content addressed: an existing one is kept)."""
@@ -438,6 +471,7 @@ class BlockCache:
 
     def clear(self) -> None:
         """Remove every block and metadata object and reset the counters."""
+        self._where.clear()
         self._blocks.clear(retry=True)
         self._meta.clear(retry=True)
         self._counters.reset()

@@ -113,6 +113,34 @@ def test_a_block_is_written_in_a_few_calls_not_line_by_line(cache: BlockCache) -
 # ----------------------------------------------------------------- metadata, stats, clear
 
 
+def test_a_block_this_process_wrote_or_read_is_found_without_sqlite(tmp_path: Path) -> None:
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
+        cache.put(BLOB, 0, pattern(1, 100 * KiB))
+        other.put(BLOB, 1, pattern(2, 100 * KiB))
+        assert cache.get(BLOB, 1) == pattern(2, 100 * KiB)  # looked up once, then remembered
+        statements: list[str] = []
+        cache._blocks._cache._con.set_trace_callback(statements.append)
+        try:
+            assert cache.get(BLOB, 0, 5, 10) == pattern(1, 100 * KiB)[5:15]
+            assert cache.get(BLOB, 1) == pattern(2, 100 * KiB)
+        finally:
+            cache._blocks._cache._con.set_trace_callback(None)
+        assert statements == []
+        assert cache.stats()["hits"] == 3
+
+
+def test_a_remembered_block_file_that_another_process_evicted_is_looked_up_again(
+    tmp_path: Path,
+) -> None:
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
+        cache.put(BLOB, 0, pattern(1, 100 * KiB))
+        assert cache.get(BLOB, 0) == pattern(1, 100 * KiB)
+        other.clear()  # the file is gone
+        assert cache.get(BLOB, 0) is None and not cache.contains(BLOB, 0)
+        other.put(BLOB, 0, pattern(3, 100 * KiB))  # a new file, found through SQLite
+        assert cache.get(BLOB, 0) == pattern(3, 100 * KiB)
+
+
 def test_metadata_store(cache: BlockCache) -> None:
     assert cache.get_meta("tree:" + BLOB) is None
     big = pattern(4, 100 * KiB)
