@@ -20,7 +20,7 @@ Invariants and choices:
   ``get`` opens the file (``read=True``), seeks and reads ``length`` bytes,
   so a 128 KiB FUSE read of a 4 MiB block reads 128 KiB.
 - **A block file's name is remembered.** A process keeps the file name of
-  each block file it wrote or looked up (at most 200,000), and opens it
+  each block file it wrote or looked up (at most 100,000, ~27 MB), and opens it
   directly the next time: no SQL, and no hand-off of the GIL for it, which 8
   reader threads paid on every file of a warm epoch. diskcache names files
   at random and never reuses a name, so the file is this block's whole value
@@ -74,7 +74,7 @@ MAX_DEFAULT_SIZE = 20 * GiB  # the default limit: min(this, 10% of free space) .
 MIN_DEFAULT_SIZE = 256 * MiB  # ... but never below this (a few readahead windows)
 META_SHARE = 16  # trees and commits get 1/16 of the limit
 EVICTION_POLICY = "least-recently-stored"
-WHERE_LIMIT = 200_000  # block files whose names a process remembers (~200 bytes each)
+WHERE_LIMIT = 100_000  # block files whose names a process remembers (~270 bytes each)
 STATS_FLUSH_SECONDS = 1.0
 
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4, "p": 1024**5}

@@ -129,6 +129,18 @@ def test_a_block_this_process_wrote_or_read_is_found_without_sqlite(tmp_path: Pa
         assert cache.stats()["hits"] == 3
 
 
+def test_remembered_file_names_stay_under_their_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("streamfs._cache.WHERE_LIMIT", 5)
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache:
+        for i in range(12):
+            cache.put(BLOB, i, pattern(i, 40 * KiB))
+            assert len(cache._where) <= 5
+        assert all(cache.get(BLOB, i) == pattern(i, 40 * KiB) for i in range(12))
+        assert len(cache._where) <= 5
+
+
 def test_a_remembered_block_file_that_another_process_evicted_is_looked_up_again(
     tmp_path: Path,
 ) -> None:
