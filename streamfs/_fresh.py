@@ -53,11 +53,7 @@ class FreshBlocks:
     def take(self, key: Key) -> bytes | None:
         """The bytes of block ``key`` if they are here; they are not kept after."""
         with self._lock:
-            held = self._blocks.pop(key, None)
-            if held is None:
-                return None
-            self._bytes -= len(held[0])
-            return held[0]
+            return self._drop(key)
 
     def _oldest_is_stale(self) -> bool:
         if not self._blocks:
@@ -65,10 +61,12 @@ class FreshBlocks:
         _, since = next(iter(self._blocks.values()))
         return self._offered - since >= 2 * self.max_bytes
 
-    def _drop(self, key: Key) -> None:
+    def _drop(self, key: Key) -> bytes | None:
         held = self._blocks.pop(key, None)
-        if held is not None:
-            self._bytes -= len(held[0])
+        if held is None:
+            return None
+        self._bytes -= len(held[0])
+        return held[0]
 
     @property
     def nbytes(self) -> int:

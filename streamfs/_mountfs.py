@@ -47,7 +47,7 @@ class MountFS:
         self.uid, self.gid = os.getuid(), os.getgid()
         self.read_calls = 0  # reads that reached the daemon (the kernel cache serves the rest)
         # a read-only mount reads by path: no open or release reaches Python (see _pathreaders.py)
-        self.by_path = PathReaders(self._path_reader)
+        self.by_path = PathReaders(self._reader)
 
     @property
     def writable(self) -> bool:
@@ -143,10 +143,7 @@ class MountFS:
             staged = self.overlay.open_staged_read(rel)
             if staged is not None:
                 return self._add(staged)
-        entry = self.lookup(rel)
-        if entry.is_dir:
-            raise IsADirError("is a directory", filename=rel)
-        return self._add(_ReadHandle(self._base().reader(rel, entry)))
+        return self._add(_ReadHandle(self._reader(rel)))
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         with self._lock:
@@ -162,11 +159,12 @@ class MountFS:
             self.read_calls += 1
         return self.by_path.read(self._rel(path), offset, size)
 
-    def _path_reader(self, rel: str) -> BlobReader:
-        entry = self.view.lookup(rel)
+    def _reader(self, rel: str) -> BlobReader:
+        """A reader of the committed file at ``rel`` (the base commit, on a writable mount)."""
+        entry = self.lookup(rel)
         if entry.is_dir:
             raise IsADirError("is a directory", filename=rel)
-        return self.view.reader(rel, entry)
+        return self._base().reader(rel, entry)
 
     def release(self, fh: int) -> None:
         with self._lock:
