@@ -73,7 +73,8 @@ class BlobReader:
             if plan.window:  # streaming: the rest of this block is read next, take it whole
                 whole = self._take_fresh(index)
                 if whole is None:
-                    whole = cache.get_block(self.blob.id, index)
+                    first, end = block_span(index, self.blob.size, BLOCK_SIZE)
+                    whole = cache.get_block(self.blob.id, index, 0, end - first)
                 if whole is not None and len(whole) >= start + length:
                     memo = self._memo = (index, whole)
                     pieces[index] = whole[start : start + length]

@@ -9,6 +9,7 @@ import pickle
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,6 +128,42 @@ def test_a_block_this_process_wrote_or_read_is_found_without_sqlite(tmp_path: Pa
             cache._blocks._cache._con.set_trace_callback(None)
         assert statements == []
         assert cache.stats()["hits"] == 3
+
+
+def test_a_remembered_block_of_known_length_costs_an_open_a_pread_and_a_close(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with many reader threads every system call hands the interpreter lock over:
+    # a buffered open().read() of a slice makes eight of them
+    data = pattern(4, 100 * KiB)
+    cache.put(BLOB, 0, data)
+    calls: list[str] = []
+
+    def counted(name: str, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls.append(name)
+            return fn(*args)
+
+        return call
+
+    class CountingOs:
+        def __getattr__(self, name: str) -> Any:
+            value = getattr(os, name)
+            return (
+                counted(name, value)
+                if name in {"pread", "read", "fstat", "lseek", "close"}
+                else value
+            )
+
+    monkeypatch.setattr("streamfs._cache.os", CountingOs())
+    monkeypatch.setattr("streamfs._cache._os_open", counted("open", os.open))
+    monkeypatch.setattr("builtins.open", counted("buffered open", open))
+    assert cache.get(BLOB, 0, 10, 1000) == data[10:1010]
+    assert cache.get(BLOB, 0, 0, len(data)) == data
+    assert calls == ["open", "pread", "close"] * 2
+    calls.clear()
+    assert cache.get(BLOB, 0, 5) == data[5:]  # to the end: the size is asked
+    assert calls == ["open", "fstat", "pread", "close"]
 
 
 def test_remembered_file_names_stay_under_their_limit(
