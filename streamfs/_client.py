@@ -67,6 +67,9 @@ class Client:
     @property
     def cache(self) -> BlockCache:
         key = (self.cache_dir, self.cache_size, os.getpid())
+        cache = _caches.get(key)  # every read asks: no lock once it exists
+        if cache is not None:
+            return cache
         with _caches_lock:
             cache = _caches.get(key)
             if cache is None:
