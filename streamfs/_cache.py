@@ -327,32 +327,46 @@ def _block_key(blob: str, index: int) -> str:
     return f"{blob}:{index}"
 
 
-def _read_slice(value: bytes | IO[bytes], offset: int, length: int | None) -> bytes | None:
-    """Bytes ``[offset, offset + length)`` of a stored value, or None if it is shorter."""
+def _read_slice(
+    value: bytes | IO[bytes], offset: int, length: int | None, out: memoryview | None = None
+) -> bytes | memoryview | None:
+    """Bytes ``[offset, offset + length)`` of a stored value, or None if it is shorter;
+    with ``out``, read into it (``length`` is its length) and return it."""
     if isinstance(value, bytes):  # small values live in SQLite and come back whole
         size = len(value)
         end = size if length is None else offset + length
-        return value[offset:end] if offset <= end <= size else None
+        if not offset <= end <= size:
+            return None
+        if out is None:
+            return value[offset:end]
+        out[:] = memoryview(value)[offset:end]
+        return out
     with value as handle:
-        return _read_fd(handle.fileno(), offset, length)
+        return _read_fd(handle.fileno(), offset, length, out)
 
 
 # bound at import: install_hooks() patches os.open, and a cache file is never a hooked path
 _os_open = os.open
 
 
-def _read_file(path: str, offset: int, length: int | None) -> bytes | None:
+def _read_file(
+    path: str, offset: int, length: int | None, out: memoryview | None = None
+) -> bytes | memoryview | None:
     """Like _read_slice, of a block file by name: three system calls when ``length`` is
     known (open, pread, close), not the eight of a buffered ``open().read()``; with many
     reader threads each one is a hand-off of the interpreter lock."""
     fd = _os_open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return _read_fd(fd, offset, length)
+        return _read_fd(fd, offset, length, out)
     finally:
         os.close(fd)
 
 
-def _read_fd(fd: int, offset: int, length: int | None) -> bytes | None:
+def _read_fd(
+    fd: int, offset: int, length: int | None, out: memoryview | None
+) -> bytes | memoryview | None:
+    if out is not None:  # straight into the caller's buffer: no copy in Python
+        return out if os.preadv(fd, [out], offset) == len(out) else None
     if length is None:
         length = os.fstat(fd).st_size - offset
         if length < 0:
@@ -394,15 +408,27 @@ class BlockCache:
             raise ValueError(f"invalid slice of {length} bytes at {offset}")
         data = self._lookup(_block_key(blob, index), offset, length)
         self._counters.count(hit=data is not None)
+        assert not isinstance(data, memoryview)
         return data
 
-    def _lookup(self, key: str, offset: int, length: int | None) -> bytes | None:
+    def get_into(self, blob: str, index: int, offset: int, out: memoryview) -> bool:
+        """Fill ``out`` with the bytes from ``offset`` in a cached block; False if the
+        cache lacks them (``out`` may then hold anything)."""
+        if offset < 0:
+            raise ValueError(f"invalid slice of {len(out)} bytes at {offset}")
+        found = self._lookup(_block_key(blob, index), offset, len(out), out) is not None
+        self._counters.count(hit=found)
+        return found
+
+    def _lookup(
+        self, key: str, offset: int, length: int | None, out: memoryview | None = None
+    ) -> bytes | memoryview | None:
         where = self._where.get(key)
         if where is not None:
             # no SQLite lookup: the file is this block's, or gone (evicted since; diskcache
             # names files at random and never reuses a name)
             try:
-                return _read_file(where, offset, length)
+                return _read_file(where, offset, length, out)
             except OSError:
                 self._where.pop(key, None)
         try:
@@ -411,7 +437,7 @@ class BlockCache:
                 return None
             if not isinstance(value, bytes):
                 self._remember(key, value.name)
-            return _read_slice(value, offset, length)
+            return _read_slice(value, offset, length, out)
         except _DISK_ERRORS as exc:
             log.warning("cache lookup of %s failed, treated as a miss: %s", key, exc)
             return None

@@ -57,35 +57,65 @@ class BlobReader:
         size = max(0, min(size, self.blob.size - offset))
         if size == 0:
             return b""
+        pieces = self._gather(offset, size, None)
+        return b"".join(piece for piece in pieces if not isinstance(piece, int))
+
+    def readinto(self, offset: int, out: memoryview) -> int:
+        """Like read, into ``out`` (a byte view): cached bytes are read straight into it."""
+        size = max(0, min(len(out), self.blob.size - offset))
+        if size == 0:
+            return 0
+        at = 0
+        for piece in self._gather(offset, size, out[:size]):
+            if isinstance(piece, int):  # already in place
+                at += piece
+            else:
+                out[at : at + len(piece)] = piece
+                at += len(piece)
+        return size
+
+    def _gather(
+        self, offset: int, size: int, out: memoryview | None
+    ) -> list[bytes | memoryview | int]:
+        """The bytes of ``[offset, offset + size)``, a piece a block, in order; with ``out``,
+        a block the cache has is read into its place there, and its piece is its length."""
         with self._lock:
             plan = self._planner.on_read(offset, size)
         cache = self.client.cache
-        pieces: dict[int, bytes] = {}
+        ranges = blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE)
+        pieces: dict[int, bytes | memoryview | int] = {}
         missing: list[int] = []
         memo = self._memo
         if memo is None and plan.whole and self.blob.size <= BLOCK_SIZE:
             whole = self._take_fresh(0)
             memo = self._memo = None if whole is None else (0, whole)
-        for index, start, length in blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE):
+        at = 0
+        for index, start, length in ranges:
+            place, at = (None if out is None else out[at : at + length]), at + length
             if memo is not None and memo[0] == index:
-                pieces[index] = memo[1][start : start + length]
+                pieces[index] = memoryview(memo[1])[start : start + length]
                 continue
-            if plan.window:  # streaming: the rest of this block is read next, take it whole
-                whole = self._take_fresh(index)
+            whole = self._take_fresh(index) if plan.window else None
+            if whole is None and plan.window and place is None:
+                # streaming in small reads (the kernel's 128 KiB): the rest of this block is
+                # read next, take it whole
+                first, end = block_span(index, self.blob.size, BLOCK_SIZE)
+                whole = cache.get_block(self.blob.id, index, 0, end - first)
                 if whole is None:
-                    first, end = block_span(index, self.blob.size, BLOCK_SIZE)
-                    whole = cache.get_block(self.blob.id, index, 0, end - first)
-                if whole is not None and len(whole) >= start + length:
-                    memo = self._memo = (index, whole)
-                    pieces[index] = whole[start : start + length]
+                    missing.append(index)
+                    continue
+            if whole is not None:
+                memo = self._memo = (index, whole)
+                pieces[index] = memoryview(whole)[start : start + length]
+            elif place is not None:  # straight into the caller's buffer
+                if cache.get_into(self.blob.id, index, start, place):
+                    pieces[index] = length
                 else:
                     missing.append(index)
-                continue
-            data = cache.get_block(self.blob.id, index, start, length)
-            if data is None or len(data) != length:
-                missing.append(index)
-            else:
+            elif (data := cache.get_block(self.blob.id, index, start, length)) is not None:
                 pieces[index] = data
+            else:
+                missing.append(index)
         if self._on_first_read is not None:
             with self._lock:  # once, whichever of two racing first reads gets here first
                 tell, self._on_first_read = self._on_first_read, None
@@ -104,10 +134,10 @@ class BlobReader:
             fetched = self._fetch(missing)
             last = max(fetched)
             self._memo = (last, fetched[last])
-            for index, start, length in blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE):
+            for index, start, length in ranges:
                 if index in fetched:
-                    pieces[index] = fetched[index][start : start + length]
-        return b"".join(pieces[i] for i in sorted(pieces))
+                    pieces[index] = memoryview(fetched[index])[start : start + length]
+        return [pieces[index] for index, _, _ in ranges]
 
     def _take_fresh(self, index: int) -> bytes | None:
         """Block ``index`` if the prefetcher just fetched it, from memory (first reader only)."""
@@ -170,9 +200,7 @@ class RepoFile(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._reader.read(self._pos, len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
+        n = self._reader.readinto(self._pos, memoryview(buffer).cast("B"))
         self._pos += n
         return n
 

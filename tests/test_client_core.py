@@ -89,6 +89,31 @@ def test_random_reads_return_exact_bytes(
     assert repo.read_bytes("big.bin") == data
 
 
+def test_readinto_fills_exactly_the_bytes_asked_for_cold_and_warm(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    # warm blocks are read straight into the caller's buffer: every piece must land in place
+    repo_id, data = big
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    rng = random.Random(2)
+    reads = [(0, 3 * BLOCK_SIZE), (BLOCK_SIZE - 5, 10), (len(data) - 100, 4096)]
+    reads += [
+        (rng.randrange(len(data)), rng.choice([1, 4096, 1 << 20, BLOCK_SIZE + 9]))
+        for _ in range(30)
+    ]
+    for temperature in ("cold", "warm"):
+        with repo.raw_open("big.bin") as f:
+            for offset, size in reads:
+                buffer = bytearray(b"\xee" * (size + 3))
+                f.seek(offset)
+                n = f.readinto(memoryview(buffer)[:size])
+                want = data[offset : offset + size]
+                assert n == len(want), (temperature, offset, size)
+                assert buffer[:n] == want and buffer[n:] == b"\xee" * (size + 3 - n)
+    stats = repo.client.cache.stats()
+    assert stats["hits"] > len(reads) and stats["misses"] > 0
+
+
 def test_second_process_sends_no_blob_request(
     server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
 ) -> None:

@@ -62,6 +62,22 @@ def test_get_returns_exactly_the_slice_asked_for(cache: BlockCache, size: int) -
     assert cache.get(BLOB, 3, size // 2) == data[size // 2 :]
 
 
+@pytest.mark.parametrize("size", [BLOCK_SIZE, 1000, 40 * KiB])  # file-backed and inline values
+def test_get_into_fills_the_buffer_with_the_slice_or_reports_a_miss(
+    cache: BlockCache, size: int
+) -> None:
+    data = pattern(5, size)
+    cache.put(BLOB, 2, data)
+    for offset, length in [(0, size), (size - 1, 1), (size // 3, size // 2), (size, 0)]:
+        out = bytearray(length)
+        assert cache.get_into(BLOB, 2, offset, memoryview(out))
+        assert out == data[offset : offset + length]
+    assert not cache.get_into(BLOB, 2, size - 1, memoryview(bytearray(2)))  # past the end
+    assert not cache.get_into(BLOB, 3, 0, memoryview(bytearray(1)))  # not cached
+    with pytest.raises(ValueError):
+        cache.get_into(BLOB, 2, -1, memoryview(bytearray(1)))
+
+
 def test_a_slice_past_the_stored_bytes_is_a_miss_not_a_short_read(cache: BlockCache) -> None:
     cache.put(BLOB, 0, pattern(2, 64 * KiB))
     cache.put(BLOB, 1, b"tiny")
