@@ -15,6 +15,7 @@ the disk cache is shared.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -101,8 +102,15 @@ class Engine:
             except Exception as exc:  # background work must never take the loop down
                 log.debug("background task %s failed: %s", getattr(fn, "__name__", fn), exc)
 
-        assert self._nursery is not None
-        trio.from_thread.run_sync(self._nursery.start_soon, guarded, trio_token=self._trio_token)
+        nursery, token = self._nursery, self._trio_token
+        assert nursery is not None and token is not None
+
+        def start() -> None:  # on the loop, soon; the caller does not wait for it
+            with contextlib.suppress(RuntimeError):  # closing: background work is dropped
+                nursery.start_soon(guarded)
+
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(start)
 
     def close(self) -> None:
         if not self.alive:
