@@ -67,10 +67,13 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
         self.fs = fs
         self._on_ready = on_ready
         if fs.overlay is None:
-            # a pinned commit: libfuse answers open, flush and release in C, and reads come by
-            # path; a file in the kernel's page cache then costs no call into Python at all
+            # A pinned commit keeps no per-open state: reads come by path. The first open is
+            # answered ENOSYS, which the kernel (since Linux 3.14) takes as "this file system
+            # needs no open": it sends no FUSE_OPEN and no FUSE_RELEASE for any file from then
+            # on and keeps the page cache across opens (FOPEN_KEEP_CACHE). Answered with
+            # success in C instead, every open was still a round trip to a libfuse thread.
             self.flush = None  # type: ignore[method-assign,assignment]
-            self.open = None  # type: ignore[method-assign,assignment]
+            self.open = self._no_open  # type: ignore[method-assign]
             self.release = None  # type: ignore[method-assign,assignment]
             self.read = self._read_by_path  # type: ignore[method-assign]
 
@@ -90,6 +93,9 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
             raise
         finally:
             log.debug("<- %s %s", op, _short(result))
+
+    def _no_open(self, path: str, flags: int) -> int:
+        raise FuseOSError(errno.ENOSYS)
 
     def init(self, path: str) -> None:
         if self._on_ready is not None:

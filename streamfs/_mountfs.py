@@ -8,8 +8,9 @@ commits (see _overlay.py). The FUSE adapter (_fuse.py) only translates.
 Handles: an integer per open file of a writable mount. Readers get a
 BlobReader of their own (readahead state is per handle); writers get a staged
 file. ``_handles`` is guarded by ``_lock``, held for dict operations only. A
-read-only mount has no handles: libfuse answers open and release itself and
-reads come by path (``read_path``, readers kept per stream in PathReaders).
+read-only mount has no handles: the kernel stops sending opens and releases
+(see _fuse.py) and reads come by path (``read_path``, readers kept per stream
+in PathReaders).
 """
 
 from __future__ import annotations
