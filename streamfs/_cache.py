@@ -65,6 +65,7 @@ from typing import IO, Any
 import diskcache
 
 from ._errors import InvalidInputError
+from ._realos import real as real_os
 
 log = logging.getLogger("streamfs.cache")
 
@@ -345,17 +346,13 @@ def _read_slice(
         return _read_fd(handle.fileno(), offset, length, out)
 
 
-# bound at import: install_hooks() patches os.open, and a cache file is never a hooked path
-_os_open = os.open
-
-
 def _read_file(
     path: str, offset: int, length: int | None, out: memoryview | None = None
 ) -> bytes | memoryview | None:
     """Like _read_slice, of a block file by name: three system calls when ``length`` is
     known (open, pread, close), not the eight of a buffered ``open().read()``; with many
     reader threads each one is a hand-off of the interpreter lock."""
-    fd = _os_open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = real_os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # a cache file is never hooked
     try:
         return _read_fd(fd, offset, length, out)
     finally:

@@ -17,14 +17,12 @@ no lock; ``HookedRepo._lock`` guards creating the writer only.
 
 from __future__ import annotations
 
-import importlib
 import os
 import stat as stat_mod
 import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from ._client import Client
 from ._errors import (
@@ -40,10 +38,8 @@ from ._model import Commit, Entry, RepoSpec, decode_commit, object_id, parse_rep
 from ._mount import _branch_of
 from ._overlay import Overlay, StagedHandle
 from ._reader import BlobReader
+from ._realos import real as _real
 from ._view import RepoView, entry_stat, make_stat
-
-# the unpatched functions: os.stat is posix.stat until hooked, and posix is never patched
-_real: Any = importlib.import_module("nt" if os.name == "nt" else "posix")
 
 CHUNK = 8 * 1024 * 1024
 

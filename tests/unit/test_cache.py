@@ -24,6 +24,7 @@ from streamfs._cache import (
 )
 from streamfs._errors import InvalidInputError
 from streamfs._model import BLOCK_SIZE
+from streamfs._realos import real as real_os
 
 BLOB = "ab" * 32
 KiB = 1024
@@ -163,16 +164,19 @@ def test_a_remembered_block_of_known_length_costs_an_open_a_pread_and_a_close(
         return call
 
     class CountingOs:
+        def __init__(self, module: Any) -> None:
+            self.module = module
+
         def __getattr__(self, name: str) -> Any:
-            value = getattr(os, name)
+            value = getattr(self.module, name)
             return (
                 counted(name, value)
-                if name in {"pread", "read", "fstat", "lseek", "close"}
+                if name in {"open", "pread", "read", "fstat", "lseek", "close"}
                 else value
             )
 
-    monkeypatch.setattr("streamfs._cache.os", CountingOs())
-    monkeypatch.setattr("streamfs._cache._os_open", counted("open", os.open))
+    monkeypatch.setattr("streamfs._cache.os", CountingOs(os))
+    monkeypatch.setattr("streamfs._cache.real_os", CountingOs(real_os))
     monkeypatch.setattr("builtins.open", counted("buffered open", open))
     assert cache.get(BLOB, 0, 10, 1000) == data[10:1010]
     assert cache.get(BLOB, 0, 0, len(data)) == data
