@@ -48,7 +48,7 @@ Invariants and choices:
 
 from __future__ import annotations
 
-import io
+import contextlib
 import logging
 import os
 import re
@@ -231,23 +231,65 @@ class _Guarded:
 
 
 class _WholeWriteDisk(diskcache.Disk):  # type: ignore[misc]  # untyped library
-    """diskcache's Disk, except that a big bytes value is written to its file in one piece.
+    """diskcache's Disk, except for how a block file is named and written.
 
-    diskcache writes bytes values through ``io.BytesIO`` iterated line by line: for random
-    data that is a Python object and a ~4 KiB ``write`` per 256 bytes on average (strace: 30,000
-    writes for a 128 MiB file). Handing the bytes over as a file to read makes it one
-    ``read(4 MiB)`` and one ``write``; small values still go inline into SQLite.
+    - **Written in one piece.** diskcache writes bytes through ``io.BytesIO`` iterated line by
+      line (strace: 30,000 ``write``s for a 128 MiB file) with a buffered ``open`` and a
+      ``makedirs`` first; here a new file is ``open(O_EXCL)``, one ``write``, ``close``.
+    - **256 folders, made once.** diskcache names a file ``ab/cd/REST.val``: 65,536 possible
+      folders, so nearly every block of a cold epoch made a new folder (``mkdir`` is an ext4
+      inode and a directory block; perf put ~half of a cold epoch's cache-writer kernel time in
+      ``ext4_mkdir``), and an eviction removed it again. Here a name is ``ab/REST.val`` and a
+      folder is kept when it empties. Names stay random and never reused, which the remembered
+      file names rely on; files named by older versions (two levels) are still read and removed.
+
+    Small values still go inline into SQLite.
     """
 
     remember: Callable[[str, str], None] | None = None  # told (key, path) of each file written
 
+    def filename(self, key: Any = diskcache.core.UNKNOWN, value: Any = None) -> tuple[str, str]:
+        hex_name = os.urandom(16).hex()
+        name = f"{hex_name[:2]}/{hex_name[2:]}.val"
+        return name, os.path.join(self._directory, name)
+
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if type(value) is bytes and len(value) >= self.min_file_size:
-            stored = super().store(io.BytesIO(value), True, key=key)
+            name, path = self.filename(key, value)
+            _write_new_file(path, value)
             if self.remember is not None and isinstance(key, str):
-                self.remember(key, os.path.join(self._directory, stored[2]))
-            return stored
+                self.remember(key, path)
+            return len(value), diskcache.core.MODE_BINARY, name, None
         return super().store(value, read, key=key)
+
+    def remove(self, file_path: str) -> None:
+        if file_path.count("/") > 1:  # an older version's ab/cd/ name: its folders go too
+            super().remove(file_path)
+            return
+        with contextlib.suppress(OSError):  # another process may have removed it first
+            real_os.unlink(os.path.join(self._directory, file_path))
+
+
+def _write_new_file(path: str, data: bytes) -> None:
+    """``data`` as the new file ``path`` (never an existing one), its folder made if missing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = real_os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+            real_os.mkdir(os.path.dirname(path))
+        fd = real_os.open(path, flags, 0o666)
+    try:
+        with memoryview(data) as view:
+            done = 0
+            while done < len(view):
+                done += real_os.write(fd, view[done:])
+    except BaseException:
+        real_os.close(fd)
+        with contextlib.suppress(OSError):
+            real_os.unlink(path)
+        raise
+    real_os.close(fd)
 
 
 def _open_cache(directory: str, **settings: Any) -> _Guarded:

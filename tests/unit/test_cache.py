@@ -128,6 +128,39 @@ def test_a_block_is_written_in_a_few_calls_not_line_by_line(cache: BlockCache) -
     assert cache.get(BLOB, 2) == lines[: 100 * KiB]
 
 
+def test_block_files_go_into_256_folders_that_stay(tmp_path: Path) -> None:
+    # one level of folders: a cold epoch must not make a folder (an inode) for nearly every file
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache:
+        for i in range(600):
+            cache.put(BLOB, i, pattern(i, 40 * KiB))
+        blocks = tmp_path / "c" / "blocks"
+        files = list(blocks.rglob("*.val"))
+        assert len(files) == 600
+        assert {f.parent.parent for f in files} == {blocks}
+        folders = {f.parent.name for f in files}
+        assert len(folders) <= 256 and all(len(name) == 2 for name in folders)
+        assert cache.get(BLOB, 599) == pattern(599, 40 * KiB)
+        cache.clear()
+        assert not list(blocks.rglob("*.val"))
+        assert {p.name for p in blocks.iterdir() if p.is_dir()} == folders  # kept for reuse
+
+
+def test_removing_a_file_named_by_older_versions_removes_its_empty_folders(
+    cache: BlockCache,
+) -> None:
+    disk = cache._blocks._cache._disk
+    root = Path(disk._directory)
+    (root / "ab" / "cd").mkdir(parents=True)
+    (root / "ab" / "cd" / "old.val").write_bytes(b"x")
+    (root / "ef").mkdir()
+    (root / "ef" / "new.val").write_bytes(b"y")
+    disk.remove("ab/cd/old.val")
+    disk.remove("ef/new.val")
+    disk.remove("ef/gone.val")  # removed by another process first: no error
+    assert not (root / "ab").exists()
+    assert (root / "ef").is_dir() and not (root / "ef" / "new.val").exists()
+
+
 # ----------------------------------------------------------------- metadata, stats, clear
 
 
