@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -351,3 +352,67 @@ class RcloneMount:
         subprocess.run(["fusermount", "-u", str(self.point)], capture_output=True)
         self.bg.stop()
         force_unmount(self.point)
+
+
+# --------------------------------------------------------------------------- scratch disk
+
+
+def has_journal(path: Path) -> bool | None:
+    """Whether the ext4 file system holding ``path`` keeps a journal; None if it is not ext4."""
+    dev = os.stat(path).st_dev
+    name = Path(os.path.realpath(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")).name
+    task = Path(f"/sys/fs/ext4/{name}/journal_task")
+    return task.read_text().strip() != "<none>" if task.exists() else None
+
+
+@contextlib.contextmanager
+def scratch_disk(point: Path, image: Path, size_gb: int, log: Path) -> Iterator[tuple[bool, str]]:
+    """A journaled ext4 file system at ``point`` (a sparse image on a loop device, direct I/O).
+
+    Yields (True, what it is) or, when it cannot be made (not root, no loop device, no
+    mkfs.ext4), (False, why not) with ``point`` a plain folder. Unmounted, detached and deleted
+    at the end.
+    """
+
+    def run(*cmd: str) -> str:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        with open(log, "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]}: {proc.stderr.strip() or proc.returncode}")
+        return proc.stdout.strip()
+
+    if os.path.ismount(point):  # left over from a run that was killed
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+    point.mkdir(parents=True, exist_ok=True)
+    missing = [t for t in ("losetup", "mkfs.ext4", "mount", "umount") if not shutil.which(t)]
+    if os.geteuid() != 0 or missing:
+        yield False, "not root" if os.geteuid() != 0 else f"no {', '.join(missing)}"
+        return
+    device = ""
+    try:
+        with open(image, "wb") as f:
+            f.truncate(size_gb * 1024**3)
+        device = run("losetup", "--find", "--show", "--direct-io=on", str(image))
+        run("mkfs.ext4", "-q", "-F", "-E", "nodiscard", device)
+        run("mount", "-o", "discard", device, str(point))
+    except (OSError, RuntimeError) as exc:
+        if device:
+            subprocess.run(["losetup", "-d", device], capture_output=True)
+        image.unlink(missing_ok=True)
+        yield False, str(exc)
+        return
+    try:
+        yield (
+            True,
+            (
+                f"cold caches, downloads and mount points on a journaled ext4 file system made for "
+                f"the run ({size_gb} GiB sparse image on a loop device, direct I/O)"
+            ),
+        )
+    finally:
+        for sub in point.iterdir():
+            force_unmount(sub)
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+        image.unlink(missing_ok=True)
