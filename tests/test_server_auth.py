@@ -429,7 +429,7 @@ def test_open_server_asked_for_all_interfaces_binds_loopback_only(tmp_path: Path
         warning = stderr.wait_for("no --token-file")
         assert "binding to 127.0.0.1 instead of 0.0.0.0" in warning
         assert f"http://127.0.0.1:{port}" in stderr.wait_for("serving")
-        assert f"127.0.0.1:{port}" in stderr.wait_for("Running on")  # Hypercorn has bound
+        assert f"http://127.0.0.1:{port}" in stderr.wait_for("listening on")  # bound
         response = httpx.get(f"http://127.0.0.1:{port}/v1/repos", timeout=10)
         assert response.status_code == 200 and response.json() == {"repos": []}
         # The kernel's socket table says where it listens (no traffic to any other address).

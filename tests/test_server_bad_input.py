@@ -63,10 +63,8 @@ def raw(
         response = http.client.HTTPResponse(sock, method=method)
         response.begin()
         content = response.read()
-        # Wait for the server to close ("Connection: close") before closing our end. A client
-        # that hangs up right after a response to a request whose body it never sent makes
-        # Hypercorn 0.18 log a BusyResourceError traceback: its TCPServer._close() calls
-        # send_eof() without the send lock, racing the empty write of h11's EndOfMessage.
+        # Wait for the server to close ("Connection: close") before closing our end, so a
+        # server still writing never meets a client that already hung up.
         while sock.recv(65536):
             pass
         return httpx.Response(response.status, headers=response.getheaders(), content=content)
@@ -931,6 +929,21 @@ def test_whole_blob_and_range_on_an_empty_blob(srv: ServerProcess) -> None:
 
 
 # ----------------------------------------------------------------- routes
+
+
+@pytest.mark.parametrize("where", ["headers", "target"])
+def test_a_request_head_over_64_kib_is_400_and_the_server_carries_on(
+    srv: ServerProcess, repo: Repo, where: str
+) -> None:
+    pad = "v" * 1000
+    if where == "headers":
+        response = raw(srv, "GET", f"/v1{repo.path}", {f"X-Pad-{i}": pad for i in range(70)})
+    else:
+        response = raw(srv, "GET", f"/v1{repo.path}?pad={pad * 70}")
+    assert response.status_code == 400
+    assert call(srv, "GET", repo.path).status_code == 200
+    just_under = raw(srv, "GET", f"/v1{repo.path}", {f"X-Pad-{i}": pad for i in range(60)})
+    assert just_under.status_code == 200
 
 
 def test_unknown_routes_are_404_json(srv: ServerProcess, repo: Repo) -> None:
