@@ -752,7 +752,7 @@ def scratch_note(made: bool, why: str) -> str:
         note += (
             ", on ext4 without a journal: there ext4 passes over every inode freed in the last "
             "1-6 minutes before it reuses one, so each file made after a deleted cache costs "
-            "more (see 'Where the cold caches go')"
+            "more (see 'Disk' in Method)"
         )
     return note
 

@@ -283,7 +283,8 @@ class Api:
     async def get_blob(self, request: Request) -> Response:
         # The hottest request of an epoch (a file read before its folder was prefetched): the
         # repo, the blob's size and, for a range of at most CHUNK, its bytes come in two hops
-        # to a worker thread, not four, and go out as one body (server CPU ~1.8 -> ~1 ms a GET).
+        # to a worker thread, not four, and go out as one body (on Hypercorn: 1.8-2.0 -> 1.4-1.6
+        # ms of server CPU a GET of 110 KiB).
         owner, name = _repo_names(request)
         principal = self.principal(request)
         oid = check_object_id(request.path_params["id"], "blob id")
