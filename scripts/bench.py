@@ -103,7 +103,10 @@ class Run:
                 stats = proxy.stats()
                 out["down"] += stats["bytes_down"]
                 out["up"] += stats["bytes_up"]
-        out["blob_sent"] = server_metrics(self.server_url).get("blob_bytes_sent", 0)
+        served = server_metrics(self.server_url)
+        out["blob_sent"] = served.get("blob_bytes_sent", 0)
+        out["blob_gets"] = served.get("blob_get_requests", 0)
+        out["batches"] = served.get("blob_batch_requests", 0)
         return out
 
     def measure(
@@ -128,6 +131,9 @@ class Run:
             "bytes_down": after["down"] - before["down"],
             "bytes_up": after["up"] - before["up"],
             "blob_bytes_sent": after["blob_sent"] - before["blob_sent"],
+            # a file read before prefetching reached it is one GET; prefetched ones come in batches
+            "blob_get_requests": after["blob_gets"] - before["blob_gets"],
+            "blob_batch_requests": after["batches"] - before["batches"],
             **metrics,
         }
         self.records.append(record)
@@ -328,7 +334,10 @@ def w_epoch(ctx: Run, run: int) -> None:
     systems += [(report.DL_BATCH, download("download_curl_batches"))]
     systems += [(report.LOCAL, local)] + ([(report.RCLONE, rclone)] if ctx.rclone else [])
     for name, fn in systems:
-        add_fetched(ctx.measure("epoch", name, run, fn), ctx.small_bytes)
+        record = ctx.measure("epoch", name, run, fn)
+        add_fetched(record, ctx.small_bytes)
+        if "error" not in record:  # files fetched by a request of their own, not in a batch
+            record["gets_per_file"] = record["blob_get_requests"] / len(ctx.sets.small)
 
 
 def w_seq(ctx: Run, run: int) -> None:

@@ -247,6 +247,7 @@ COLUMNS: dict[str, list[tuple[str, str, str | None]]] = {
         ("epoch1_MBps", "epoch 1 MB/s", None),
         ("epoch2_files_s", "warm epoch files/s (median of 3)", None),
         ("fetched_ratio", "bytes fetched / dataset", None),
+        ("gets_per_file", "GETs of one blob / file", None),
         ("rss_mb", "peak RSS (MB)", None),
     ],
     "seq": [
