@@ -931,13 +931,15 @@ def test_whole_blob_and_range_on_an_empty_blob(srv: ServerProcess) -> None:
 # ----------------------------------------------------------------- routes
 
 
-@pytest.mark.parametrize("where", ["headers", "target"])
+@pytest.mark.parametrize("where", ["headers", "many empty headers", "target"])
 def test_a_request_head_over_64_kib_is_400_and_the_server_carries_on(
     srv: ServerProcess, repo: Repo, where: str
 ) -> None:
     pad = "v" * 1000
     if where == "headers":
         response = raw(srv, "GET", f"/v1{repo.path}", {f"X-Pad-{i}": pad for i in range(70)})
+    elif where == "many empty headers":
+        response = raw(srv, "GET", f"/v1{repo.path}", {f"X{i}": "" for i in range(12_000)})
     else:
         response = raw(srv, "GET", f"/v1{repo.path}?pad={pad * 70}")
     assert response.status_code == 400

@@ -46,7 +46,7 @@ class _BoundedHttpTools(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF: many empty headers count too
         super().on_header(name, value)
 
     def _count(self, n: int) -> None:
