@@ -34,7 +34,7 @@ from ._errors import (
 )
 from ._hookconfig import HookSpec
 from ._hookwrite import HookWriter, recover_orphans
-from ._model import Commit, Entry, RepoSpec, decode_commit, object_id, parse_repo_spec
+from ._model import Commit, Entry, RepoSpec, Tree, decode_commit, object_id, parse_repo_spec
 from ._mount import _branch_of
 from ._overlay import Overlay, StagedHandle
 from ._reader import BlobReader
@@ -121,9 +121,13 @@ class HookedRepo:
     # ------------------------------------------------------------ reading
 
     def lookup(self, rel: str) -> Entry:
+        return self._locate(rel)[0]
+
+    def _locate(self, rel: str) -> tuple[Entry, Tree | None]:
+        """The entry at ``rel`` and, on a pinned view, the tree of its folder (one walk)."""
         overlay = self._overlay_or_none()
         try:
-            return overlay.lookup(rel) if overlay is not None else self._view.lookup(rel)
+            return (overlay.lookup(rel), None) if overlay is not None else self._view.locate(rel)
         except InvalidInputError:  # a name no repository path can have
             raise PathNotFoundError("no such file or directory", filename=rel) from None
 
@@ -183,10 +187,10 @@ class HookedRepo:
         return overlay.staging / local if local is not None else None
 
     def reader(self, rel: str) -> BlobReader:
-        entry = self.lookup(rel)
+        entry, folder = self._locate(rel)
         if entry.is_dir:
             raise IsADirError("is a directory", filename=rel)
-        return self.view.reader(rel, entry)
+        return self.view.reader(rel, entry, folder)
 
     # ------------------------------------------------------------ materializing
 

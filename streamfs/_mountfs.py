@@ -162,10 +162,13 @@ class MountFS:
 
     def _reader(self, rel: str) -> BlobReader:
         """A reader of the committed file at ``rel`` (the base commit, on a writable mount)."""
-        entry = self.lookup(rel)
+        if self.overlay is None:  # one walk gives the folder (for the prefetcher) too
+            entry, folder = self.view.locate(rel)
+        else:
+            entry, folder = self.overlay.lookup(rel), None
         if entry.is_dir:
             raise IsADirError("is a directory", filename=rel)
-        return self._base().reader(rel, entry)
+        return self._base().reader(rel, entry, folder)
 
     def release(self, fh: int) -> None:
         with self._lock:

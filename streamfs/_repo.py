@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from ._client import Client
 from ._errors import IsADirError
 from ._model import parse_repo_spec
-from ._reader import RepoFile
+from ._reader import BlobReader, RepoFile
 from ._view import RepoView, make_stat
 
 
@@ -80,11 +80,14 @@ class Repo:
         return io.BufferedReader(raw, buffer_size=size)
 
     def raw_open(self, path: str) -> RepoFile:
-        entry = self.view.lookup(path)
-        if entry.is_dir:
-            raise IsADirError("is a directory", filename=path)
-        return RepoFile(self.view.reader(path, entry), path)
+        return RepoFile(self._reader(path), path)
 
     def read_bytes(self, path: str) -> bytes:
-        with self.raw_open(path) as f:
-            return f.readall()
+        reader = self._reader(path)
+        return reader.read(0, reader.blob.size)
+
+    def _reader(self, path: str) -> BlobReader:
+        entry, folder = self.view.locate(path)
+        if entry.is_dir:
+            raise IsADirError("is a directory", filename=path)
+        return self.view.reader(path, entry, folder)

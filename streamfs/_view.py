@@ -121,16 +121,21 @@ class RepoView:
 
     def lookup(self, path: str) -> Entry:
         """The entry at ``path`` ('' is the root). Raises PathNotFoundError / NotADirError."""
-        entry = self.root
+        return self.locate(path)[0]
+
+    def locate(self, path: str) -> tuple[Entry, Tree | None]:
+        """The entry at ``path`` and the tree of the folder it is in (None for the root)."""
+        entry, folder = self.root, None
         parts = split_path(path)
         for i, part in enumerate(parts):
             if not entry.is_dir:
                 raise NotADirError("not a directory", filename="/".join(parts[:i]))
-            child = self.tree(entry.id).get(part)
+            folder = self.tree(entry.id)
+            child = folder.get(part)
             if child is None:
                 raise PathNotFoundError("no such file or directory", filename="/".join(parts))
             entry = child
-        return entry
+        return entry, folder
 
     def listdir(self, path: str) -> Tree:
         entry = self.lookup(path)
@@ -152,18 +157,21 @@ class RepoView:
 
     # ------------------------------------------------------------ reading
 
-    def reader(self, path: str, entry: Entry) -> BlobReader:
-        """A reader of the file ``entry`` at ``path``; its first read tells the prefetcher."""
+    def reader(self, path: str, entry: Entry, folder: Tree | None = None) -> BlobReader:
+        """A reader of the file ``entry`` at ``path`` (in ``folder``, if the caller has that
+        tree at hand: see ``locate``); its first read tells the prefetcher."""
         blob = BlobRef(self.owner, self.name, entry.id, entry.size)
         if self._planner is None:
             return BlobReader(self.client, blob, path)
-        return BlobReader(self.client, blob, path, functools.partial(self._note_open, path, entry))
+        tell = functools.partial(self._note_open, path, entry, folder)
+        return BlobReader(self.client, blob, path, tell)
 
-    def _note_open(self, path: str, entry: Entry, missed: bool) -> None:
+    def _note_open(self, path: str, entry: Entry, tree: Tree | None, missed: bool) -> None:
         assert self._planner is not None
         folder = path.strip("/").rpartition("/")[0]
         try:
-            siblings = self.listdir(folder).entries  # in memory: looking up ``path`` loaded it
+            # in memory either way: looking up ``path`` loaded it
+            siblings = (tree if tree is not None else self.listdir(folder)).entries
         except StreamfsError:  # e.g. a folder that only a branch mount's new files make
             return
         with self._plan_lock:

@@ -172,6 +172,24 @@ def test_corrupted_block_is_never_served(
     assert repo.client.cache.get_block(blob, 1, 0, 10) is None
 
 
+def test_a_corrupted_small_file_read_whole_is_never_served(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    data = random.Random(12).randbytes(100_000)
+    blob = hashlib.sha256(data).hexdigest()
+    publish(server, f"alice/{repo_name}", {"img/cat.jpg": data}, tmp_path)
+    stored = server.root / "data" / "objects" / "blob" / blob[:2] / blob[2:]
+    with open(stored, "r+b") as f:
+        f.seek(500)
+        f.write(bytes([data[500] ^ 0xFF]))
+    repo = open_repo(server, f"alice/{repo_name}", tmp_path / "cache")
+    for _ in range(2):  # the second read finds nothing cached either
+        with pytest.raises(streamfs.IntegrityError) as info:
+            repo.read_bytes("img/cat.jpg")
+        assert info.value.errno == errno.EIO and "img/cat.jpg" in str(info.value)
+    assert repo.client.cache.get_block(blob, 0) is None
+
+
 def test_dead_server_is_an_error_within_the_bound(
     server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
 ) -> None:
