@@ -52,7 +52,11 @@ MAX_ENTRIES_IN_MEMORY = 100_000
 # Prefetched and never opened: at most this, plus what was read, plus 4x what prefetching saved
 # (_siblings.py) ...
 PREFETCH_BASE = 32 * 1024 * 1024
-PREFETCH_CAP_SHARE = 4  # ... and at most this share of the cache
+# ... and at most half the cache. A quarter left a third of a full-size epoch (20,000 files,
+# 2.4 GB, a 3.1 GB cache) to one request a file: the window could not cover what was left
+# (docs/benchmarks.md). Prefetched blocks are the newest in the cache, so the other half is
+# what eviction takes from first.
+PREFETCH_CAP_SHARE = 2
 
 
 class RepoView:
