@@ -42,8 +42,9 @@ class BlobReader:
         # told once, at the first read, whether the cache lacked any of it: the file was
         # opened (the sibling prefetcher's evidence; a warm read plans nothing)
         self._on_first_read = on_first_read
-        self._planner = ReadaheadPlanner(blob.size, BLOCK_SIZE, min_stream=MIN_STREAM)
-        self._lock = threading.Lock()  # guards the planner only
+        # made at the first read that needs it: a small file read whole never does
+        self._planner: ReadaheadPlanner | None = None
+        self._lock = threading.Lock()  # guards the planner and _on_first_read
         # The last block this handle fetched, whole: the kernel reads a file in 128 KiB pieces,
         # and the rest of a block just fetched should not cost a cache lookup each.
         self._memo: tuple[int, bytes] | None = None
@@ -51,7 +52,13 @@ class BlobReader:
     def continues(self, offset: int) -> bool:
         """Whether a read at ``offset`` continues this reader's stream (see ReadaheadPlanner)."""
         with self._lock:
-            return self._planner.continues(offset)
+            return self._readahead().continues(offset)
+
+    def _readahead(self) -> ReadaheadPlanner:
+        """This reader's readahead state (the caller holds ``_lock``)."""
+        if self._planner is None:
+            self._planner = ReadaheadPlanner(self.blob.size, BLOCK_SIZE, min_stream=MIN_STREAM)
+        return self._planner
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.blob.size - offset))
@@ -82,7 +89,7 @@ class BlobReader:
         """The bytes of ``[offset, offset + size)``, a piece a block, in order; with ``out``,
         a block the cache has is read into its place there, and its piece is its length."""
         with self._lock:
-            plan = self._planner.on_read(offset, size)
+            plan = self._readahead().on_read(offset, size)
         cache = self.client.cache
         ranges = blocks_for_range(offset, size, self.blob.size, BLOCK_SIZE)
         pieces: dict[int, bytes | memoryview | int] = {}
@@ -147,8 +154,7 @@ class BlobReader:
         whole = self._take_fresh(0)
         if whole is None:
             whole = self.client.cache.get_block(self.blob.id, 0, 0, self.blob.size)
-        with self._lock:
-            self._planner.on_read(0, self.blob.size)  # one block: nothing to read ahead
+        with self._lock:  # one block: no readahead to plan
             tell, self._on_first_read = self._on_first_read, None
         if tell is not None:
             tell(whole is None)
