@@ -52,6 +52,16 @@ def real_lstat(path: str) -> os.stat_result | None:
         return None
 
 
+def real_exists(path: str) -> bool:
+    """Whether anything (a dangling link too) is at ``path`` on the local disk; like
+    ``real_lstat(path) is not None`` without raising (and building) an error when nothing is,
+    the usual answer for a hooked path."""
+    try:
+        return bool(_real.access(path, os.F_OK, follow_symlinks=False))
+    except ValueError:  # a NUL in the path: nothing local can be there
+        return False
+
+
 def _parent(rel: str) -> str:
     return rel.rsplit("/", 1)[0] if "/" in rel else ""
 
@@ -347,7 +357,7 @@ class HookFS:
     def for_read(self, path: str) -> tuple[HookedRepo, str] | None:
         """Hooked, unless a real local file or folder is there (it wins)."""
         hit = self.match(path)
-        if hit is None or real_lstat(path) is not None:
+        if hit is None or real_exists(path):
             return None
         return hit
 

@@ -69,6 +69,8 @@ def raw_mode(mode: str) -> str:
 
 def check_mode(mode: str, buffering: int, encoding: str | None) -> None:
     """The ValueErrors ``open`` raises for a bad mode (before anything is looked up)."""
+    if mode == "rb" and encoding is None:  # what loaders pass on every open
+        return
     chars = set(mode)
     if (
         len(mode) != len(chars)
