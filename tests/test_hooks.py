@@ -237,8 +237,8 @@ def test_local_files_take_precedence(env: Path, server: ServerProcess, repo_name
     (root / "d0" / "mine.txt").write_bytes(b"mine")
     (root / "d0" / "f004.bin").symlink_to(root / "nowhere")  # dangling, and still the user's
     streamfs.install_hooks(f"alice/{repo_name}", root)
-    with pytest.raises(FileNotFoundError):
-        open(root / "d0" / "f004.bin", "rb")
+    with pytest.raises(FileNotFoundError), open(root / "d0" / "f004.bin", "rb"):
+        pass
     assert (root / "top.txt").read_bytes() == b"my own file"
     assert os.path.getsize(root / "top.txt") == len(b"my own file")
     names = os.listdir(root / "d0")
