@@ -775,7 +775,7 @@ def write_results(
     started: float,
 ) -> None:
     summary = report.summarize(ctx.records)
-    rows = report.evaluate(summary)
+    rows = report.evaluate(summary, ctx.records)
     bw = f", bandwidth cap {args.bandwidth} each way" if args.bandwidth else ""
     meta = {
         "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -810,7 +810,7 @@ def write_results(
             indent=1,
         )
     )
-    generated = report.render(meta, summary, rows)
+    generated = report.render(meta, summary, rows, ctx.records)
     out = Path(args.out)
     existing = out.read_text() if out.exists() else None
     out.write_text(report.merge_into(existing, generated, TEMPLATE))

@@ -1,0 +1,82 @@
+"""scripts/bench_report.py: a ratio is taken within each run, then the median of those."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_report.py"
+    spec = importlib.util.spec_from_file_location("bench_report", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_report"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _records(report: ModuleType) -> list[dict[str, Any]]:
+    # the machine drifts: the baseline is fast in run 2, and our system in run 1
+    ours = [10.0, 40.0, 30.0]
+    rclone = [20.0, 20.0, 60.0]
+    out: list[dict[str, Any]] = []
+    for run, (a, b) in enumerate(zip(ours, rclone, strict=True)):
+        for system, v in ((report.API, a), (report.RCLONE, b)):
+            out.append(
+                {"rtt_ms": 0.0, "workload": "random", "system": system, "run": run, "reads_s": v}
+            )
+    out.append(  # a failed run counts for nothing
+        {"rtt_ms": 0.0, "workload": "random", "system": report.RCLONE, "run": 3, "error": "x"}
+    )
+    return out
+
+
+def _row(rows: list[dict[str, Any]], target: str, system: str) -> dict[str, Any]:
+    (row,) = [r for r in rows if r["target"] == target and r["system"] == system]
+    return row
+
+
+def test_a_target_ratio_is_the_median_of_the_runs_own_ratios(report: ModuleType) -> None:
+    records = _records(report)
+    summary = report.summarize(records)
+    row = _row(report.evaluate(summary, records), "random reads/s >= rclone", report.API)
+    assert row["measured"] == pytest.approx(0.5)  # runs: 0.5, 2.0, 0.5
+    assert row["result"] == "MISS"
+    assert row["value"] == 30.0 and row["baseline"] == 20.0  # the medians, as shown
+
+
+def test_without_records_the_ratio_is_of_the_medians(report: ModuleType) -> None:
+    summary = report.summarize(_records(report))
+    row = _row(report.evaluate(summary), "random reads/s >= rclone", report.API)
+    assert row["measured"] == pytest.approx(1.5)  # 30 / 20
+    assert row["result"] == "PASS"
+
+
+def test_the_table_shows_the_paired_ratio(report: ModuleType) -> None:
+    records = _records(report)
+    summary = report.summarize(records)
+    lines = report.workload_table(summary, 0.0, "random", report.by_run(records))
+    (api_line,) = [line for line in lines if line.startswith(f"| {report.API} |")]
+    assert api_line.split(" | ")[-2] == "0.50x"
+    text = report.render(
+        {
+            "when": "now",
+            "mode": "quick",
+            "machine": "m",
+            "commit": "c",
+            "runs": 3,
+            "elapsed_s": 1.0,
+            "data": "d",
+        },
+        summary,
+        report.evaluate(summary, records),
+        records,
+    )
+    assert "| 0.50x |" in text and "1.50x" not in text
