@@ -65,9 +65,15 @@ def check_name(value: object, what: str = "name") -> str:
 
 
 def check_ref_name(value: object, what: str = "ref name") -> str:
-    """A branch or tag name: name parts separated by '/', like git's."""
+    """A branch or tag name: name parts separated by '/', like git's.
+
+    A full commit id is not one: it names its commit, always, so a run pinned to a commit id
+    cannot be moved by a branch that spells it (a shorter hex prefix can be shadowed, as in git).
+    """
     if not isinstance(value, str) or not 0 < len(value) <= 200:
         raise InvalidInputError(f"invalid {what} {value!r}")
+    if is_object_id(value):
+        raise InvalidInputError(f"invalid {what} {value!r}: a full commit id names that commit")
     parts = value.split("/")
     for part in parts:
         if _REF_PART_RE.fullmatch(part) is None or part.endswith(".lock") or ".." in part:

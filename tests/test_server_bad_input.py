@@ -561,6 +561,8 @@ BAD_REFS = [
     "x" * 201,
     "x" * 101,
     f"../../{CANARY}",
+    "0" * 64,  # a full commit id names its commit: no ref may shadow a pinned revision
+    "ab" * 32,
 ]
 
 
