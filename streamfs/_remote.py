@@ -29,6 +29,29 @@ UPLOAD_CHUNK = 1024 * 1024
 MISSING_BATCH = 10_000
 
 
+class _NoCookies(httpx.Cookies):
+    """No cookie jar: the server sets none and streamfs sends none, yet httpx would wrap every
+    response in urllib's cookie machinery to look for them (about 5 % of the mount daemon's
+    interpreter time in a cold epoch, py-spy; docs/benchmarks.md)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.AsyncClient):
+    """An AsyncClient without cookies (see _NoCookies)."""
+
+    _no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        raise TypeError("streamfs' HTTP client keeps no cookies")
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     deadline: float = 30.0  # seconds a request may take, retries included
@@ -94,7 +117,7 @@ class Remote:
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-        self._client = httpx.AsyncClient(
+        self._client = _Client(
             base_url=self.url + "/v1",
             headers=headers,
             timeout=timeout,
