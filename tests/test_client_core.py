@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 import streamfs
 from streamfs._model import BLOCK_SIZE
@@ -318,6 +320,10 @@ def published_images(
 def wait_for_prefetches(repo: streamfs.Repo) -> None:
     engine = repo.client.engine
     assert engine.fetcher is not None
+    # Engine.spawn hands work to the loop without waiting for it to start: first let every task
+    # the reads queued take its first steps (so the fetcher counts what they began; a loaded
+    # machine can otherwise get here before the loop has run them), then wait for the fetches
+    engine.call(trio.testing.wait_all_tasks_blocked)
     engine.call(engine.fetcher.quiet)
 
 
