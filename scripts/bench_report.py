@@ -86,6 +86,26 @@ def paired_ratio(
     return float(statistics.median(ratios)) if ratios else None
 
 
+def _getter(summary: Summary, rtt: float) -> Getter:
+    return lambda workload, system, metric: summary.get((rtt, workload, system), {}).get(metric)
+
+
+def ratio(
+    summary: Summary,
+    runs: Runs,
+    rtt: float,
+    value: Callable[[Getter], float | None],
+    base: Callable[[Getter], float | None],
+) -> float | None:
+    """value / base, paired within runs; the medians' ratio where no run has both."""
+    paired = paired_ratio(runs, rtt, value, base)
+    if paired is not None:
+        return paired
+    get = _getter(summary, rtt)
+    v, b = value(get), base(get)
+    return v / b if v is not None and b else None
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -225,10 +245,7 @@ def evaluate(summary: Summary, records: Iterable[dict[str, Any]] = ()) -> list[d
     runs = by_run(records)
     rows = []
     for rtt in sorted({k[0] for k in summary}):
-
-        def get(workload: str, system: str, metric: str, rtt: float = rtt) -> float | None:
-            return summary.get((rtt, workload, system), {}).get(metric)
-
+        get = _getter(summary, rtt)
         for t in targets():
             base = t.baseline(get) if t.baseline is not None else None
             for system in t.systems:
@@ -237,14 +254,13 @@ def evaluate(summary: Summary, records: Iterable[dict[str, Any]] = ()) -> list[d
                     continue
                 measured: float | None = value
                 if t.baseline is not None:
-                    measured = paired_ratio(
+                    measured = ratio(
+                        summary,
                         runs,
                         rtt,
                         lambda g, t=t, system=system: g(t.workload, system, t.metric),
                         t.baseline,
                     )
-                    if measured is None:  # no run has both: the medians' ratio
-                        measured = value / base if base else None
                 if measured is None:
                     result = "n/a (no baseline)"
                 elif t.want == ">=":
@@ -279,10 +295,6 @@ def _num(v: float | None, digits: int = 0) -> str:
     if abs(v) >= 10:
         return f"{v:,.1f}"
     return f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.3f}"
-
-
-def _ratio(v: float | None, base: float | None) -> str:
-    return f"{v / base:.2f}x" if v is not None and base else "-"
 
 
 COLUMNS: dict[str, list[tuple[str, str, str | None]]] = {
@@ -370,18 +382,14 @@ def workload_table(
             if system not in STREAMFS:
                 cells.append("")
                 continue
-            paired = paired_ratio(
+            r = ratio(
+                summary,
                 runs or {},
                 rtt,
                 lambda g, system=system, metric=metric: g(workload, system, metric),
                 _best(*bases, metric=metric, workload=workload),
             )
-            if paired is not None:
-                cells.append(f"{paired:.2f}x")
-                continue
-            base_values = [summary.get((rtt, workload, b), {}).get(metric) for b in bases]
-            base = max((v for v in base_values if v), default=None)
-            cells.append(_ratio(m.get(metric), base))
+            cells.append("-" if r is None else f"{r:.2f}x")
         cells.append(str(int(m["runs"])))
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
