@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,12 +136,24 @@ class Remote:
     # ------------------------------------------------------------ plumbing
 
     async def _request(
-        self, method: str, url: str, what: str, *, idempotent: bool = True, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        idempotent: bool = True,
+        stream: Callable[[], AsyncIterator[bytes]] | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
-        """One request, retried (if idempotent) on transport errors and 5xx until the deadline."""
+        """One request, retried (if idempotent) on transport errors and 5xx until the deadline.
+
+        ``stream`` makes the body: a stream is read once, so each attempt gets its own.
+        """
         backoff = self.retry.first_backoff
         deadline = trio.current_time() + self.retry.deadline
         while True:
+            if stream is not None:
+                kwargs["content"] = stream()
             try:
                 with trio.fail_at(deadline), _map_errors(what):
                     response = await self._client.request(method, url, **kwargs)
@@ -306,13 +318,9 @@ class Remote:
         """Upload the file at ``path`` as blob ``oid`` (the server checks the hash)."""
         url = self._repo(owner, name) + f"/blobs/{oid}"
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        # Retried like a read: the server keeps a blob once, whatever number of PUTs carry it.
         await self._request(
-            "PUT",
-            url,
-            f"upload {path}",
-            content=_file_chunks(path),
-            headers=headers,
-            idempotent=False,
+            "PUT", url, f"upload {path}", stream=lambda: _file_chunks(path), headers=headers
         )
 
     async def put_blob_bytes(self, owner: str, name: str, oid: str, data: bytes) -> None:
