@@ -75,11 +75,7 @@ def paired_ratio(
     for (r, _), cells in runs.items():
         if r != rtt:
             continue
-
-        def get(workload: str, system: str, metric: str, cells: Any = cells) -> float | None:
-            v = cells.get((workload, system), {}).get(metric)
-            return float(v) if isinstance(v, int | float) else None
-
+        get = _run_getter(cells)
         v, b = value(get), base(get)
         if v is not None and b:
             ratios.append(v / b)
@@ -88,6 +84,16 @@ def paired_ratio(
 
 def _getter(summary: Summary, rtt: float) -> Getter:
     return lambda workload, system, metric: summary.get((rtt, workload, system), {}).get(metric)
+
+
+def _run_getter(cells: dict[tuple[str, str], dict[str, Any]]) -> Getter:
+    """The numbers of one run's records (``by_run``), like ``_getter``'s of the medians."""
+
+    def get(workload: str, system: str, metric: str) -> float | None:
+        v = cells.get((workload, system), {}).get(metric)
+        return float(v) if isinstance(v, int | float) else None
+
+    return get
 
 
 def ratio(
