@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import trio
@@ -55,6 +55,9 @@ class _Client(httpx.AsyncClient):
 @dataclass(frozen=True)
 class RetryPolicy:
     deadline: float = 30.0  # seconds a request may take, retries included
+    # An upload of n bytes may take n / upload_floor seconds more than the deadline, so a big
+    # file on a slow link is not cut off; a stall is still caught by the read and write timeouts.
+    upload_floor: float = 64 * 1024  # bytes a second
     first_backoff: float = 0.1
     max_backoff: float = 2.0
     connect_timeout: float = 5.0
@@ -142,34 +145,57 @@ class Remote:
         what: str,
         *,
         idempotent: bool = True,
-        stream: Callable[[], AsyncIterator[bytes]] | None = None,
+        body: Callable[[], httpx.AsyncByteStream] | None = None,
+        upload: int = 0,
         **kwargs: Any,
     ) -> httpx.Response:
         """One request, retried (if idempotent) on transport errors and 5xx until the deadline.
 
-        ``stream`` makes the body: a stream is read once, so each attempt gets its own.
+        ``body`` makes the body: a stream is read once, so each attempt gets its own.
+        ``upload`` is the body's size: an attempt may take that much longer (see
+        RetryPolicy.upload_floor), but none starts after the deadline.
         """
         backoff = self.retry.first_backoff
-        deadline = trio.current_time() + self.retry.deadline
+        start = trio.current_time()
+        deadline = start + self.retry.deadline  # no attempt starts later
+        bound = self.retry.deadline + upload / self.retry.upload_floor
+        attempt_deadline = start + bound
         while True:
-            if stream is not None:
-                kwargs["content"] = stream()
             try:
-                with trio.fail_at(deadline), _map_errors(what):
-                    response = await self._client.request(method, url, **kwargs)
+                with trio.fail_at(attempt_deadline), _map_errors(what):
+                    response = await self._attempt(method, url, body, kwargs)
                 if response.status_code < 500 or not idempotent:
                     _raise_for_status(response, what)
                     return response
                 _raise_for_status(response, what)
             except trio.TooSlowError:
                 raise errors.RemoteUnavailableError(
-                    f"{what}: no answer within {self.retry.deadline:.0f} s"
+                    f"{what}: no answer within {bound:.0f} s"
                 ) from None
             except errors.RemoteError:
                 if not idempotent or trio.current_time() + backoff >= deadline:
                     raise
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.retry.max_backoff)
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        body: Callable[[], httpx.AsyncByteStream] | None,
+        kwargs: dict[str, Any],
+    ) -> httpx.Response:
+        if body is None:
+            return await self._client.request(method, url, **kwargs)
+        merged = self._client.build_request(method, url, **kwargs)  # base URL, headers, timeout
+        stream = body()
+        request = httpx.Request(
+            method, merged.url, headers=merged.headers, stream=stream, extensions=merged.extensions
+        )
+        try:
+            return await self._client.send(request)
+        finally:
+            await stream.aclose()
 
     async def _json(self, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
         response = await self._request(method, url, what, **kwargs)
@@ -320,12 +346,17 @@ class Remote:
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         # Retried like a read: the server keeps a blob once, whatever number of PUTs carry it.
         await self._request(
-            "PUT", url, f"upload {path}", stream=lambda: _file_chunks(path), headers=headers
+            "PUT",
+            url,
+            f"upload {path}",
+            body=lambda: _FileBody(path),
+            upload=size,
+            headers=headers,
         )
 
     async def put_blob_bytes(self, owner: str, name: str, oid: str, data: bytes) -> None:
         url = self._repo(owner, name) + f"/blobs/{oid}"
-        await self._request("PUT", url, f"upload blob {oid[:12]}", content=data)
+        await self._request("PUT", url, f"upload blob {oid[:12]}", content=data, upload=len(data))
 
     async def read_blob(
         self, owner: str, name: str, oid: str, start: int = 0, end: int | None = None
@@ -359,16 +390,31 @@ class Remote:
         return await self._json("GET", "/metrics", "metrics")
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    f = await trio.to_thread.run_sync(open, path, "rb")
-    try:
-        while True:
-            data = await trio.to_thread.run_sync(f.read, UPLOAD_CHUNK)
-            if not data:
-                return
-            yield data
-    finally:
-        await trio.to_thread.run_sync(f.close)
+class _FileBody(httpx.AsyncByteStream):
+    """A file as a request body, read UPLOAD_CHUNK bytes at a time off the event loop.
+
+    Not an async generator: when an attempt stops half-way (a timeout, a dropped connection)
+    httpx drops its iterator, and the file is closed by ``aclose`` at once, not by the GC.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: BinaryIO | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._file is None:
+            self._file = await trio.to_thread.run_sync(open, self._path, "rb")
+        data = await trio.to_thread.run_sync(self._file.read, UPLOAD_CHUNK)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        if self._file is not None:
+            self._file.close()  # read-only: closing does not wait on the disk
 
 
 def _checked_id(value: object) -> str:

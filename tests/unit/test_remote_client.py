@@ -3,12 +3,16 @@ uploads retried whole."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
+from streamfs import _errors as errors
 from streamfs._remote import Remote, RetryPolicy, _Client
 
 pytestmark = pytest.mark.trio
@@ -52,3 +56,74 @@ async def test_an_upload_is_sent_again_whole_after_a_transient_error(tmp_path: P
         )
         await remote.put_blob("alice", "data", oid, path, len(data))
     assert bodies == [data, data]  # the second attempt carried the whole file again
+
+
+async def _serve_put(stream: trio.SocketStream, chunk_pause: float | None) -> None:
+    """Read one PUT's body, `chunk_pause` s between 64 KiB reads, then answer 201.
+    `chunk_pause` None: read the head, then never the body (a stalled server)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some(4096)
+    head, _, body = head.partition(b"\r\n\r\n")
+    if chunk_pause is None:
+        await trio.sleep_forever()
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    received = len(body)
+    while received < length:
+        await trio.sleep(chunk_pause)
+        received += len(await stream.receive_some(64 * 1024))
+    answer = b'{"stored": true}'
+    await stream.send_all(
+        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(answer)
+        + answer
+    )
+
+
+async def _slow_server(nursery: trio.Nursery, chunk_pause: float | None) -> str:
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, host="127.0.0.1"),
+        lambda s: _serve_put(s, chunk_pause),
+        0,
+    )
+    port = listeners[0].socket.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def test_an_upload_slower_than_the_deadline_finishes_while_it_progresses(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    oid = hashlib.sha256(data).hexdigest()
+    policy = RetryPolicy(deadline=0.3, read_timeout=5.0, first_backoff=0.01)
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, chunk_pause=0.02)  # 64 x 64 KiB: over a second
+        started = trio.current_time()
+        async with Remote(url, retry=policy) as remote:
+            await remote.put_blob("alice", "data", oid, path, len(data))
+        assert trio.current_time() - started > policy.deadline  # it did outlive the deadline
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_upload_to_a_stalled_server_fails_within_the_retry_deadline(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(64 * 1024 * 1024)  # more than the socket buffers take
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    oid = hashlib.sha256(data).hexdigest()
+    # The size-scaled bound alone would allow 0.5 + 64 MiB / 64 KiB/s, over 17 minutes.
+    policy = RetryPolicy(deadline=0.5, read_timeout=0.2, first_backoff=0.01)
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, chunk_pause=None)
+        with trio.fail_after(20):  # a hang fails the test instead of blocking the suite
+            async with Remote(url, retry=policy) as remote:
+                with pytest.raises(errors.RemoteUnavailableError, match="did not answer in time"):
+                    await remote.put_blob("alice", "data", oid, path, len(data))
+        nursery.cancel_scope.cancel()
