@@ -292,13 +292,65 @@ def _write_new_file(path: str, data: bytes) -> None:
     real_os.close(fd)
 
 
+class _PerOsThread:
+    """Where diskcache keeps its SQLite connection for a thread: a slot per OS thread.
+
+    diskcache keeps one in a ``threading.local``. A thread Python did not start (libfuse's,
+    calling the mount through ctypes) gets a new Python thread state for every callback, and
+    with it an empty ``threading.local``: every FUSE read that asked the cache opened a new
+    connection and read the settings again (~370 µs, against ~5 µs for the lookup itself).
+    A native thread keeps its OS thread id across callbacks, so a slot keyed by it lasts.
+
+    An id is reused only once its thread has ended, so no two live threads share a slot (and
+    sqlite3, which checks the OS thread id, accepts the connection). Slots of ended threads
+    stay until their id comes back; at most ``limit`` are kept, the oldest dropped first (its
+    connection closes when nothing uses it; a live thread that lost its slot reconnects).
+    diskcache's own check of the process id still closes a connection a fork carried over.
+    """
+
+    def __init__(self, limit: int = 128) -> None:
+        object.__setattr__(self, "_slots", {})
+        object.__setattr__(self, "_limit", limit)
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    def __getattr__(self, name: str) -> Any:
+        slot = self._slots.get(threading.get_ident())
+        if slot is None or name not in slot:
+            raise AttributeError(name)
+        return slot[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        ident = threading.get_ident()
+        slot = self._slots.get(ident)
+        if slot is None:
+            slot = {}
+            with self._lock:
+                self._slots[ident] = slot
+                while len(self._slots) > self._limit:
+                    del self._slots[next(iter(self._slots))]
+        slot[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        slot = self._slots.get(threading.get_ident())
+        if slot is None or name not in slot:
+            raise AttributeError(name)
+        del slot[name]
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
 def _open_cache(directory: str, **settings: Any) -> _Guarded:
     guard = _guard
     guard.enter()
     try:
-        return _Guarded(diskcache.Cache(directory, disk=_WholeWriteDisk, **settings))
+        cache = diskcache.Cache(directory, disk=_WholeWriteDisk, **settings)
+        if isinstance(getattr(cache, "_local", None), threading.local):  # see _PerOsThread
+            cache.close()  # the connection set-up made, in the old place
+            cache._local = _PerOsThread()
     finally:
         guard.leave()
+    return _Guarded(cache)
 
 
 # --------------------------------------------------------------------------- counters

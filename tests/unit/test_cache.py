@@ -6,6 +6,7 @@ import hashlib
 import multiprocessing
 import os
 import pickle
+import threading
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -17,6 +18,7 @@ from streamfs._cache import (
     BlockCache,
     GiB,
     MiB,
+    _PerOsThread,
     default_cache_dir,
     default_cache_size,
     parse_size,
@@ -422,3 +424,36 @@ def test_default_cache_size(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 )
 def test_size_for_free_space(free: int, limit: int) -> None:
     assert size_for_free_space(free) == limit
+
+
+def test_a_per_os_thread_slot_is_kept_for_its_thread_only_and_bounded() -> None:
+    slots = _PerOsThread(limit=2)
+    slots.con = "main"
+    seen: dict[str, object] = {}
+
+    def other() -> None:
+        seen["before"] = getattr(slots, "con", None)
+        slots.con = "other"
+        seen["after"] = slots.con
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen == {"before": None, "after": "other"}
+    assert slots.con == "main"
+    del slots.con
+    assert getattr(slots, "con", None) is None
+    with pytest.raises(AttributeError):
+        del slots.con
+    for _ in range(3):  # ended threads leave slots: the oldest go past the limit
+        t = threading.Thread(target=lambda: setattr(slots, "pid", 1))
+        t.start()
+        t.join()
+    assert len(slots) <= 2
+
+
+def test_the_caches_keep_sqlite_connections_per_os_thread(cache: BlockCache) -> None:
+    """A diskcache upgrade that moves its per-thread connection fails here, not silently
+    (see _PerOsThread and tests/test_cache_fuse.py)."""
+    for store in (cache._blocks, cache._meta, cache._counters._store):
+        assert isinstance(store._cache._local, _PerOsThread)
