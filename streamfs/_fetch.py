@@ -209,8 +209,9 @@ class BlockFetcher:
     async def _read_batch(self, blobs: list[BlobRef]) -> dict[str, bytes]:
         """The blobs that arrived whole and match their ids (the rest are left out)."""
         first = blobs[0]
-        data = await self.remote.read_blobs(first.owner, first.name, [b.id for b in blobs])
-        if len(data) != sum(b.size for b in blobs):
+        size = sum(b.size for b in blobs)
+        data = await self.remote.read_blobs(first.owner, first.name, [b.id for b in blobs], size)
+        if len(data) != size:
             return {}
         pieces: dict[str, bytes] = {}
         view, offset = memoryview(data), 0

@@ -55,9 +55,10 @@ class _Client(httpx.AsyncClient):
 @dataclass(frozen=True)
 class RetryPolicy:
     deadline: float = 30.0  # seconds a request may take, retries included
-    # An upload of n bytes may take n / upload_floor seconds more than the deadline, so a big
-    # file on a slow link is not cut off; a stall is still caught by the read and write timeouts.
-    upload_floor: float = 64 * 1024  # bytes a second
+    # A request that moves n bytes (a file sent, a block or a batch asked for) may take
+    # n / transfer_floor seconds more than the deadline, so a big transfer on a slow link is not
+    # cut off; a stall is still caught by the read and write timeouts.
+    transfer_floor: float = 64 * 1024  # bytes a second
     first_backoff: float = 0.1
     max_backoff: float = 2.0
     connect_timeout: float = 5.0
@@ -146,19 +147,19 @@ class Remote:
         *,
         idempotent: bool = True,
         body: Callable[[], httpx.AsyncByteStream] | None = None,
-        upload: int = 0,
+        size: int = 0,
         **kwargs: Any,
     ) -> httpx.Response:
         """One request, retried (if idempotent) on transport errors and 5xx until the deadline.
 
         ``body`` makes the body: a stream is read once, so each attempt gets its own.
-        ``upload`` is the body's size: an attempt may take that much longer (see
-        RetryPolicy.upload_floor), but none starts after the deadline.
+        ``size`` is the bytes it moves (the body, or what a read asks for): an attempt may take
+        that much longer (see RetryPolicy.transfer_floor), but none starts after the deadline.
         """
         backoff = self.retry.first_backoff
         start = trio.current_time()
         deadline = start + self.retry.deadline  # no attempt starts later
-        bound = self.retry.deadline + upload / self.retry.upload_floor
+        bound = self.retry.deadline + size / self.retry.transfer_floor
         attempt_deadline = start + bound
         while True:
             try:
@@ -350,13 +351,13 @@ class Remote:
             url,
             f"upload {path}",
             body=lambda: _FileBody(path),
-            upload=size,
+            size=size,
             headers=headers,
         )
 
     async def put_blob_bytes(self, owner: str, name: str, oid: str, data: bytes) -> None:
         url = self._repo(owner, name) + f"/blobs/{oid}"
-        await self._request("PUT", url, f"upload blob {oid[:12]}", content=data, upload=len(data))
+        await self._request("PUT", url, f"upload blob {oid[:12]}", content=data, size=len(data))
 
     async def read_blob(
         self, owner: str, name: str, oid: str, start: int = 0, end: int | None = None
@@ -366,17 +367,23 @@ class Remote:
         if start or end is not None:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
         response = await self._request(
-            "GET", self._repo(owner, name) + f"/blobs/{oid}", f"blob {oid[:12]}", headers=headers
+            "GET",
+            self._repo(owner, name) + f"/blobs/{oid}",
+            f"blob {oid[:12]}",
+            headers=headers,
+            size=0 if end is None else end - start,
         )
         return response.content
 
-    async def read_blobs(self, owner: str, name: str, ids: Sequence[str]) -> bytes:
-        """Whole blobs, one after another in the order of ``ids`` (POST blobs/batch). Not verified."""
+    async def read_blobs(self, owner: str, name: str, ids: Sequence[str], size: int = 0) -> bytes:
+        """Whole blobs, one after another in the order of ``ids`` (POST blobs/batch), ``size``
+        bytes in all if the caller knows. Not verified."""
         response = await self._request(
             "POST",
             self._repo(owner, name) + "/blobs/batch",
             f"{len(ids)} blobs of {owner}/{name}",
             json={"ids": list(ids)},
+            size=size,
         )
         return response.content
 

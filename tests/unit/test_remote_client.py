@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Awaitable
 from pathlib import Path
 
 import httpx
@@ -84,12 +85,29 @@ async def _serve_put(stream: trio.SocketStream, chunk_pause: float | None) -> No
     )
 
 
-async def _slow_server(nursery: trio.Nursery, chunk_pause: float | None) -> str:
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, host="127.0.0.1"),
-        lambda s: _serve_put(s, chunk_pause),
-        0,
+async def _serve_range(stream: trio.SocketStream, data: bytes, chunk_pause: float) -> None:
+    """Answer one GET with ``data`` as a 206, 64 KiB at a time, ``chunk_pause`` s apart."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some(4096)
+    await stream.send_all(
+        b"HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(data)
     )
+    for at in range(0, len(data), 64 * 1024):
+        await trio.sleep(chunk_pause)
+        await stream.send_all(data[at : at + 64 * 1024])
+
+
+async def _slow_server(
+    nursery: trio.Nursery, chunk_pause: float | None, answer: bytes | None = None
+) -> str:
+    def handler(s: trio.SocketStream) -> Awaitable[None]:
+        if answer is not None and chunk_pause is not None:
+            return _serve_range(s, answer, chunk_pause)
+        return _serve_put(s, chunk_pause)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), handler, 0)
     port = listeners[0].socket.getsockname()[1]
     return f"http://127.0.0.1:{port}"
 
@@ -126,4 +144,17 @@ async def test_an_upload_to_a_stalled_server_fails_within_the_retry_deadline(
             async with Remote(url, retry=policy) as remote:
                 with pytest.raises(errors.RemoteUnavailableError, match="did not answer in time"):
                     await remote.put_blob("alice", "data", oid, path, len(data))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_block_read_slower_than_the_deadline_finishes_while_it_arrives() -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    policy = RetryPolicy(deadline=0.3, read_timeout=5.0, first_backoff=0.01)
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, chunk_pause=0.02, answer=data)  # 32 x 64 KiB
+        started = trio.current_time()
+        async with Remote(url, retry=policy) as remote:
+            got = await remote.read_blob("alice", "data", "ab" * 32, 0, len(data))
+        assert got == data
+        assert trio.current_time() - started > policy.deadline  # it did outlive the deadline
         nursery.cancel_scope.cancel()
