@@ -293,51 +293,66 @@ def _write_new_file(path: str, data: bytes) -> None:
 
 
 class _PerOsThread:
-    """Where diskcache keeps its SQLite connection for a thread: a slot per OS thread.
+    """Where diskcache keeps its SQLite connection for a thread, for threads Python did not start.
 
     diskcache keeps one in a ``threading.local``. A thread Python did not start (libfuse's,
     calling the mount through ctypes) gets a new Python thread state for every callback, and
     with it an empty ``threading.local``: every FUSE read that asked the cache opened a new
     connection and read the settings again (~370 µs, against ~5 µs for the lookup itself).
-    A native thread keeps its OS thread id across callbacks, so a slot keyed by it lasts.
+    Such a thread keeps its OS thread id across callbacks, so its slot is kept by that id.
 
-    An id is reused only once its thread has ended, so no two live threads share a slot (and
-    sqlite3, which checks the OS thread id, accepts the connection). Slots of ended threads
-    stay until their id comes back; at most ``limit`` are kept, the oldest dropped first (its
-    connection closes when nothing uses it; a live thread that lost its slot reconnects).
-    diskcache's own check of the process id still closes a connection a fork carried over.
+    A thread Python started keeps its slot in a ``threading.local`` as before, which frees
+    the connection when the thread ends. A foreign thread's slot stays after it ends, until
+    its id comes back (an id is reused only once its thread has ended, so no two live threads
+    share a slot, and sqlite3, which checks the OS thread id, accepts the connection); at most
+    ``limit`` are kept, the oldest dropped first (its connection closes once unused; a live
+    thread that lost its slot reconnects). diskcache's own check of the process id still
+    closes a connection that a fork carried over.
     """
 
-    def __init__(self, limit: int = 128) -> None:
-        object.__setattr__(self, "_slots", {})
+    def __init__(self, limit: int = 32) -> None:
+        object.__setattr__(self, "_own", threading.local())
+        object.__setattr__(self, "_foreign", {})
         object.__setattr__(self, "_limit", limit)
         object.__setattr__(self, "_lock", threading.Lock())
 
+    def _slot(self, create: bool) -> dict[str, Any] | None:
+        slot: dict[str, Any] | None = getattr(self._own, "slot", None)
+        if slot is not None:
+            return slot
+        ident = threading.get_ident()
+        slot = self._foreign.get(ident)
+        if slot is not None or not create:
+            return slot
+        slot = {}
+        if not isinstance(threading.current_thread(), threading._DummyThread):
+            self._own.slot = slot
+            return slot
+        with self._lock:
+            self._foreign[ident] = slot
+            while len(self._foreign) > self._limit:
+                del self._foreign[next(iter(self._foreign))]
+        return slot
+
     def __getattr__(self, name: str) -> Any:
-        slot = self._slots.get(threading.get_ident())
+        slot = self._slot(create=False)
         if slot is None or name not in slot:
             raise AttributeError(name)
         return slot[name]
 
     def __setattr__(self, name: str, value: Any) -> None:
-        ident = threading.get_ident()
-        slot = self._slots.get(ident)
-        if slot is None:
-            slot = {}
-            with self._lock:
-                self._slots[ident] = slot
-                while len(self._slots) > self._limit:
-                    del self._slots[next(iter(self._slots))]
+        slot = self._slot(create=True)
+        assert slot is not None
         slot[name] = value
 
     def __delattr__(self, name: str) -> None:
-        slot = self._slots.get(threading.get_ident())
+        slot = self._slot(create=False)
         if slot is None or name not in slot:
             raise AttributeError(name)
         del slot[name]
 
-    def __len__(self) -> int:
-        return len(self._slots)
+    def foreign_threads(self) -> int:
+        return len(self._foreign)
 
 
 def _open_cache(directory: str, **settings: Any) -> _Guarded:

@@ -87,3 +87,5 @@ def test_fuse_threads_keep_their_sqlite_connection_across_callbacks(
     assert fs.asked >= 200
     from_fuse = [ident for ident in opened if ident in fs.threads]
     assert 1 <= len(from_fuse) <= len(fs.threads)  # one connection a thread, not a call
+    blocks = cache._blocks._cache._local
+    assert 1 <= blocks.foreign_threads() <= len(fs.threads)
