@@ -68,16 +68,20 @@ class Engine:
 
     async def _main(self) -> None:
         remote = Remote(self.url, self._token_value, retry=self._retry)
-        async with remote, trio.open_nursery() as nursery:
-            self.remote = remote
-            self.fetcher = BlockFetcher(remote, self.cache)
-            self.fetcher.nursery = nursery
-            self._nursery = nursery
-            self._stop = trio.Event()
-            self._trio_token = trio.lowlevel.current_trio_token()
-            self._ready.set()
-            await self._stop.wait()
-            nursery.cancel_scope.cancel()
+        fetcher = BlockFetcher(remote, self.cache)
+        try:
+            async with remote, trio.open_nursery() as nursery:
+                self.remote = remote
+                self.fetcher = fetcher
+                fetcher.nursery = nursery
+                self._nursery = nursery
+                self._stop = trio.Event()
+                self._trio_token = trio.lowlevel.current_trio_token()
+                self._ready.set()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            fetcher.fresh.clear()  # nobody takes them now (see _fresh.held_anywhere)
 
     # ------------------------------------------------------------ from other threads
 

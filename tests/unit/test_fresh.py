@@ -76,3 +76,19 @@ def test_each_block_goes_to_exactly_one_of_many_takers() -> None:
     for t in threads:
         t.join()
     assert sorted(k for out in taken for k in out) == list(range(500))
+
+
+def test_the_process_wide_count_follows_adds_takes_and_clears() -> None:
+    """A warm read skips the engine when no store holds a block (_fresh.held_anywhere)."""
+    from streamfs import _fresh
+
+    base = _fresh._held  # stores of other tests may still hold theirs
+    one, two = FreshBlocks(100), FreshBlocks(100)
+    assert one.add(("a", 0), b"x") and one.add(("a", 1), b"y") and two.add(("b", 0), b"z")
+    assert not two.add(("c", 0), b"w" * 101)  # turned away: not counted
+    assert _fresh._held == base + 3 and _fresh.held_anywhere()
+    assert one.take(("a", 0)) == b"x" and one.take(("a", 0)) is None
+    assert _fresh._held == base + 2
+    one.clear()
+    two.clear()
+    assert _fresh._held == base and len(one) == 0 and one.nbytes == 0
