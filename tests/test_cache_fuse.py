@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -70,6 +71,10 @@ def test_fuse_threads_keep_their_sqlite_connection_across_callbacks(
     monkeypatch.setattr(sqlite3, "connect", counted)
     point = tmp_path / "mnt"
     point.mkdir()
+    # libfuse sets SIGHUP, SIGINT, SIGTERM and SIGPIPE for its loop and leaves them at SIG_DFL
+    # when it ends: this process (pytest) would then die of the next write to a closed pipe.
+    signals = [signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE]
+    saved = {sig: signal.getsignal(sig) for sig in signals}
     loop = threading.Thread(
         target=FUSE,
         args=(fs, str(point)),
@@ -84,6 +89,14 @@ def test_fuse_threads_keep_their_sqlite_connection_across_callbacks(
     finally:
         subprocess.run(["fusermount", "-u", str(point)], check=False)
         loop.join(30)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert not loop.is_alive()
+    read_end, write_end = os.pipe()  # SIGPIPE is ignored again: an error, not a dead process
+    os.close(read_end)
+    with pytest.raises(BrokenPipeError):
+        os.write(write_end, b"x")
+    os.close(write_end)
     assert fs.asked >= 200
     from_fuse = [ident for ident in opened if ident in fs.threads]
     assert 1 <= len(from_fuse) <= len(fs.threads)  # one connection a thread, not a call
