@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -59,15 +59,18 @@ async def test_an_upload_is_sent_again_whole_after_a_transient_error(tmp_path: P
     assert bodies == [data, data]  # the second attempt carried the whole file again
 
 
-async def _serve_put(stream: trio.SocketStream, chunk_pause: float | None) -> None:
-    """Read one PUT's body, `chunk_pause` s between 64 KiB reads, then answer 201.
-    `chunk_pause` None: read the head, then never the body (a stalled server)."""
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await stream.receive_some(4096)
-    head, _, body = head.partition(b"\r\n\r\n")
-    if chunk_pause is None:
-        await trio.sleep_forever()
+async def _read_head(stream: trio.SocketStream) -> tuple[bytes, bytes]:
+    """A request's head, and the first bytes of its body that came with it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def _serve_put(chunk_pause: float, stream: trio.SocketStream) -> None:
+    """Read one PUT's body, ``chunk_pause`` s between 64 KiB reads, then answer 201."""
+    head, body = await _read_head(stream)
     length = next(
         int(line.split(b":")[1])
         for line in head.split(b"\r\n")
@@ -85,11 +88,15 @@ async def _serve_put(stream: trio.SocketStream, chunk_pause: float | None) -> No
     )
 
 
-async def _serve_range(stream: trio.SocketStream, data: bytes, chunk_pause: float) -> None:
+async def _serve_stalled(stream: trio.SocketStream) -> None:
+    """Read a request's head, then never its body."""
+    await _read_head(stream)
+    await trio.sleep_forever()
+
+
+async def _serve_range(data: bytes, chunk_pause: float, stream: trio.SocketStream) -> None:
     """Answer one GET with ``data`` as a 206, 64 KiB at a time, ``chunk_pause`` s apart."""
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await stream.receive_some(4096)
+    await _read_head(stream)
     await stream.send_all(
         b"HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\n"
         + b"Content-Length: %d\r\n\r\n" % len(data)
@@ -100,13 +107,8 @@ async def _serve_range(stream: trio.SocketStream, data: bytes, chunk_pause: floa
 
 
 async def _slow_server(
-    nursery: trio.Nursery, chunk_pause: float | None, answer: bytes | None = None
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]
 ) -> str:
-    def handler(s: trio.SocketStream) -> Awaitable[None]:
-        if answer is not None and chunk_pause is not None:
-            return _serve_range(s, answer, chunk_pause)
-        return _serve_put(s, chunk_pause)
-
     listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), handler, 0)
     port = listeners[0].socket.getsockname()[1]
     return f"http://127.0.0.1:{port}"
@@ -121,7 +123,7 @@ async def test_an_upload_slower_than_the_deadline_finishes_while_it_progresses(
     oid = hashlib.sha256(data).hexdigest()
     policy = RetryPolicy(deadline=0.3, read_timeout=5.0, first_backoff=0.01)
     async with trio.open_nursery() as nursery:
-        url = await _slow_server(nursery, chunk_pause=0.02)  # 64 x 64 KiB: over a second
+        url = await _slow_server(nursery, functools.partial(_serve_put, 0.02))  # 64 x 64 KiB
         started = trio.current_time()
         async with Remote(url, retry=policy) as remote:
             await remote.put_blob("alice", "data", oid, path, len(data))
@@ -139,7 +141,7 @@ async def test_an_upload_to_a_stalled_server_fails_within_the_retry_deadline(
     # The size-scaled bound alone would allow 0.5 + 64 MiB / 64 KiB/s, over 17 minutes.
     policy = RetryPolicy(deadline=0.5, read_timeout=0.2, first_backoff=0.01)
     async with trio.open_nursery() as nursery:
-        url = await _slow_server(nursery, chunk_pause=None)
+        url = await _slow_server(nursery, _serve_stalled)
         with trio.fail_after(20):  # a hang fails the test instead of blocking the suite
             async with Remote(url, retry=policy) as remote:
                 with pytest.raises(errors.RemoteUnavailableError, match="did not answer in time"):
@@ -151,7 +153,9 @@ async def test_a_block_read_slower_than_the_deadline_finishes_while_it_arrives()
     data = os.urandom(2 * 1024 * 1024)
     policy = RetryPolicy(deadline=0.3, read_timeout=5.0, first_backoff=0.01)
     async with trio.open_nursery() as nursery:
-        url = await _slow_server(nursery, chunk_pause=0.02, answer=data)  # 32 x 64 KiB
+        url = await _slow_server(
+            nursery, functools.partial(_serve_range, data, 0.02)
+        )  # 32 x 64 KiB
         started = trio.current_time()
         async with Remote(url, retry=policy) as remote:
             got = await remote.read_blob("alice", "data", "ab" * 32, 0, len(data))
