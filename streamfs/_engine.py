@@ -7,7 +7,10 @@ waits for it; ``engine.spawn(fn, ...)`` starts one in the background
 (readahead) and returns at once.
 
 Ownership: the engine's nursery owns every background task; ``close()``
-cancels them. One engine per (server, token) per process: ``engine_for``.
+cancels them, once the blocks handed to readers before they were cached are
+written (see _fetch.py). A process that exits normally, a multiprocessing
+child (a DataLoader worker) included, waits for those writes too, at most
+``SETTLE_TIMEOUT`` seconds. One engine per (server, token) per process: ``engine_for``.
 A thread does not survive ``fork()``, so a child process that asks for an
 engine gets a new one (the registry is cleared in the child at fork time);
 the disk cache is shared.
@@ -15,9 +18,11 @@ the disk cache is shared.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -31,6 +36,8 @@ from ._remote import Remote, RetryPolicy
 
 log = logging.getLogger("streamfs.engine")
 T = TypeVar("T")
+
+SETTLE_TIMEOUT = 10.0  # seconds a closing engine or an exiting process waits for cache writes
 
 
 class Engine:
@@ -116,9 +123,23 @@ class Engine:
         with contextlib.suppress(trio.RunFinishedError):
             token.run_sync_soon(start)
 
+    def settle(self, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Wait, at most ``timeout`` s, until the blocks served before they were cached are."""
+        fetcher = self.fetcher
+        if not self.alive or fetcher is None:
+            return
+
+        async def settled() -> None:
+            with trio.move_on_after(timeout):
+                await fetcher.settled()
+
+        with contextlib.suppress(trio.RunFinishedError, RuntimeError):  # stopped meanwhile
+            trio.from_thread.run(settled, trio_token=self._trio_token)
+
     def close(self) -> None:
         if not self.alive:
             return
+        self.settle()
         assert self._stop is not None
         trio.from_thread.run_sync(self._stop.set, trio_token=self._trio_token)
         self._thread.join(10)
@@ -142,6 +163,7 @@ def engine_for(
         if engine is None or not engine.alive:
             engine = Engine(url, token, cache, retry)
             _engines[key] = engine
+            _settle_at_exit()
         return engine
 
 
@@ -149,6 +171,34 @@ def running_engine(url: str, token: str | None, cache: BlockCache) -> Engine | N
     """The process's engine for a server and cache if it is running (never starts one)."""
     engine = _engines.get(_key(url, token, cache))
     return engine if engine is not None and engine.alive else None
+
+
+_settling_pid = 0  # the process that registered _settle_all to run at its exit
+
+
+def _settle_at_exit() -> None:
+    """Run _settle_all when this process exits (the caller holds ``_engines_lock``).
+
+    A multiprocessing child (a DataLoader worker) leaves by ``os._exit`` and so
+    runs no ``atexit`` handler, only multiprocessing's exit finalizers; it starts
+    with none of its parent's, hence once per pid. multiprocessing's exit
+    function runs at a normal interpreter exit too; without multiprocessing
+    loaded, the process is no such child and ``atexit`` does it.
+    """
+    global _settling_pid
+    if _settling_pid == os.getpid():
+        return
+    _settling_pid = os.getpid()
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _settle_all, exitpriority=100)
+    else:
+        atexit.register(_settle_all)
+
+
+def _settle_all() -> None:
+    for engine in list(_engines.values()):
+        engine.settle()
 
 
 def _after_fork_in_child() -> None:

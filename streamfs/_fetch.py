@@ -17,8 +17,15 @@ Invariants (all state here is touched only by the loop thread, so no locks):
 - The loop only moves bytes. Hashing big pieces and writing the cache run in
   worker threads, the writes through one writer (SQLite has one write lock;
   racing writers sleep in its busy handler), many blocks per transaction.
-  A block is handed to its waiters once it is in the cache, so a read that
-  returned left its blocks for every other process.
+  A prefetched block is handed over once it is in the cache. A block a
+  reader is waiting for is handed over first and written after, while the
+  bytes served that way and not yet written stay under ``EARLY_BYTES``
+  (past that, it waits for its write like a prefetch): a reader of random
+  ranges does not wait for each write, and a reader faster than the cache
+  writer is held back to its pace. A block stays in the in-flight table
+  until it is written, so a second reader in this process takes it from
+  there; ``settled()`` waits until every such write is done (the engine's
+  close and the process's exit wait for it).
 - A prefetched block (a small blob, or readahead) is also kept in memory
   (``fresh``) for the first reader in this process, which then skips reading
   it back from the cache. A block a reader waited for is not kept: the
@@ -56,6 +63,7 @@ class BlobRef:
 HASH_IN_THREAD = 1024 * 1024  # pieces at least this big are hashed off the loop
 BATCH_FILES = 64  # blobs in one prefetch batch ...
 BATCH_BYTES = 8 * 1024 * 1024  # ... and bytes
+EARLY_BYTES = 32 * 1024 * 1024  # served to a waiting reader before they were cached
 
 
 @dataclass(eq=False)
@@ -88,6 +96,9 @@ class BlockFetcher:
         self._quiet = trio.Event()
         self._quiet.set()
         self._blockmaps: dict[str, list[str]] = {}
+        self._early = 0  # bytes handed to readers and not cached yet
+        self._settled = trio.Event()
+        self._settled.set()
         self.fresh = FreshBlocks()  # prefetched blocks, for their first reader
 
     async def blocks(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, bytes]:
@@ -250,22 +261,44 @@ class BlockFetcher:
             pending.done.set()
 
     async def _deliver(self, blocks: dict[tuple[str, int], bytes], keep: bool = False) -> None:
-        """Write verified blocks to the cache, then hand them to their waiters.
+        """Hand verified blocks to their waiters and write them to the cache.
 
-        Cached before served: once a read returns, every process on the
-        machine finds its blocks in the cache (a DataLoader worker may be
-        killed the moment it has read its last file). Prefetched blocks
-        (``keep``) also wait in ``fresh`` for a reader that comes later.
+        Prefetched blocks (``keep``) are written first, then kept in ``fresh``
+        for a reader that comes later. Blocks a reader waits for go to it
+        before their write while fewer than ``EARLY_BYTES`` are served and
+        unwritten: the write no longer adds to the wait of one read.
         """
+        size = sum(len(data) for data in blocks.values())
+        early = not keep and self._early + size <= EARLY_BYTES
+        if early:
+            if self._early == 0:
+                self._settled = trio.Event()
+            self._early += size
+            self._hand_over(blocks, keep)
         try:
             await trio.to_thread.run_sync(self.cache.put_many, blocks, limiter=self._writer)
         finally:
-            for key, data in blocks.items():
-                if keep:
-                    self.fresh.add(key, data)
-                pending = self._inflight.pop(key)
-                pending.data = data
-                pending.done.set()
+            if early:
+                self._early -= size
+                if self._early == 0:
+                    self._settled.set()
+            else:
+                self._hand_over(blocks, keep)
+            for key in blocks:
+                del self._inflight[key]
+
+    def _hand_over(self, blocks: dict[tuple[str, int], bytes], keep: bool) -> None:
+        for key, data in blocks.items():
+            if keep:
+                self.fresh.add(key, data)
+            pending = self._inflight[key]
+            pending.data = data
+            pending.done.set()
+
+    async def settled(self) -> None:
+        """Wait until every block served before its write is in the cache."""
+        while not self._settled.is_set():
+            await self._settled.wait()
 
     async def _fetch_verified(self, blob: BlobRef, first: int, last: int) -> dict[int, bytes]:
         hashes = await self._block_hashes(blob)

@@ -104,6 +104,7 @@ def test_readinto_fills_exactly_the_bytes_asked_for_cold_and_warm(
         for _ in range(30)
     ]
     for temperature in ("cold", "warm"):
+        repo.client.engine.settle()  # warm: every block written (a cold read may return first)
         with repo.raw_open("big.bin") as f:
             for offset, size in reads:
                 buffer = bytearray(b"\xee" * (size + 3))
@@ -121,7 +122,9 @@ def test_second_process_sends_no_blob_request(
 ) -> None:
     repo_id, data = big
     cache = tmp_path / "cache"
-    assert open_repo(server, repo_id, cache).read_bytes("big.bin") == data
+    repo = open_repo(server, repo_id, cache)
+    assert repo.read_bytes("big.bin") == data
+    repo.client.engine.settle()  # a read may return before its blocks are written
     before = server.metrics()
     script = (
         "import hashlib, streamfs, sys\n"
@@ -136,6 +139,48 @@ def test_second_process_sends_no_blob_request(
     assert after.get("blob_get_requests", 0) == before.get("blob_get_requests", 0)
     assert after.get("tree_get_requests", 0) == before.get("tree_get_requests", 0)
     assert after.get("commit_get_requests", 0) == before.get("commit_get_requests", 0)
+
+
+_EXIT_READER = """
+import sys, time, streamfs
+repo = streamfs.Repo(sys.argv[1], remote=sys.argv[2], cache_dir=sys.argv[3])
+cache = repo.client.cache
+write = cache.put_many
+def slow_write(blocks):  # a slow disk: the reads below return long before their blocks are written
+    time.sleep(0.5)
+    write(blocks)
+cache.put_many = slow_write
+def read():
+    with repo.open("big.bin", buffering=0) as f:
+        for index in range(3):
+            f.seek(index * 4 * 1024 * 1024 + 7)
+            f.read(10)
+if sys.argv[4] == "child":  # a DataLoader worker: leaves by os._exit, no atexit
+    import multiprocessing
+    child = multiprocessing.get_context("fork").Process(target=read)
+    child.start()
+    child.join()
+    sys.exit(child.exitcode)
+read()
+assert ("multiprocessing.util" in sys.modules) == (sys.argv[4] == "child")  # both exit paths
+"""
+
+
+@pytest.mark.parametrize("who", ["process", "child"])
+def test_a_reader_that_exits_leaves_its_blocks_cached(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path, who: str
+) -> None:
+    # blocks go to a waiting reader before they are written; an exit waits for the writes
+    repo_id, data = big
+    cache = tmp_path / "cache"
+    args = [repo_id, server.url, str(cache), who]
+    subprocess.run([sys.executable, "-c", _EXIT_READER, *args], check=True, timeout=120)
+    before = server.metrics()
+    with open_repo(server, repo_id, cache).open("big.bin", buffering=0) as f:
+        for index in range(3):
+            f.seek(index * BLOCK_SIZE + 7)
+            assert f.read(10) == data[index * BLOCK_SIZE + 7 : index * BLOCK_SIZE + 17]
+    assert server.metrics().get("blob_get_requests", 0) == before.get("blob_get_requests", 0)
 
 
 def _child_read(repo: streamfs.Repo, path: str) -> str:

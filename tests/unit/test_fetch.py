@@ -1,0 +1,140 @@
+"""The block fetcher's hand-over: a block a reader waits for reaches it before its cache write,
+within a bound. The cache is real; the remote serves a blob from memory (the network is the
+integration tests' business), and the cache's writes wait at a gate the test opens."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from streamfs import _fetch
+from streamfs._cache import BlockCache, MiB
+from streamfs._fetch import BlobRef, BlockFetcher
+from streamfs._model import BLOCK_SIZE
+
+DATA = random.Random(3).randbytes(3 * BLOCK_SIZE)
+OID = hashlib.sha256(DATA).hexdigest()
+BLOB = BlobRef("alice", "data", OID, len(DATA))
+
+
+class MemoryRemote:
+    """The two calls a range fetch makes, answered from DATA."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+
+    async def read_blob(self, owner: str, name: str, oid: str, start: int, end: int) -> bytes:
+        self.ranges.append((start, end))
+        return DATA[start:end]
+
+    async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, list[str]]:
+        blocks = [DATA[i : i + BLOCK_SIZE] for i in range(0, len(DATA), BLOCK_SIZE)]
+        return BLOCK_SIZE, [hashlib.sha256(b).hexdigest() for b in blocks]
+
+
+class GatedWrites:
+    """Holds the cache's writes until ``gate`` is set and logs each as it ends."""
+
+    def __init__(self, cache: BlockCache, log: list[str]) -> None:
+        self.gate = threading.Event()
+        self._put_many = cache.put_many
+        self._log = log
+        cache.put_many = self  # type: ignore[method-assign]
+
+    def __call__(self, blocks: dict[tuple[str, int], bytes]) -> None:
+        assert self.gate.wait(10)
+        self._put_many(blocks)
+        self._log.append("written " + ",".join(str(i) for _, i in sorted(blocks)))
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> BlockCache:
+    return BlockCache(tmp_path / "cache", 256 * MiB)
+
+
+@pytest.fixture(autouse=True)
+def hash_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fetch then runs on the loop up to its cache write: wait_all_tasks_blocked finds it there
+    monkeypatch.setattr(_fetch, "HASH_IN_THREAD", 1 << 40)
+
+
+@pytest.mark.trio
+async def test_a_waited_for_block_is_served_before_its_write(cache: BlockCache) -> None:
+    log: list[str] = []
+    writes = GatedWrites(cache, log)
+    remote = MemoryRemote()
+    fetcher = BlockFetcher(remote, cache)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        got = await fetcher.blocks(BLOB, [1])
+        log.append("read 1")
+        assert got == {1: DATA[BLOCK_SIZE : 2 * BLOCK_SIZE]}
+        assert not cache.contains(OID, 1)  # served, not written yet
+        again = await fetcher.blocks(BLOB, [1])  # a second reader: from the in-flight table
+        assert again == got and remote.ranges == [(BLOCK_SIZE, 2 * BLOCK_SIZE)]
+        settled = trio.Event()
+
+        async def settle() -> None:
+            await fetcher.settled()
+            settled.set()
+
+        nursery.start_soon(settle)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not settled.is_set()  # its write is still held
+        writes.gate.set()
+        await settled.wait()
+        assert cache.contains(OID, 1)
+        assert log == ["read 1", "written 1"]
+
+
+@pytest.mark.trio
+async def test_past_the_bound_a_block_waits_for_its_write(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_fetch, "EARLY_BYTES", BLOCK_SIZE)
+    log: list[str] = []
+    writes = GatedWrites(cache, log)
+    fetcher = BlockFetcher(MemoryRemote(), cache)  # type: ignore[arg-type]
+
+    async def read(index: int) -> None:
+        assert await fetcher.blocks(BLOB, [index]) == {
+            index: DATA[index * BLOCK_SIZE : (index + 1) * BLOCK_SIZE]
+        }
+        log.append(f"read {index}")
+
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        await read(0)  # early: the bound holds one block
+        nursery.start_soon(read, 2)
+        await trio.testing.wait_all_tasks_blocked()  # block 2 is fetched and waits for the writer
+        assert log == ["read 0"]
+        writes.gate.set()
+    assert log == ["read 0", "written 0", "written 2", "read 2"]
+    assert cache.contains(OID, 0) and cache.contains(OID, 2)
+
+
+@pytest.mark.trio
+async def test_a_prefetched_block_is_written_before_it_is_handed_over(cache: BlockCache) -> None:
+    log: list[str] = []
+    writes = GatedWrites(cache, log)
+    fetcher = BlockFetcher(MemoryRemote(), cache)  # type: ignore[arg-type]
+
+    async def read(index: int) -> None:
+        await fetcher.blocks(BLOB, [index])
+        log.append(f"read {index}")
+
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        await fetcher.prefetch(BLOB, [2])  # readahead: other processes find it once it is served
+        nursery.start_soon(read, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == []
+        writes.gate.set()
+    assert log == ["written 2", "read 2"]
+    assert len(fetcher.fresh) == 0  # the reader caught up with it: not kept twice
