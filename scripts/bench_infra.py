@@ -367,7 +367,8 @@ def has_journal(path: Path) -> bool | None:
 
 @contextlib.contextmanager
 def scratch_disk(point: Path, image: Path, size_gb: int, log: Path) -> Iterator[tuple[bool, str]]:
-    """A journaled ext4 file system at ``point`` (a sparse image on a loop device, direct I/O).
+    """A journaled ext4 file system at ``point`` (a sparse image on a loop device, direct I/O),
+    its inode tables and journal written at creation.
 
     Yields (True, what it is) or, when it cannot be made (not root, no loop device, no
     mkfs.ext4), (False, why not) with ``point`` a plain folder. Unmounted, detached and deleted
@@ -394,8 +395,13 @@ def scratch_disk(point: Path, image: Path, size_gb: int, log: Path) -> Iterator[
         with open(image, "wb") as f:
             f.truncate(size_gb * 1024**3)
         device = run("losetup", "--find", "--show", "--direct-io=on", str(image))
-        run("mkfs.ext4", "-q", "-F", "-E", "nodiscard", device)
-        run("mount", "-o", "discard", device, str(point))
+        # Inode tables and journal zeroed now: left to the kernel's lazy init thread, they were
+        # written while the first system ran, which read ~40 % slower than when it ran again.
+        # No online discard: every delete of a cache punched holes in the image, and the next
+        # system's writes allocated them again. Blocks freed in the file system are reused.
+        init = "nodiscard,lazy_itable_init=0,lazy_journal_init=0"
+        run("mkfs.ext4", "-q", "-F", "-E", init, device)
+        run("mount", device, str(point))
     except (OSError, RuntimeError) as exc:
         if device:
             subprocess.run(["losetup", "-d", device], capture_output=True)
