@@ -37,10 +37,10 @@ from typing import Any, TypeVar
 
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
-T = TypeVar("T")
 WORK = ROOT / ".bench"
 sys.path.insert(0, str(SCRIPTS))
 os.environ.setdefault("STREAMFS_STATE_DIR", str(WORK / "state"))
+T = TypeVar("T")
 
 import bench_data as data  # noqa: E402
 import bench_report as report  # noqa: E402
@@ -161,8 +161,13 @@ def clear_outputs() -> None:
     """
     for path in (WORK / "run").iterdir():
         if path.is_dir() and path.name != "lost+found":
-            force_unmount(path)
-            shutil.rmtree(path, ignore_errors=True)
+            remove(path)
+
+
+def remove(path: Path) -> None:
+    """Delete a scratch folder, unmounting it first if a mount was left on it."""
+    force_unmount(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def in_turn(systems: list[T], run: int) -> list[T]:
@@ -175,8 +180,7 @@ def in_turn(systems: list[T], run: int) -> list[T]:
 def fresh(name: str) -> Path:
     path = WORK / "run" / name
     if path.exists():
-        force_unmount(path)
-        shutil.rmtree(path, ignore_errors=True)
+        remove(path)
     path.mkdir(parents=True)
     return path
 

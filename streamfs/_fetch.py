@@ -66,6 +66,29 @@ BATCH_BYTES = 8 * 1024 * 1024  # ... and bytes
 EARLY_BYTES = 32 * 1024 * 1024  # served to a waiting reader before they were cached
 
 
+class _Gauge:
+    """A count on the loop that tasks can wait to see at zero (fetches running, bytes unwritten)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._zero = trio.Event()
+        self._zero.set()
+
+    def add(self, n: int) -> None:
+        if self.value == 0:
+            self._zero = trio.Event()
+        self.value += n
+
+    def sub(self, n: int) -> None:
+        self.value -= n
+        if self.value == 0:
+            self._zero.set()
+
+    async def wait_zero(self) -> None:
+        while self.value:
+            await self._zero.wait()
+
+
 @dataclass(eq=False)
 class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
@@ -92,13 +115,9 @@ class BlockFetcher:
         # it sleep in its busy handler.
         self._writer = trio.CapacityLimiter(1)
         self._inflight: dict[tuple[str, int], _Pending] = {}
-        self._tasks = 0  # fetches started and not finished
-        self._quiet = trio.Event()
-        self._quiet.set()
+        self._tasks = _Gauge()  # fetches started and not finished
         self._blockmaps: dict[str, list[str]] = {}
-        self._early = 0  # bytes handed to readers and not cached yet
-        self._settled = trio.Event()
-        self._settled.set()
+        self._early = _Gauge()  # bytes handed to readers and not cached yet
         self.fresh = FreshBlocks()  # prefetched blocks, for their first reader
 
     async def blocks(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, bytes]:
@@ -141,23 +160,18 @@ class BlockFetcher:
         return pending
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
-        if self._tasks == 0:
-            self._quiet = trio.Event()
-        self._tasks += 1
+        self._tasks.add(1)
         self._nursery.start_soon(self._tracked, fn, args)
 
     async def _tracked(self, fn: Callable[..., Awaitable[None]], args: tuple[object, ...]) -> None:
         try:
             await fn(*args)
         finally:
-            self._tasks -= 1
-            if self._tasks == 0:
-                self._quiet.set()
+            self._tasks.sub(1)
 
     async def quiet(self) -> None:
         """Wait until no fetch or prefetch is running (for tests and benchmarks)."""
-        while self._tasks:
-            await self._quiet.wait()
+        await self._tasks.wait_zero()
 
     @property
     def _nursery(self) -> trio.Nursery:
@@ -269,19 +283,15 @@ class BlockFetcher:
         unwritten: the write no longer adds to the wait of one read.
         """
         size = sum(len(data) for data in blocks.values())
-        early = not keep and self._early + size <= EARLY_BYTES
+        early = not keep and self._early.value + size <= EARLY_BYTES
         if early:
-            if self._early == 0:
-                self._settled = trio.Event()
-            self._early += size
+            self._early.add(size)
             self._hand_over(blocks, keep)
         try:
             await trio.to_thread.run_sync(self.cache.put_many, blocks, limiter=self._writer)
         finally:
             if early:
-                self._early -= size
-                if self._early == 0:
-                    self._settled.set()
+                self._early.sub(size)
             else:
                 self._hand_over(blocks, keep)
             for key in blocks:
@@ -297,8 +307,7 @@ class BlockFetcher:
 
     async def settled(self) -> None:
         """Wait until every block served before its write is in the cache."""
-        while not self._settled.is_set():
-            await self._settled.wait()
+        await self._early.wait_zero()
 
     async def _fetch_verified(self, blob: BlobRef, first: int, last: int) -> dict[int, bytes]:
         hashes = await self._block_hashes(blob)
