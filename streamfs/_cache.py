@@ -66,6 +66,7 @@ import diskcache
 
 from ._errors import InvalidInputError
 from ._realos import real as real_os
+from ._realos import write_all
 
 log = logging.getLogger("streamfs.cache")
 
@@ -280,10 +281,7 @@ def _write_new_file(path: str, data: bytes) -> None:
             real_os.mkdir(os.path.dirname(path))
         fd = real_os.open(path, flags, 0o666)
     try:
-        with memoryview(data) as view:
-            done = 0
-            while done < len(view):
-                done += real_os.write(fd, view[done:])
+        write_all(fd, data)
     except BaseException:
         real_os.close(fd)
         with contextlib.suppress(OSError):

@@ -39,6 +39,7 @@ from ._mount import _branch_of
 from ._overlay import Overlay, StagedHandle
 from ._reader import BlobReader
 from ._realos import real as _real
+from ._realos import write_all
 from ._view import RepoView, entry_stat, make_stat
 
 CHUNK = 8 * 1024 * 1024
@@ -236,7 +237,7 @@ class HookedRepo:
                 offset = 0
                 while offset < entry.size:
                     data = reader.read(offset, CHUNK)
-                    os.write(fd, data)
+                    write_all(fd, data)
                     offset += len(data)
                 os.fsync(fd)
             finally:

@@ -23,6 +23,7 @@ from ._errors import IntegrityError
 from ._fetch import BlobRef
 from ._model import Entry, check_path
 from ._reader import BlobReader
+from ._realos import write_all
 from ._upload import hash_file
 from ._view import RepoView
 
@@ -104,13 +105,15 @@ def _fetch_file(view: RepoView, path: str, entry: Entry, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f:
+        try:
             offset = 0
             while offset < entry.size:
                 data = reader.read(offset, CHUNK)
                 digest.update(data)
-                f.write(data)
+                write_all(fd, data)  # in pieces: see write_all
                 offset += len(data)
+        finally:
+            os.close(fd)
         if digest.hexdigest() != entry.id:
             raise IntegrityError("pulled bytes do not match the file's hash", filename=path)
         os.utime(tmp, (entry.mtime, entry.mtime))
