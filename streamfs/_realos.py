@@ -20,14 +20,13 @@ WRITE_PIECE = 128 * 1024
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """Every byte of ``data`` to ``fd``, in writes of at most ``WRITE_PIECE`` bytes.
 
-    Why pieces: the kernel sizes the page-cache folios of a new file by the
-    write that makes them (ext4 with large folios: a 4 MiB write gets 2 MiB
-    folios). On a VM that hands free memory back to its host (virtio-balloon
-    free page reporting reports free blocks of 2 MiB and more), exactly those
-    big folios come from memory the host has taken back, and filling them
-    faults page by page on the host. Measured here, 512 new files of 4 MiB on
-    ext4: 110-130 MB/s in 4 MiB writes, 120-210 in 2 MiB or 1 MiB writes,
-    3.4-4.5 GB/s in 128 KiB writes (see docs/benchmarks.md, session 13).
+    Why pieces: writing a new file in big writes was 30x slower on this VM.
+    512 new files of 4 MiB on ext4: 110-130 MB/s in 4 MiB writes, 120-260 in
+    2 or 1 MiB writes, 3.4-4.5 GB/s in 128 KiB writes, nearly all of the time
+    in the kernel's copy into the page cache. The likely reason: ext4 sizes a
+    new file's page-cache folios by the write (large folios), and a 2 MiB
+    folio is a block of the size the VM's balloon reports free to the host, so
+    filling it faults on the host page by page (docs/benchmarks.md, session 13).
     """
     with memoryview(data) as view:
         done = 0
