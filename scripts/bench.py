@@ -40,7 +40,6 @@ ROOT = SCRIPTS.parent
 WORK = ROOT / ".bench"
 sys.path.insert(0, str(SCRIPTS))
 os.environ.setdefault("STREAMFS_STATE_DIR", str(WORK / "state"))
-T = TypeVar("T")
 
 import bench_data as data  # noqa: E402
 import bench_report as report  # noqa: E402
@@ -58,6 +57,8 @@ from bench_infra import (  # noqa: E402
     streamfs_cli,
 )
 from latency_proxy import parse_duration  # noqa: E402
+
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 WORKLOADS = ("ttfb", "epoch", "seq", "random", "meta", "upload")

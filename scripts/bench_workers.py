@@ -192,17 +192,6 @@ def hooks_random(
 # ------------------------------------------------------------------ download everything
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    """``data`` at ``offset``, in the pieces streamfs writes its cache in (see
-    streamfs._realos.write_all: big writes are slow on this VM, and the baseline gets its best)."""
-    from streamfs._realos import WRITE_PIECE
-
-    with memoryview(data) as view:
-        done = 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done : done + WRITE_PIECE], offset + done)
-
-
 def download_httpx(
     base: str, items_file: str, dest: str, connections: int, piece: int = 8 * MiB
 ) -> dict[str, Any]:
@@ -211,6 +200,8 @@ def download_httpx(
     (the baseline gets the cheapest settings: streamfs hashes every block it serves)."""
     import httpx
     import trio
+
+    from streamfs._realos import write_all
 
     items = json.loads(Path(items_file).read_text())
     for folder in {os.path.dirname(os.path.join(dest, p)) for p, _, _ in items}:
@@ -232,7 +223,10 @@ def download_httpx(
                 # opened per piece, as curl does: 20,000 files open at once exceed the fd limit
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT)
                 try:
-                    _pwrite_all(fd, r.content, start)
+                    # in the pieces streamfs writes its cache in: big writes are slow on this
+                    # VM (see streamfs._realos.write_all), and the baseline gets its best
+                    os.lseek(fd, start, os.SEEK_SET)
+                    write_all(fd, r.content)
                 finally:
                     os.close(fd)
                 total += len(r.content)
