@@ -487,6 +487,9 @@ class BlockCache:
         self.size_limit = default_cache_size(self.directory, size_limit)
         meta_limit = max(1, self.size_limit // META_SHARE)
         self._blocks = self._open("blocks", self.size_limit - meta_limit)
+        # Eviction runs once per write (see put_many), not inside every add: this process only
+        # (the setting is not saved), and every writer of blocks is put or put_many.
+        self._blocks.reset("cull_limit", 0, update=False)
         self._meta = self._open("meta", meta_limit)
         self._counters = _Counters(self._open("stats", 0, eviction_policy="none"))
         # key -> the file diskcache keeps that block in, as last written or seen here
@@ -556,6 +559,7 @@ class BlockCache:
         key = _block_key(blob, index)
         try:
             self._blocks.add(key, bytes(data))  # bytes, not bytearray: big ones go to files
+            self._blocks.cull(retry=True)
         except _DISK_ERRORS as exc:
             log.warning("block %s not cached: %s", key, exc)
 
@@ -568,6 +572,7 @@ class BlockCache:
             with cache.transact(retry=True):
                 for (blob, index), data in blocks.items():
                     cache.add(_block_key(blob, index), bytes(data))
+            cache.cull(retry=True)
         except _DISK_ERRORS as exc:
             log.warning("%d blocks not cached: %s", len(blocks), exc)
         finally:

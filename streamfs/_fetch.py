@@ -16,7 +16,8 @@ Invariants (all state here is touched only by the loop thread, so no locks):
   a queue of prefetches: what is not in flight yet, it fetches itself.
 - The loop only moves bytes. Hashing big pieces and writing the cache run in
   worker threads, the writes through one writer (SQLite has one write lock;
-  racing writers sleep in its busy handler), many blocks per transaction.
+  racing writers sleep in its busy handler) that takes every delivery queued
+  meanwhile into one transaction (``_writequeue``).
   A prefetched block is handed over once it is in the cache. A block a
   reader is waiting for is handed over first and written after, while the
   bytes served that way and not yet written stay under ``EARLY_BYTES``
@@ -48,6 +49,7 @@ from ._errors import IntegrityError, RemoteError, RemoteUnavailableError
 from ._fresh import FreshBlocks
 from ._model import BLOCK_SIZE, block_count
 from ._remote import Remote
+from ._writequeue import WriteQueue
 
 log = logging.getLogger("streamfs.fetch")
 
@@ -112,8 +114,8 @@ class BlockFetcher:
         self._limiter = trio.CapacityLimiter(parallel)
         self._batch_limiter = trio.CapacityLimiter(parallel_batches)
         # One cache writer per process: SQLite has one write lock, and writers that race for
-        # it sleep in its busy handler.
-        self._writer = trio.CapacityLimiter(1)
+        # it sleep in its busy handler. It writes all that queued meanwhile in one transaction.
+        self._writes = WriteQueue(lambda blocks: self.cache.put_many(blocks))
         self._inflight: dict[tuple[str, int], _Pending] = {}
         self._tasks = _Gauge()  # fetches started and not finished
         self._blockmaps: dict[str, list[str]] = {}
@@ -288,7 +290,7 @@ class BlockFetcher:
             self._early.add(size)
             self._hand_over(blocks, keep)
         try:
-            await trio.to_thread.run_sync(self.cache.put_many, blocks, limiter=self._writer)
+            await self._writes.write(blocks, self._nursery)
         finally:
             if early:
                 self._early.sub(size)

@@ -294,6 +294,19 @@ def test_eviction_keeps_the_directory_under_its_limit(tmp_path: Path) -> None:
         assert cache.stats()["size"] <= limit
 
 
+def test_eviction_after_many_blocks_in_one_transaction(tmp_path: Path) -> None:
+    # blocks are culled once per put_many, after its transaction, not inside each add
+    limit = 32 * MiB
+    with BlockCache(tmp_path / "c", limit) as cache:
+        for first in range(0, 2 * limit // MiB, 8):  # twice the limit, 8 blocks a write
+            cache.put_many({(BLOB, i): pattern(i, MiB) for i in range(first, first + 8)})
+            assert directory_bytes(tmp_path / "c") <= limit
+        last = 2 * limit // MiB - 1
+        assert cache.get(BLOB, last) == pattern(last, MiB)
+        assert not cache.contains(BLOB, 0)
+        assert cache.stats()["size"] <= limit
+
+
 def test_pickles_as_its_directory_and_limit(cache: BlockCache) -> None:
     cache.put(BLOB, 0, b"p" * 40_000)
     with pickle.loads(pickle.dumps(cache)) as copy:

@@ -1,0 +1,87 @@
+"""The cache's one writer: verified blocks queue up, and each transaction takes all that waits.
+
+A fetch that has verified its blocks awaits ``write(blocks)``. One task on the
+loop takes every delivery queued meanwhile (up to ``max_bytes``, oldest
+first) and writes them in one worker-thread call and one SQLite transaction,
+then wakes their writers. Before, each delivery took the writer on its own:
+a 20,000-file epoch through the mount made 4,400 transactions (the ~4,000
+files that came one request each, one transaction each), and the loop's
+hand-off between two of them (a thread hop, and a wake-up of the loop under
+a busy interpreter lock) left the writer idle a third of the time while
+deliveries queued behind it for 1.3-1.8 s (median).
+
+State (``_queue``, ``_running``) is touched only on the loop thread. The
+writer task runs while there is something to write, in the nursery the
+owner passes in; cancelling it leaves queued deliveries unwritten and their
+writers cancelled with it (the engine closes only after the blocks it served
+are written: see ``BlockFetcher.settled``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+log = logging.getLogger("streamfs.fetch")
+
+Blocks = dict[tuple[str, int], bytes]
+
+MAX_GROUP_BYTES = 16 * 1024 * 1024  # one transaction, at most (a delivery bigger goes alone)
+
+
+@dataclass(eq=False)
+class _Delivery:
+    blocks: Blocks
+    size: int
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class WriteQueue:
+    def __init__(
+        self, put_many: Callable[[Blocks], None], max_bytes: int = MAX_GROUP_BYTES
+    ) -> None:
+        self._put_many = put_many
+        self.max_bytes = max_bytes
+        self._queue: deque[_Delivery] = deque()
+        self._running = False
+        self.transactions = 0  # groups written so far (for tests and benchmarks)
+
+    async def write(self, blocks: Blocks, nursery: trio.Nursery) -> None:
+        """Return once ``blocks`` are written (or their write failed and was logged)."""
+        delivery = _Delivery(blocks, sum(len(b) for b in blocks.values()))
+        self._queue.append(delivery)
+        if not self._running:  # the writer ends when the queue is empty: a nursery can close
+            self._running = True
+            nursery.start_soon(self._run)
+        await delivery.done.wait()
+
+    def _take(self) -> list[_Delivery]:
+        """The oldest queued deliveries, ``max_bytes`` of them (at least one)."""
+        group = [self._queue.popleft()]
+        size = group[0].size
+        while self._queue and size + self._queue[0].size <= self.max_bytes:
+            size += self._queue[0].size
+            group.append(self._queue.popleft())
+        return group
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                group = self._take()
+                merged: Blocks = {}
+                for delivery in group:
+                    merged.update(delivery.blocks)
+                try:
+                    await trio.to_thread.run_sync(self._put_many, merged)
+                except Exception as exc:  # the cache logs disk errors itself; never stop writing
+                    log.warning("%d blocks not cached: %s", len(merged), exc)
+                finally:
+                    self.transactions += 1
+                    for delivery in group:
+                        delivery.done.set()
+        finally:
+            self._running = False
