@@ -88,3 +88,8 @@ class WideReadTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=WideReadBackend(),
         )
+
+    @property
+    def pool(self) -> httpcore.AsyncConnectionPool:
+        """The connection pool under the transport (``Remote`` reads blobs straight from it)."""
+        return self._pool

@@ -162,3 +162,98 @@ async def test_a_block_read_slower_than_the_deadline_finishes_while_it_arrives()
         assert got == data
         assert trio.current_time() - started > policy.deadline  # it did outlive the deadline
         nursery.cancel_scope.cancel()
+
+
+async def _serve_answers(
+    answers: list[bytes], seen: list[bytes], stream: trio.SocketStream
+) -> None:
+    """Answer each request on this connection with the next of ``answers``; keep the heads."""
+    while answers:
+        head, _ = await _read_head(stream)
+        seen.append(head)
+        await stream.send_all(answers.pop(0))
+    # Until the client hangs up: closing with a request body unread would reset the connection
+    # and could drop the last answer before the client read it.
+    while await stream.receive_some(65536):
+        pass
+
+
+def _answer(status: bytes, body: bytes) -> bytes:
+    return b"HTTP/1.1 %b\r\nContent-Length: %d\r\n\r\n%b" % (status, len(body), body)
+
+
+async def test_blob_reads_skip_httpx_and_keep_its_headers_and_retries() -> None:
+    data = os.urandom(100_000)
+    seen: list[bytes] = []
+    answers = [
+        _answer(b"503 Service Unavailable", b'{"error": {"code": "error", "message": "busy"}}'),
+        _answer(b"206 Partial Content", data),
+        _answer(b"200 OK", data + data),
+    ]
+    policy = RetryPolicy(first_backoff=0.01)
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, functools.partial(_serve_answers, answers, seen))
+        async with Remote(url + "/prefix", token="secret", retry=policy) as remote:
+            assert remote._direct is not None
+            assert await remote.read_blob("alice", "data", "ab" * 32, 10, 100_010) == data
+            assert await remote.read_blobs("alice", "data", ["ab" * 32, "cd" * 32]) == data + data
+        nursery.cancel_scope.cancel()
+    first, again, batch = (head.decode().split("\r\n") for head in seen)
+    assert first == again  # the 503 was retried, the same request
+    assert first[0] == f"GET /prefix/v1/repos/alice/data/blobs/{'ab' * 32} HTTP/1.1"
+    assert batch[0] == "POST /prefix/v1/repos/alice/data/blobs/batch HTTP/1.1"
+    for head in (first, batch):
+        fields = {line.split(": ")[0].lower(): line.split(": ")[1] for line in head[1:]}
+        assert fields["authorization"] == "Bearer secret"
+        assert fields["user-agent"] == "streamfs"
+        assert "accept-encoding" not in fields  # blobs are not compressed
+    assert "range: bytes=10-100009" in [line.lower() for line in first]
+
+
+async def test_a_blob_read_error_is_the_servers_error() -> None:
+    body = b'{"error": {"code": "repo_not_found", "message": "no repository alice/data"}}'
+    answers = [_answer(b"404 Not Found", body)]
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, functools.partial(_serve_answers, answers, []))
+        async with Remote(url) as remote:
+            with pytest.raises(errors.RepoNotFoundError, match="no repository alice/data"):
+                await remote.read_blob("alice", "data", "ab" * 32)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_blob_read_from_a_stalled_server_fails_within_the_deadline() -> None:
+    policy = RetryPolicy(deadline=0.5, read_timeout=0.2, first_backoff=0.01)
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, _serve_stalled)
+        with trio.fail_after(20):
+            async with Remote(url, retry=policy) as remote:
+                started = trio.current_time()
+                with pytest.raises(
+                    errors.RemoteUnavailableError, match=r"in time|no answer within"
+                ):
+                    await remote.read_blob("alice", "data", "ab" * 32, 0, 1000)
+                assert trio.current_time() - started < 5  # the deadline, not a hang
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_blob_read_from_a_closed_port_is_unavailable() -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    policy = RetryPolicy(deadline=0.3, first_backoff=0.01)
+    with trio.fail_after(20):
+        async with Remote(f"http://127.0.0.1:{port}", retry=policy) as remote:
+            with pytest.raises(errors.RemoteUnavailableError, match="cannot reach the server"):
+                await remote.read_blobs("alice", "data", ["ab" * 32])
+
+
+async def test_with_a_proxy_in_the_environment_blob_reads_go_through_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    async with Remote("https://streamfs.test") as remote:
+        assert remote._direct is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    async with Remote("https://streamfs.test") as remote:
+        assert remote._direct is not None
