@@ -450,29 +450,36 @@ class Remote:
         if start or end is not None:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
         path = self._repo(owner, name) + f"/blobs/{oid}"
-        what, size = f"blob {oid[:12]}", 0 if end is None else end - start
-        direct = self._direct
-        if direct is None:
-            response = await self._request("GET", path, what, headers=headers, size=size)
-            return response.content
-        answer = await self._retried(
-            lambda: direct.request(b"GET", path, headers), what, True, size
-        )
-        return answer.content
+        size = 0 if end is None else end - start
+        return await self._blob_bytes("GET", path, f"blob {oid[:12]}", size, headers)
 
     async def read_blobs(self, owner: str, name: str, ids: Sequence[str], size: int = 0) -> bytes:
         """Whole blobs, one after another in the order of ``ids`` (POST blobs/batch), ``size``
         bytes in all if the caller knows. Not verified."""
         path = self._repo(owner, name) + "/blobs/batch"
         what = f"{len(ids)} blobs of {owner}/{name}"
-        direct = self._direct
-        if direct is None:
-            response = await self._request("POST", path, what, json={"ids": list(ids)}, size=size)
-            return response.content
         body = json.dumps({"ids": list(ids)}).encode()
         headers = {"Content-Type": "application/json"}
+        return await self._blob_bytes("POST", path, what, size, headers, body)
+
+    async def _blob_bytes(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        size: int,
+        headers: dict[str, str],
+        content: bytes | None = None,
+    ) -> bytes:
+        """A blob read's body, through httpcore's pool unless a proxy is set (see _Direct)."""
+        direct = self._direct
+        if direct is None:
+            response = await self._request(
+                method, path, what, headers=headers, content=content, size=size
+            )
+            return response.content
         answer = await self._retried(
-            lambda: direct.request(b"POST", path, headers, body), what, True, size
+            lambda: direct.request(method.encode("ascii"), path, headers, content), what, True, size
         )
         return answer.content
 

@@ -251,9 +251,23 @@ async def test_a_blob_read_from_a_closed_port_is_unavailable() -> None:
 async def test_with_a_proxy_in_the_environment_blob_reads_go_through_httpx(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    async with Remote("https://streamfs.test") as remote:
-        assert remote._direct is None
-    monkeypatch.delenv("HTTPS_PROXY")
-    async with Remote("https://streamfs.test") as remote:
+    data = os.urandom(1000)
+    seen: list[bytes] = []
+    answers = [_answer(b"206 Partial Content", data), _answer(b"200 OK", data)]
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # httpx honours it: the test server is reached
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, functools.partial(_serve_answers, answers, seen))
+        async with Remote(url) as remote:
+            assert remote._direct is None
+            assert await remote.read_blob("alice", "data", "ab" * 32, 0, 1000) == data
+            assert await remote.read_blobs("alice", "data", ["ab" * 32]) == data
+        nursery.cancel_scope.cancel()
+    assert [head.split(b"\r\n")[0] for head in seen] == [
+        b"GET /v1/repos/alice/data/blobs/" + b"ab" * 32 + b" HTTP/1.1",
+        b"POST /v1/repos/alice/data/blobs/batch HTTP/1.1",
+    ]
+    assert b"accept-encoding" in seen[0].lower()  # httpx's own request, not the direct one
+    monkeypatch.delenv("HTTP_PROXY")
+    async with Remote(url) as remote:
         assert remote._direct is not None
