@@ -226,7 +226,7 @@ class Remote:
         that much longer (see RetryPolicy.transfer_floor), but none starts after the deadline.
         """
         response = await self._retried(
-            lambda: self._attempt(method, url, body, kwargs), what, idempotent, size
+            lambda: self._attempt(method, url, body, kwargs), what, idempotent=idempotent, size=size
         )
         assert isinstance(response, httpx.Response)
         return response
@@ -235,6 +235,7 @@ class Remote:
         self,
         attempt: Callable[[], Awaitable[httpx.Response | _Answer]],
         what: str,
+        *,
         idempotent: bool,
         size: int,
     ) -> httpx.Response | _Answer:
@@ -479,7 +480,10 @@ class Remote:
             )
             return response.content
         answer = await self._retried(
-            lambda: direct.request(method.encode("ascii"), path, headers, content), what, True, size
+            lambda: direct.request(method.encode("ascii"), path, headers, content),
+            what,
+            idempotent=True,  # a read, whatever its method: a batch is a POST
+            size=size,
         )
         return answer.content
 
