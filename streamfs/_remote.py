@@ -18,17 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import httpcore
 import httpx
 import trio
 
 from . import _errors as errors
+from ._http1 import Answer, Http1Error, Http1Pool, Http1Timeout
 from ._model import Commit, Tree, decode_commit, decode_tree, object_id
 from ._transport import WideReadTransport
 
 DEFAULT_REMOTE = "http://127.0.0.1:8600"
 UPLOAD_CHUNK = 1024 * 1024
 MISSING_BATCH = 10_000
+MIN_BODY_LIMIT = 1024 * 1024  # bytes a blob read's answer may have beyond what it asked for
+MAX_UNSIZED_BODY = 1 << 30  # ... and when it did not say: a whole blob
 
 
 class _NoCookies(httpx.Cookies):
@@ -72,14 +74,6 @@ def remote_from_env(remote: str | None = None, token: str | None = None) -> tupl
     return url.rstrip("/"), token if token is not None else os.environ.get("STREAMFS_TOKEN") or None
 
 
-# httpcore's errors, for blob reads that skip httpx (see _Direct); httpx maps the same ones
-_HTTPCORE_ERRORS = (
-    httpcore.NetworkError,
-    httpcore.ProtocolError,
-    httpcore.ConnectionNotAvailable,
-    httpcore.UnsupportedProtocol,
-    httpcore.ProxyError,
-)
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 
@@ -87,72 +81,61 @@ _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 def _map_errors(what: str) -> Iterator[None]:
     try:
         yield
-    except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
+    except (httpx.TimeoutException, Http1Timeout) as exc:
         raise errors.RemoteUnavailableError(
             f"{what}: the server did not answer in time ({exc!r})"
         ) from None
-    except (httpx.TransportError, *_HTTPCORE_ERRORS) as exc:
+    except (httpx.TransportError, Http1Error) as exc:
         raise errors.RemoteUnavailableError(f"{what}: cannot reach the server: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """A response read whole: what the retry loop and ``_raise_for_status`` look at."""
-
-    status_code: int
-    reason_phrase: str
-    content: bytes
-
-
 class _Direct:
-    """Blob reads straight through the transport's httpcore pool, without httpx's client.
+    """Blob reads on the server's own HTTP/1.1 connections, without httpx (see _http1.py).
 
-    A small blob is a request of its own whenever a reader gets to it before the prefetcher,
-    a fifth of the files of a cold epoch, and the mount daemon's GETs were half of its
-    interpreter time in one (py-spy --gil). httpx's layers above the pool (URL merging and
-    parsing, request and response models, auth and redirect steps) cost about as much as
-    the pool and h11 beneath them. CPU of a 110 KiB GET on the bench machine, one at a time:
-    1,560-1,680 µs through httpx, 1,135 µs here, 885 µs for the bare pool. Same connections,
-    timeouts and headers; used only when no proxy is set in the environment (httpx would
-    route through it).
+    Same origin, path prefix, headers (bar Accept-Encoding: blobs are incompressible) and
+    timeouts as the httpx client; used only when no proxy is set in the environment (httpx
+    would route through it).
     """
 
-    def __init__(self, pool: httpcore.AsyncConnectionPool, client: httpx.AsyncClient) -> None:
-        self._pool = pool
+    def __init__(self, client: httpx.AsyncClient, retry: RetryPolicy, max_connections: int) -> None:
         base = client.base_url
-        self._scheme = base.raw_scheme
-        self._host = base.raw_host
-        self._port = base.port
+        self._pool = Http1Pool(
+            base.scheme,
+            base.host,
+            base.port or (443 if base.scheme == "https" else 80),
+            max_connections=max_connections,
+            connect_timeout=retry.connect_timeout,
+            read_timeout=retry.read_timeout,
+            ssl_context=httpx.create_ssl_context() if base.scheme == "https" else None,
+        )
         self._prefix = base.raw_path.rstrip(b"/")
         self._headers = [
             (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in client.headers.items()
-            if name.lower() != "accept-encoding"  # blobs are incompressible: none is asked for
+            if name.lower() != "accept-encoding"
         ]
-        self._extensions = {"timeout": client.timeout.as_dict()}
 
     async def request(
-        self, method: bytes, path: str, headers: dict[str, str], content: bytes | None = None
-    ) -> _Answer:
+        self,
+        method: bytes,
+        path: str,
+        headers: dict[str, str],
+        content: bytes | None,
+        limit: int,
+    ) -> Answer:
         target = self._prefix + urllib.parse.quote(path, safe="/").encode("ascii")
-        url = httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target)
-        response = await self._pool.request(
-            method,
-            url,
-            headers=self._headers
-            + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
-            content=content,
-            extensions=self._extensions,
-        )
-        reason = response.extensions.get("reason_phrase", b"")
-        return _Answer(response.status, reason.decode("latin-1", "replace"), response.content)
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        return await self._pool.request(method, target, self._headers + extra, content, limit)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
 
 
 def _proxy_in_environment() -> bool:
     return any(os.environ.get(v) or os.environ.get(v.upper()) for v in _PROXY_VARIABLES)
 
 
-def _raise_for_status(response: httpx.Response | _Answer, what: str) -> None:
+def _raise_for_status(response: httpx.Response | Answer, what: str) -> None:
     if response.status_code < 400:
         return
     code, message = "error", response.reason_phrase
@@ -195,7 +178,9 @@ class Remote:
         self._client = _Client(
             base_url=self.url + "/v1", headers=headers, timeout=timeout, transport=transport
         )
-        self._direct = None if _proxy_in_environment() else _Direct(transport.pool, self._client)
+        self._direct = (
+            None if _proxy_in_environment() else _Direct(self._client, self.retry, max_connections)
+        )
 
     async def __aenter__(self) -> Remote:
         return self
@@ -204,6 +189,8 @@ class Remote:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._direct is not None:
+            await self._direct.aclose()
         await self._client.aclose()
 
     # ------------------------------------------------------------ plumbing
@@ -233,12 +220,12 @@ class Remote:
 
     async def _retried(
         self,
-        attempt: Callable[[], Awaitable[httpx.Response | _Answer]],
+        attempt: Callable[[], Awaitable[httpx.Response | Answer]],
         what: str,
         *,
         idempotent: bool,
         size: int,
-    ) -> httpx.Response | _Answer:
+    ) -> httpx.Response | Answer:
         """``attempt()``, again (if idempotent) on transport errors and 5xx until the deadline."""
         backoff = self.retry.first_backoff
         start = trio.current_time()
@@ -472,15 +459,17 @@ class Remote:
         headers: dict[str, str],
         content: bytes | None = None,
     ) -> bytes:
-        """A blob read's body, through httpcore's pool unless a proxy is set (see _Direct)."""
+        """A blob read's body, on our own connections unless a proxy is set (see _Direct)."""
         direct = self._direct
         if direct is None:
             response = await self._request(
                 method, path, what, headers=headers, content=content, size=size
             )
             return response.content
+        # a body of ``size`` bytes, or an error's few; unsized: at most a batch's worth
+        limit = max(size, MIN_BODY_LIMIT) if size else MAX_UNSIZED_BODY
         answer = await self._retried(
-            lambda: direct.request(method.encode("ascii"), path, headers, content),
+            lambda: direct.request(method.encode("ascii"), path, headers, content, limit),
             what,
             idempotent=True,  # a read, whatever its method: a batch is a POST
             size=size,

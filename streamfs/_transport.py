@@ -10,6 +10,9 @@ extension point httpcore offers; httpx takes no backend, so the transport
 builds its pool the way httpx does, with that backend. Proxies from the
 environment still go through httpx's own transports (httpx mounts them
 beside this one).
+
+Blob reads skip it (``_http1.py``) unless a proxy is set; it carries every
+other request: metadata, commits, uploads.
 """
 
 from __future__ import annotations
@@ -88,8 +91,3 @@ class WideReadTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=WideReadBackend(),
         )
-
-    @property
-    def pool(self) -> httpcore.AsyncConnectionPool:
-        """The connection pool under the transport (``Remote`` reads blobs straight from it)."""
-        return self._pool

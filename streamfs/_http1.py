@@ -1,0 +1,264 @@
+"""Blob reads over HTTP/1.1 on trio sockets, answers parsed by httptools (C).
+
+A cold epoch over small files is a few thousand blob GETs and batches, and
+the reading process spends most of its interpreter time in them: py-spy
+``--gil`` of the Python API's epoch 1 (20,000 files, 8 readers): 61 % of
+the interpreter lock held by the engine's HTTP requests, 45 % by the ~4,000
+GETs of one blob, through httpcore's pool and h11 (pure Python: a receive
+buffer copied per event, header validation, trace hooks, pool bookkeeping
+per request). Here a request is one ``send_all`` of bytes built at once, and
+the answer is parsed by httptools (llhttp, the parser the server's Uvicorn
+uses) as it comes: a few Python calls a response.
+
+Scope: the two blob reads (a GET of a blob or a range of it, ``POST
+blobs/batch``) to the server's own origin, http or https, never through a
+proxy (with one set in the environment, ``Remote`` reads through httpx).
+
+- Connections stay open and are reused last in, first out; at most
+  ``max_connections`` at once. One idle longer than ``keepalive`` seconds is
+  closed, not reused (Uvicorn closes them after 5 s).
+- A request that finds a reused connection closed before any byte of its
+  answer came (the server closed it while it was idle) is sent once more on
+  a new connection. Both requests are reads, so that is always safe.
+- Timeouts: ``connect_timeout`` to connect (and the TLS handshake),
+  ``read_timeout`` for each send and each wait for bytes; the caller bounds
+  the whole attempt (``Remote._retried``).
+- Bounds: headers at most ``MAX_HEADER_BYTES``, a body at most the
+  ``limit`` the caller gives (checked against Content-Length up front, and as
+  a chunked body arrives).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+
+import httptools
+import trio
+
+READ_SIZE = 1024 * 1024  # bytes asked of the socket at once: what the kernel holds
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class Http1Error(Exception):
+    """The connection failed, or what came back was not an HTTP/1.1 answer."""
+
+
+class Http1Timeout(Http1Error):
+    """No connection, or no bytes, within the timeout."""
+
+
+class _Stale(Exception):
+    """A reused connection was closed before any byte of the answer came."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status_code: int
+    reason_phrase: str
+    content: bytes
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    stream: trio.abc.Stream
+    idle_since: float = 0.0
+
+
+class _Parse:
+    """httptools' callbacks for one answer: the status line, the body, the end."""
+
+    __slots__ = (
+        "chunks",
+        "done",
+        "headers_done",
+        "keep_alive",
+        "limit",
+        "messages",
+        "parser",
+        "reason",
+        "size",
+        "status",
+    )
+
+    def __init__(self, limit: int) -> None:
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self.keep_alive = False
+        self.status = 0
+        self.reason = b""
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.headers_done = False
+        self.done = False
+        self.messages = 0
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_status(self, reason: bytes) -> None:
+        if self.messages == 1:
+            self.reason += reason
+
+    def on_headers_complete(self) -> None:
+        if self.messages == 1 and self.parser is not None:
+            self.headers_done = True
+            # asked now: once the answer is complete, the parser has reset what it knew
+            self.status = self.parser.get_status_code()
+            self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        if self.messages > 1:  # bytes after the answer: the connection is not reused
+            return
+        self.size += len(body)
+        if self.size <= self.limit:
+            self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+@dataclass(eq=False)
+class Http1Pool:
+    """Keep-alive HTTP/1.1 connections to one origin (see the module's docstring)."""
+
+    scheme: str
+    host: str
+    port: int
+    max_connections: int
+    connect_timeout: float
+    read_timeout: float
+    ssl_context: ssl.SSLContext | None = None
+    keepalive: float = 4.0
+    _idle: list[_Connection] = field(default_factory=list)
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) origin: {self.scheme}")
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self._host_header = (host if self.port == default else f"{host}:{self.port}").encode(
+            "ascii"
+        )
+        self._slots = trio.Semaphore(self.max_connections)
+
+    async def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        limit: int,
+    ) -> Answer:
+        """One request; the answer's body must fit in ``limit`` bytes."""
+        head = [method + b" " + target + b" HTTP/1.1", b"Host: " + self._host_header]
+        for name, value in headers:
+            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
+                raise ValueError(f"a header with a line break: {name!r}")
+            head.append(name + b": " + value)
+        if body is not None:
+            head.append(b"Content-Length: %d" % len(body))
+        wire = b"\r\n".join(head) + b"\r\n\r\n" + (body or b"")
+        async with self._slots:
+            connection = self._take_idle()
+            if connection is not None:
+                try:
+                    return await self._exchange(connection, wire, limit, reused=True)
+                except _Stale:
+                    pass
+            connection = await self._connect()
+            return await self._exchange(connection, wire, limit, reused=False)
+
+    def _take_idle(self) -> _Connection | None:
+        now = trio.current_time()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < self.keepalive:
+                return connection
+            _close_now(connection)
+        return None
+
+    async def _connect(self) -> _Connection:
+        tcp: trio.SocketStream | None = None
+        try:
+            with trio.fail_after(self.connect_timeout):
+                tcp = await trio.open_tcp_stream(self.host, self.port)
+                if self.ssl_context is None:
+                    return _Connection(tcp)
+                tls = trio.SSLStream(tcp, self.ssl_context, server_hostname=self.host)
+                await tls.do_handshake()
+                return _Connection(tls)
+        except BaseException as exc:
+            if tcp is not None:  # a TLS handshake that failed, timed out or was cancelled
+                tcp.socket.close()
+            where = f"{self.host}:{self.port}"
+            if isinstance(exc, trio.TooSlowError):
+                raise Http1Timeout(f"no connection to {where} in time") from None
+            if isinstance(exc, OSError | trio.BrokenResourceError):
+                raise Http1Error(f"cannot connect to {where}: {exc}") from None
+            raise
+
+    async def _exchange(
+        self, connection: _Connection, wire: bytes, limit: int, *, reused: bool
+    ) -> Answer:
+        """Send ``wire`` on ``connection`` and read the answer; the connection goes back to
+        the idle list only after a whole, clean answer."""
+        parse = _Parse(limit)
+        parser = parse.parser
+        assert parser is not None
+        received = 0
+        clean = False
+        stream = connection.stream
+        try:
+            # one scope whose deadline moves: a fail_after per socket read cost more than h11
+            with trio.CancelScope() as timer:
+                try:
+                    timer.deadline = trio.current_time() + self.read_timeout
+                    await stream.send_all(wire)
+                    while not parse.done:
+                        timer.deadline = trio.current_time() + self.read_timeout
+                        data = await stream.receive_some(READ_SIZE)
+                        if not data:
+                            if reused and received == 0:
+                                raise _Stale
+                            raise Http1Error("the server closed the connection in mid-answer")
+                        received += len(data)
+                        parser.feed_data(data)
+                        if not parse.headers_done and received > MAX_HEADER_BYTES:
+                            raise Http1Error("the answer's headers are too long")
+                        if parse.size > limit:
+                            raise Http1Error(f"the answer is longer than the {limit} bytes asked")
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    if reused and received == 0:
+                        raise _Stale from None
+                    raise Http1Error(f"the connection failed: {exc}") from None
+                except httptools.HttpParserError as exc:
+                    raise Http1Error(f"not an HTTP answer: {exc}") from None
+            if timer.cancelled_caught:
+                raise Http1Timeout(f"no answer within {self.read_timeout:g} s")
+            content = parse.chunks[0] if len(parse.chunks) == 1 else b"".join(parse.chunks)
+            answer = Answer(parse.status, parse.reason.decode("latin-1", "replace"), content)
+            clean = parse.messages == 1 and parse.keep_alive and not self._closed
+        finally:
+            parse.parser = None  # no cycle left for the garbage collector
+            if clean:
+                connection.idle_since = trio.current_time()
+                self._idle.append(connection)
+            else:
+                _close_now(connection)
+        return answer
+
+    async def aclose(self) -> None:
+        self._closed = True
+        while self._idle:
+            _close_now(self._idle.pop())
+
+
+def _close_now(connection: _Connection) -> None:
+    """Close without a goodbye: no TLS close_notify that could wait on the peer."""
+    stream = connection.stream
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()

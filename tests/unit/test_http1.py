@@ -1,0 +1,293 @@
+"""The blob-read HTTP/1.1 client (streamfs/_http1.py) against real servers on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+import trustme
+
+from streamfs._http1 import Http1Error, Http1Pool, Http1Timeout
+
+pytestmark = pytest.mark.trio
+
+Handler = Callable[["Server", trio.abc.Stream], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    """A loopback server that runs ``handler`` on every connection and counts them."""
+
+    handler: Handler
+    port: int = 0
+    connections: int = 0
+    heads: list[bytes] = field(default_factory=list)
+    closed: trio.Event = field(default_factory=trio.Event)  # a connection saw the client leave
+    hung_up: trio.Event = field(default_factory=trio.Event)  # the server closed a connection
+
+    async def request(self, stream: trio.abc.Stream, buffer: bytearray) -> bytes | None:
+        """The next request's head (its body skipped), or None when the client hung up."""
+        while b"\r\n\r\n" not in buffer:
+            data = await stream.receive_some(65536)
+            if not data:
+                self.closed.set()
+                return None
+            buffer += data
+        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            rest += await stream.receive_some(65536)
+        buffer[:] = rest[length:]
+        self.heads.append(head)
+        return head
+
+
+async def serve(
+    nursery: trio.Nursery, handler: Handler, tls: ssl.SSLContext | None = None
+) -> Server:
+    server = Server(handler)
+
+    async def connection(stream: trio.abc.Stream) -> None:
+        server.connections += 1
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_side=True)
+        try:
+            await handler(server, stream)
+        except trio.BrokenResourceError:
+            server.closed.set()
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, host="127.0.0.1"), connection, 0
+    )
+    server.port = listeners[0].socket.getsockname()[1]
+    return server
+
+
+def answer(body: bytes, status: bytes = b"200 OK", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %b\r\nContent-Length: %d\r\n%b\r\n%b" % (status, len(body), extra, body)
+
+
+def answering(*answers: bytes, then_close: bool = False) -> Handler:
+    """Answer the requests of a connection with ``answers`` in turn (the last one repeats)."""
+
+    async def handler(server: Server, stream: trio.abc.Stream) -> None:
+        buffer = bytearray()
+        served = 0
+        while await server.request(stream, buffer) is not None:
+            await stream.send_all(answers[min(served, len(answers) - 1)])
+            served += 1
+            if then_close:
+                await stream.aclose()
+                server.hung_up.set()
+                return
+
+    return handler
+
+
+@contextlib.asynccontextmanager
+async def pool(port: int, scheme: str = "http", **options: Any) -> AsyncIterator[Http1Pool]:
+    settings: dict[str, Any] = {
+        "max_connections": 4,
+        "connect_timeout": 5.0,
+        "read_timeout": 5.0,
+        **options,
+    }
+    p = Http1Pool(scheme, "127.0.0.1", port, **settings)
+    try:
+        yield p
+    finally:
+        await p.aclose()
+
+
+async def get(
+    p: Http1Pool, limit: int = 1 << 20, headers: list[tuple[bytes, bytes]] | None = None
+) -> bytes:
+    got = await p.request(b"GET", b"/blob", headers or [], None, limit)
+    assert got.status_code == 200
+    return got.content
+
+
+async def test_serial_requests_share_one_connection_and_send_what_was_asked() -> None:
+    body = os.urandom(300_000)  # more than one socket read
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(body)))
+        async with pool(server.port) as p:
+            for _ in range(3):
+                assert await get(p, headers=[(b"Range", b"bytes=0-9")]) == body
+            posted = await p.request(b"POST", b"/v1/batch", [], b'{"ids": []}', 1 << 20)
+            assert posted.content == body and posted.reason_phrase == "OK"
+        nursery.cancel_scope.cancel()
+    assert server.connections == 1
+    lines = server.heads[0].split(b"\r\n")
+    assert lines[0] == b"GET /blob HTTP/1.1"
+    assert f"Host: 127.0.0.1:{server.port}".encode() in lines
+    assert b"Range: bytes=0-9" in lines
+    assert b"Content-Length: 11" in server.heads[3].split(b"\r\n")
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(b"abc"), then_close=True))
+        async with pool(server.port) as p:
+            assert await get(p) == b"abc"
+            await server.hung_up.wait()
+            assert await get(p) == b"abc"  # the stale connection is noticed, and a new one used
+        nursery.cancel_scope.cancel()
+    assert server.connections == 2
+
+
+async def test_an_answer_that_closes_the_connection_is_not_reused() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(b"abc", extra=b"Connection: close\r\n")))
+        async with pool(server.port) as p:
+            assert await get(p) == b"abc"
+            assert await get(p) == b"abc"
+        nursery.cancel_scope.cancel()
+    assert server.connections == 2
+
+
+async def test_a_chunked_answer_is_put_together() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+    )
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(chunked))
+        async with pool(server.port) as p:
+            assert await get(p) == b"abcdefg"
+            assert await get(p) == b"abcdefg"
+        nursery.cancel_scope.cancel()
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "then_close", "message"),
+    [
+        (answer(b"x" * 2000), False, "longer than the 1000 bytes asked"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: p\r\n" * 8000, False, "headers are too long"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", False, "not an HTTP answer"),
+        (answer(b"abcdef")[:-3], True, "closed the connection in mid-answer"),
+    ],
+)
+async def test_a_bad_answer_is_an_error_and_its_connection_is_dropped(
+    reply: bytes, then_close: bool, message: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(reply, then_close=then_close))
+        async with pool(server.port) as p:
+            with pytest.raises(Http1Error, match=message):
+                await get(p, limit=1000)
+            assert p._idle == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_server_is_a_timeout_not_a_hang() -> None:
+    async def stall(server: Server, stream: trio.abc.Stream) -> None:
+        await server.request(stream, bytearray())
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, stall)
+        async with pool(server.port, read_timeout=0.2) as p:
+            with trio.fail_after(10), pytest.raises(Http1Timeout, match="no answer within"):
+                await get(p)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_closed_port_is_an_error() -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    async with pool(port) as p:
+        with pytest.raises(Http1Error, match="cannot connect"):
+            await get(p)
+
+
+async def test_a_header_with_a_line_break_is_refused_before_sending() -> None:
+    async with pool(9) as p:
+        with pytest.raises(ValueError, match="line break"):
+            await get(p, headers=[(b"Authorization", b"Bearer x\r\nX-Evil: 1")])
+
+
+async def test_no_more_connections_than_allowed() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(b"abc")))
+        async with pool(server.port, max_connections=2) as p, trio.open_nursery() as requests:
+            for _ in range(10):
+                requests.start_soon(get, p)
+        nursery.cancel_scope.cancel()
+    assert server.connections <= 2
+    assert len(server.heads) == 10
+
+
+async def test_a_cancelled_request_drops_its_connection() -> None:
+    asked = trio.Event()
+
+    async def stall(server: Server, stream: trio.abc.Stream) -> None:
+        buffer = bytearray()
+        await server.request(stream, buffer)
+        asked.set()
+        await server.request(stream, buffer)  # returns None once the client closed
+
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, stall)
+        async with pool(server.port) as p:
+            async with trio.open_nursery() as requests:
+                requests.start_soon(get, p)
+                await asked.wait()
+                requests.cancel_scope.cancel()
+            with trio.fail_after(10):
+                await server.closed.wait()  # the half-read answer's connection was closed
+            assert p._idle == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_connection_past_its_keepalive_is_not_reused() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(b"abc")))
+        async with pool(server.port, keepalive=0.0) as p:
+            assert await get(p) == b"abc"
+            assert await get(p) == b"abc"
+        nursery.cancel_scope.cancel()
+    assert server.connections == 2
+
+
+async def test_extra_bytes_after_an_answer_drop_the_connection() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(b"abc") + answer(b"surprise")))
+        async with pool(server.port) as p:
+            assert await get(p) == b"abc"
+            assert await get(p) == b"abc"  # on a new connection, not the surprise
+        nursery.cancel_scope.cancel()
+    assert server.connections == 2
+
+
+async def test_https_with_the_servers_certificate() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    body = os.urandom(200_000)
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(body)), tls=server_context)
+        async with pool(server.port, "https", ssl_context=client_context) as p:
+            assert await get(p) == body
+            assert await get(p) == body
+        untrusted = ssl.create_default_context()  # the system's CAs only
+        async with pool(server.port, "https", ssl_context=untrusted) as p:
+            with pytest.raises(Http1Error, match="cannot connect"):
+                await get(p)
+        nursery.cancel_scope.cancel()
+    assert server.connections == 2  # one for both trusted requests, one refused
