@@ -29,8 +29,8 @@ from ._transport import WideReadTransport
 DEFAULT_REMOTE = "http://127.0.0.1:8600"
 UPLOAD_CHUNK = 1024 * 1024
 MISSING_BATCH = 10_000
-MIN_BODY_LIMIT = 1024 * 1024  # bytes a blob read's answer may have beyond what it asked for
-MAX_UNSIZED_BODY = 1 << 30  # ... and when it did not say: a whole blob
+MIN_BODY_LIMIT = 1024 * 1024  # a blob read's answer may be this long, whatever it asked for
+MAX_UNSIZED_BODY = 1 << 30  # ... and this long when it did not say how much (a whole blob)
 
 
 class _NoCookies(httpx.Cookies):
@@ -101,7 +101,7 @@ class _Direct:
         base = client.base_url
         self._pool = Http1Pool(
             base.scheme,
-            base.host,
+            base.raw_host.decode("ascii"),  # IDNA-encoded: the Host header is ASCII
             base.port or (443 if base.scheme == "https" else 80),
             max_connections=max_connections,
             connect_timeout=retry.connect_timeout,
@@ -112,7 +112,7 @@ class _Direct:
         self._headers = [
             (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in client.headers.items()
-            if name.lower() != "accept-encoding"
+            if name.lower() != "accept-encoding"  # blobs are incompressible: none is asked for
         ]
 
     async def request(

@@ -271,3 +271,12 @@ async def test_with_a_proxy_in_the_environment_blob_reads_go_through_httpx(
     monkeypatch.delenv("HTTP_PROXY")
     async with Remote(url) as remote:
         assert remote._direct is not None
+
+
+async def test_a_server_with_an_international_name_is_asked_by_its_ascii_name() -> None:
+    policy = RetryPolicy(deadline=0.3, connect_timeout=0.2, first_backoff=0.01)
+    with trio.fail_after(20):
+        async with Remote("http://bücher.invalid:1", retry=policy) as remote:
+            assert remote._direct is not None
+            with pytest.raises(errors.RemoteUnavailableError, match=r"xn--bcher-kva\.invalid"):
+                await remote.read_blob("alice", "data", "ab" * 32, 0, 10)
