@@ -16,7 +16,7 @@ proxy (with one set in the environment, ``Remote`` reads through httpx).
 
 - Connections stay open and are reused last in, first out; at most
   ``max_connections`` at once. One idle longer than ``keepalive`` seconds is
-  closed, not reused (Uvicorn closes them after 5 s).
+  closed, not reused (Uvicorn closes them after 5 s by default).
 - A request that finds a reused connection closed before any byte of its
   answer came (the server closed it while it was idle) is sent once more on
   a new connection. Both requests are reads, so that is always safe.
