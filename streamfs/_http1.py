@@ -24,8 +24,8 @@ proxy (with one set in the environment, ``Remote`` reads through httpx).
   ``read_timeout`` for each send and each wait for bytes; the caller bounds
   the whole attempt (``Remote._retried``).
 - Bounds: headers at most ``MAX_HEADER_BYTES``, a body at most the
-  ``limit`` the caller gives (checked against Content-Length up front, and as
-  a chunked body arrives).
+  ``limit`` the caller gives, checked as it arrives: what is read past it
+  is at most one socket read (``READ_SIZE``), never kept.
 """
 
 from __future__ import annotations
