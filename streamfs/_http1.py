@@ -211,7 +211,7 @@ class Http1Pool:
         clean = False
         stream = connection.stream
         try:
-            # one scope whose deadline moves: a fail_after per socket read cost more than h11
+            # one scope whose deadline moves: a fail_after per socket read cost as much as the parse
             with trio.CancelScope() as timer:
                 try:
                     timer.deadline = trio.current_time() + self.read_timeout

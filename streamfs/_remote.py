@@ -466,7 +466,7 @@ class Remote:
                 method, path, what, headers=headers, content=content, size=size
             )
             return response.content
-        # a body of ``size`` bytes, or an error's few; unsized: at most a batch's worth
+        # a body of ``size`` bytes, or an error's few; unsized: a whole blob
         limit = max(size, MIN_BODY_LIMIT) if size else MAX_UNSIZED_BODY
         answer = await self._retried(
             lambda: direct.request(method.encode("ascii"), path, headers, content, limit),

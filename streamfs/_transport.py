@@ -24,7 +24,7 @@ from typing import Any
 import httpcore
 import httpx
 
-READ_SIZE = 1024 * 1024
+from ._http1 import READ_SIZE  # one socket read's size for both clients
 
 
 class _WideStream(httpcore.AsyncNetworkStream):
