@@ -23,6 +23,7 @@ from ._errors import StreamfsError
 from ._model import Entry
 from ._overlay import Overlay, Staged
 from ._remote import Remote
+from ._tasks import task_group
 from ._view import RepoView
 
 log = logging.getLogger("streamfs.commit")
@@ -148,7 +149,7 @@ class Committer:
                     path = local[blob]
                     await remote.put_blob(view.owner, view.name, blob, path, path.stat().st_size)
 
-            async with trio.open_nursery() as nursery:
+            async with task_group() as nursery:
                 for blob in missing:
                     nursery.start_soon(send, blob)
             changes: list[dict[str, Any]] = [

@@ -18,6 +18,7 @@ import trio
 from ._errors import InvalidInputError, NotFoundError
 from ._model import Entry, check_path, split_path
 from ._remote import Remote
+from ._tasks import task_group
 
 HASH_CHUNK = 1024 * 1024
 PARALLEL_UPLOADS = 8
@@ -95,7 +96,7 @@ async def hash_files(files: list[LocalFile], progress: Progress) -> list[LocalFi
         progress("hashing", done, total)
 
     total = sum(f.size for f in files)
-    async with trio.open_nursery() as nursery:
+    async with task_group() as nursery:
         for i, f in enumerate(files):
             nursery.start_soon(one, i, f)
     return [h for h in hashed if h is not None]
@@ -116,7 +117,7 @@ async def remote_files(
 
     async def walk(tree_id: str, base: str) -> None:
         t = await remote.get_tree(owner, name, tree_id)
-        async with trio.open_nursery() as nursery:
+        async with task_group() as nursery:
             for e in t.entries:
                 path = f"{base}/{e.name}" if base else e.name
                 if e.is_dir:
@@ -164,7 +165,7 @@ async def upload(
             sent += f.size
             progress("uploading", sent, total)
 
-    async with trio.open_nursery() as nursery:
+    async with task_group() as nursery:
         for blob in missing:
             nursery.start_soon(send, blob)
     changes = [
