@@ -34,13 +34,12 @@ from ._errors import (
 )
 from ._hookconfig import HookSpec
 from ._hookwrite import HookWriter, recover_orphans
-from ._model import Commit, Entry, RepoSpec, Tree, decode_commit, object_id, parse_repo_spec
-from ._mount import _branch_of
+from ._model import Entry, RepoSpec, Tree, parse_repo_spec
 from ._overlay import Overlay, StagedHandle
 from ._reader import BlobReader
 from ._realos import real as _real
 from ._realos import write_all
-from ._view import RepoView, entry_stat, make_stat
+from ._view import RepoView, entry_stat, make_stat, resolve_rev
 
 CHUNK = 8 * 1024 * 1024
 
@@ -71,15 +70,6 @@ def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
-def open_pinned(client: Client, owner: str, name: str, commit_id: str) -> RepoView:
-    """A view of a commit a parent process resolved: no request when the commit is cached."""
-    raw = client.cache.get_meta(f"commit:{commit_id}")
-    if raw is not None and object_id(raw) == commit_id:
-        commit: Commit = decode_commit(raw)
-        return RepoView(client, owner, name, commit_id, commit)
-    return RepoView.open(client, owner, name, commit_id)
-
-
 class HookedRepo:
     """One repository revision shown at one local directory."""
 
@@ -98,12 +88,12 @@ class HookedRepo:
         parsed = parse_repo_spec(spec.repo, allow_path=False)
         client = Client.create(spec.remote, spec.token, cache_dir=spec.cache_dir)
         if spec.commit is not None:
-            view = open_pinned(client, parsed.owner, parsed.name, spec.commit)
+            view = RepoView.at(client, parsed.owner, parsed.name, spec.commit)
             return cls(spec, client, view, spec.branch)
-        branch = _branch_of(client, parsed)
-        if branch is not None:
-            recover_orphans(client, parsed, branch)
-        view = RepoView.open(client, parsed.owner, parsed.name, parsed.rev)
+        commit_id, branch = resolve_rev(client, parsed.owner, parsed.name, parsed.rev)
+        if branch is not None and recover_orphans(client, parsed, branch):
+            commit_id, _ = resolve_rev(client, parsed.owner, parsed.name, branch, ask_branch=False)
+        view = RepoView.at(client, parsed.owner, parsed.name, commit_id)
         return cls(spec, client, view, branch)
 
     @property

@@ -170,6 +170,17 @@ class Http1Pool:
             connection = await self._connect()
             return await self._exchange(connection, wire, limit, reused=False)
 
+    async def preconnect(self) -> None:
+        """Open a connection ahead of the first request, which then pays no handshake."""
+        if self._idle or self._closed:
+            return
+        connection = await self._connect()
+        if self._closed:
+            _close_now(connection)
+            return
+        connection.idle_since = trio.current_time()
+        self._idle.append(connection)
+
     def _take_idle(self) -> _Connection | None:
         now = trio.current_time()
         while self._idle:

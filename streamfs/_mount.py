@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,7 +35,7 @@ from ._malloc import keep_block_buffers
 from ._model import RepoSpec
 from ._mountfs import MountFS
 from ._overlay import Overlay
-from ._view import RepoView
+from ._view import RepoView, resolve_rev
 
 log = logging.getLogger("streamfs.mount")
 
@@ -105,9 +105,10 @@ class Daemon:
         self.spec = spec
         self.mountpoint = mountpoint.resolve()
         self.client = client
-        branch = _branch_of(client, spec)
-        self.branch = branch if branch is not None and not read_only else None
-        self.view = RepoView.open(client, spec.owner, spec.name, spec.rev)
+        commit_id, self.branch = resolve_rev(
+            client, spec.owner, spec.name, spec.rev, ask_branch=not read_only
+        )
+        self.view = RepoView.at(client, spec.owner, spec.name, commit_id)
         self.overlay: Overlay | None = None
         self.committer: Committer | None = None
         if self.branch is not None:
@@ -223,6 +224,7 @@ class Daemon:
                 entry_timeout=3600.0,
                 negative_timeout=3600.0,
             )
+        (self.overlay.view if self.overlay is not None else self.view).load_root_soon()
         try:
             FUSE(ops, str(self.mountpoint), **options)
         finally:
@@ -239,30 +241,6 @@ class Daemon:
         for path in (self.record, self.control):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-def _branch_of(client: Client, spec: RepoSpec) -> str | None:
-    """The branch ``spec.rev`` names, or None for a tag or commit id."""
-    import trio
-
-    engine = client.engine
-
-    async def go() -> str | None:
-        remote = engine.remote
-        assert remote is not None
-        answers: dict[str, Any] = {}
-
-        async def ask(key: str, fn: Callable[[str, str], Awaitable[Any]]) -> None:
-            answers[key] = await fn(spec.owner, spec.name)
-
-        async with trio.open_nursery() as nursery:  # one round trip, not two
-            nursery.start_soon(ask, "info", remote.get_repo)
-            nursery.start_soon(ask, "refs", remote.refs)
-        info, refs = answers["info"], answers["refs"]
-        rev = spec.rev or str(info["default_branch"])
-        return rev if rev in refs["branches"] else None
-
-    return engine.call(go)
 
 
 def _user() -> str:
@@ -284,7 +262,8 @@ def start_daemon(run: Callable[[int], None], log_file: Path, timeout: float = 12
     zombie is left behind), not a new interpreter: the mount comes up without
     a second Python start-up and a second import of streamfs, trio and httpx.
     The caller must not have started threads yet. ``run`` writes
-    ``ready COMMIT`` to the fd once FUSE is up; its output goes to ``log_file``.
+    ``ready COMMIT`` to the fd once FUSE is up, or ``failed MESSAGE`` if it cannot
+    come up (``report_failure``); its output goes to ``log_file``.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
@@ -299,12 +278,21 @@ def start_daemon(run: Callable[[int], None], log_file: Path, timeout: float = 12
         line = ready.readline().decode().strip() if readable else ""
     if line.startswith("ready "):
         return line.split(" ", 1)[1]
+    if line.startswith("failed "):
+        raise StreamfsError(line.split(" ", 1)[1])
     if not readable:
         raise RemoteError(f"the mount did not come up within {timeout:.0f} s (log: {log_file})")
     tail = (
         log_file.read_text(errors="replace").strip().splitlines()[-1:] if log_file.exists() else []
     )
     raise StreamfsError(f"the mount failed: {tail[0] if tail else 'see ' + str(log_file)}")
+
+
+def report_failure(ready_fd: int, exc: BaseException) -> None:
+    """Tell ``start_daemon`` why the mount could not come up (before it was ready)."""
+    message = " ".join(str(exc).split())  # one line
+    os.write(ready_fd, f"failed {message}\n".encode())
+    os.close(ready_fd)
 
 
 def _become_daemon(run: Callable[[int], None], ready_fd: int, log_file: Path) -> NoReturn:

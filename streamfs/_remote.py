@@ -127,6 +127,9 @@ class _Direct:
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         return await self._pool.request(method, target, self._headers + extra, content, limit)
 
+    async def preconnect(self) -> None:
+        await self._pool.preconnect()
+
     async def aclose(self) -> None:
         await self._pool.aclose()
 
@@ -187,6 +190,12 @@ class Remote:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    async def preconnect(self) -> None:
+        """Open a blob connection now, while other questions are out: the first read then
+        costs one round trip, not two. Nothing to do when reads go through httpx."""
+        if self._direct is not None:
+            await self._direct.preconnect()
 
     async def aclose(self) -> None:
         if self._direct is not None:

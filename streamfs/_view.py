@@ -17,13 +17,15 @@ in-memory work, never across I/O.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import stat as stat_mod
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from ._client import Client
 from ._engine import Engine
@@ -43,6 +45,7 @@ from ._model import (
 from ._reader import BlobReader
 from ._remote import Remote
 from ._siblings import SiblingPlanner
+from ._tasks import task_group
 
 MAX_TREES_IN_MEMORY = 4096
 # Decoded entries cost ~400 bytes each (name, id, index): a 1,000,000-entry listing would keep
@@ -59,6 +62,15 @@ PREFETCH_BASE = 32 * 1024 * 1024
 PREFETCH_CAP_SHARE = 2
 
 
+class _Loading:
+    """One tree load that other threads wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.tree: Tree | None = None
+        self.error: BaseException | None = None
+
+
 class RepoView:
     def __init__(
         self, client: Client, owner: str, name: str, commit_id: str, commit: Commit
@@ -71,6 +83,7 @@ class RepoView:
         self.root = Entry("", "dir", commit.tree, 0, commit.time)
         self._trees: OrderedDict[str, Tree] = OrderedDict()
         self._entries = 0  # entries of the trees in self._trees
+        self._loading: dict[str, _Loading] = {}  # trees being loaded, by id
         self._lock = threading.Lock()
         self._planner: SiblingPlanner | None = None
         if client.prefetch:
@@ -85,10 +98,15 @@ class RepoView:
     @classmethod
     def open(cls, client: Client, owner: str, name: str, rev: str | None) -> RepoView:
         """Resolve ``rev`` once; everything read through the view comes from that commit."""
-        engine = client.engine
-        commit_id = engine.call(_resolve, engine, owner, name, rev)
+        commit_id, _ = resolve_rev(client, owner, name, rev, ask_branch=False)
+        return cls.at(client, owner, name, commit_id)
+
+    @classmethod
+    def at(cls, client: Client, owner: str, name: str, commit_id: str) -> RepoView:
+        """A view of a resolved commit: no request when the commit is cached."""
         raw = client.cache.get_meta(f"commit:{commit_id}")
         if raw is None or object_id(raw) != commit_id:
+            engine = client.engine
             commit = engine.call(_get_commit, engine, owner, name, commit_id)
             client.cache.put_meta(f"commit:{commit_id}", encode_commit(commit))
         else:
@@ -98,28 +116,66 @@ class RepoView:
     # ------------------------------------------------------------ trees
 
     def tree(self, tree_id: str) -> Tree:
-        with self._lock:
-            tree = self._trees.get(tree_id)
-            if tree is not None:
-                self._trees.move_to_end(tree_id)
-                return tree
+        """The tree ``tree_id``, from memory, the disk cache or the server; threads that ask
+        for the same one at the same time share one load."""
+        while True:
+            with self._lock:
+                tree = self._trees.get(tree_id)
+                if tree is not None:
+                    self._trees.move_to_end(tree_id)
+                    return tree
+                loading = self._loading.get(tree_id)
+                if loading is None:
+                    loading = self._loading[tree_id] = _Loading()
+                    break
+            loading.done.wait()  # bounded: the load it waits for has the engine's timeouts
+            if loading.error is not None:
+                raise loading.error  # one timeout for all of them, not one each in turn
+            if loading.tree is not None:
+                return loading.tree
+        try:
+            loading.tree = self._load_tree(tree_id)
+        except Exception as exc:  # shared; an interrupt is not: the next thread tries again
+            loading.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._loading[tree_id]
+                if loading.tree is not None:
+                    self._keep(tree_id, loading.tree)
+            loading.done.set()
+        return loading.tree
+
+    def _load_tree(self, tree_id: str) -> Tree:
         cache = self.client.cache
         raw = cache.get_meta(f"tree:{tree_id}")
         if raw is None or object_id(raw) != tree_id:
             engine = self.client.engine
             raw = engine.call(_get_tree_bytes, engine, self.owner, self.name, tree_id)
             cache.put_meta(f"tree:{tree_id}", raw)
-        tree = decode_tree(raw)
-        with self._lock:
-            if tree_id not in self._trees:
-                self._trees[tree_id] = tree
-                self._entries += len(tree)
-            while len(self._trees) > 1 and (
-                len(self._trees) > MAX_TREES_IN_MEMORY or self._entries > MAX_ENTRIES_IN_MEMORY
-            ):
-                _, dropped = self._trees.popitem(last=False)
-                self._entries -= len(dropped)
-        return tree
+        return decode_tree(raw)
+
+    def _keep(self, tree_id: str, tree: Tree) -> None:
+        """Under ``_lock``: remember a loaded tree, dropping the least recently used."""
+        if tree_id in self._trees:
+            return
+        self._trees[tree_id] = tree
+        self._entries += len(tree)
+        while len(self._trees) > 1 and (
+            len(self._trees) > MAX_TREES_IN_MEMORY or self._entries > MAX_ENTRIES_IN_MEMORY
+        ):
+            _, dropped = self._trees.popitem(last=False)
+            self._entries -= len(dropped)
+
+    def load_root_soon(self) -> None:
+        """Start loading the root folder in the background (a mount's first lookup needs it,
+        and the kernel asks only once FUSE is up); a failure is the lookup's to report."""
+
+        def load() -> None:
+            with contextlib.suppress(StreamfsError):
+                self.tree(self.root.id)
+
+        threading.Thread(target=load, name="streamfs-root", daemon=True).start()
 
     # ------------------------------------------------------------ paths
 
@@ -202,8 +258,44 @@ async def _remote(engine: Engine) -> Remote:
     return engine.remote
 
 
-async def _resolve(engine: Engine, owner: str, name: str, rev: str | None) -> str:
-    return await (await _remote(engine)).resolve(owner, name, rev)
+def resolve_rev(
+    client: Client, owner: str, name: str, rev: str | None, *, ask_branch: bool = True
+) -> tuple[str, str | None]:
+    """The commit ``rev`` (None: the default branch) names now, and the branch it names
+    (None for a tag or a commit id; always None unless ``ask_branch``).
+
+    The questions go out together, one round trip. A blob connection is opened
+    meanwhile, in the background, for the reads that follow a resolve.
+    """
+    engine = client.engine
+    engine.spawn(_preconnect, engine)
+    return engine.call(_resolve_rev, engine, owner, name, rev, ask_branch)
+
+
+async def _resolve_rev(
+    engine: Engine, owner: str, name: str, rev: str | None, ask_branch: bool
+) -> tuple[str, str | None]:
+    remote = await _remote(engine)
+    answers: dict[str, Any] = {}
+
+    async def ask(key: str, question: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        answers[key] = await question(owner, name, *args)
+
+    async with task_group() as tasks:
+        tasks.start_soon(ask, "commit", remote.resolve, rev)
+        if ask_branch:
+            tasks.start_soon(ask, "refs", remote.refs)
+            if rev is None:
+                tasks.start_soon(ask, "repo", remote.get_repo)
+    commit_id: str = answers["commit"]
+    if not ask_branch:
+        return commit_id, None
+    named = rev or str(answers["repo"]["default_branch"])
+    return commit_id, named if named in answers["refs"]["branches"] else None
+
+
+async def _preconnect(engine: Engine) -> None:
+    await (await _remote(engine)).preconnect()
 
 
 async def _get_commit(engine: Engine, owner: str, name: str, oid: str) -> Commit:

@@ -437,14 +437,14 @@ def mount(
     import logging
 
     from ._client import Client
-    from ._mount import Daemon, start_daemon, state_root
+    from ._mount import Daemon, report_failure, start_daemon, state_root
 
     spec = _spec(target)
     if not mountpoint.is_dir():
         raise InvalidInputError(f"mount point {mountpoint} is not a directory")
     url, token = ctx.obj
 
-    def serve(fd: int | None, log_path: Path | None) -> None:
+    def daemon(log_path: Path | None) -> Daemon:
         logging.basicConfig(
             level=logging.DEBUG if debug else logging.INFO,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -454,13 +454,12 @@ def mount(
         if not debug:
             logging.getLogger("httpx").setLevel(logging.WARNING)
         client = Client.create(url, token, cache_dir=cache_dir, cache_size=cache_size)
-        daemon = Daemon(
+        return Daemon(
             spec, mountpoint.resolve(), client, read_only=read_only, commit_delay=commit_delay
         )
-        daemon.run(fd, debug)
 
     if foreground:
-        serve(ready_fd, log_file)
+        daemon(log_file).run(ready_fd, debug)
         return
     log_path = (
         log_file
@@ -471,10 +470,12 @@ def mount(
 
     def detached(fd: int) -> None:
         try:
-            serve(fd, None)  # stderr is the log file already
-        except StreamfsError as exc:
+            started = daemon(None)  # stderr is the log file already
+        except StreamfsError as exc:  # the caller shows it as it is, not as a log line
             click.echo(f"streamfs: error: {exc}", err=True)
+            report_failure(fd, exc)
             sys.exit(1)
+        started.run(fd, debug)
 
     commit = start_daemon(detached, log_path)
     click.echo(f"mounted {spec} at {mountpoint} (commit {commit}; log {log_path})")

@@ -557,3 +557,54 @@ def test_a_prefetch_naming_a_blob_twice_or_two_repos_resolves_every_claim(
         for path, data in files.items():
             assert reader.read_bytes(path) == data
     assert server.metrics()["blob_get_requests"] == after["blob_get_requests"]
+
+
+def test_a_revision_resolves_with_its_branch_in_one_call(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    from streamfs._errors import RepoNotFoundError, RevisionNotFoundError
+    from streamfs._view import resolve_rev
+
+    repo_id = f"alice/{repo_name}"
+    first = publish(server, repo_id, {"a.txt": b"a"}, tmp_path)
+    run_cli(server, "tag", f"{repo_id}@main", "v1")
+    head = publish(server, repo_id, {"b.txt": b"b"}, tmp_path)
+    assert head != first
+    client = open_repo(server, repo_id, tmp_path / "cache").client
+    owner, name = repo_id.split("/")
+    assert resolve_rev(client, owner, name, None) == (head, "main")
+    assert resolve_rev(client, owner, name, "main") == (head, "main")
+    assert resolve_rev(client, owner, name, "main", ask_branch=False) == (head, None)
+    assert resolve_rev(client, owner, name, "v1") == (first, None)
+    assert resolve_rev(client, owner, name, first) == (first, None)
+    # one plain error, as the CLI and the hooks show it, not a group of the parallel questions
+    with pytest.raises(RevisionNotFoundError, match="nope"):
+        resolve_rev(client, owner, name, "nope")
+    with pytest.raises(RepoNotFoundError, match="not found"):
+        resolve_rev(client, owner, "no-such-repo", None)
+
+
+def test_threads_that_open_the_same_new_folder_load_its_tree_once(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    files = {f"d{d}/f{i}.txt": f"{d}/{i}".encode() for d in range(3) for i in range(5)}
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache", prefetch=False)
+    folder = repo.view.lookup("d1")
+    before = server.metrics().get("tree_get_requests", 0)
+    start = threading.Barrier(8)
+    trees: list[object] = []
+
+    def load() -> None:
+        start.wait()
+        trees.append(repo.view.tree(folder.id))
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(trees) == 8 and all(t is trees[0] for t in trees)
+    assert server.metrics().get("tree_get_requests", 0) == before + 1
+    assert repo.view._loading == {}

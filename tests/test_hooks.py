@@ -228,6 +228,19 @@ def test_file_apis_see_the_commit(data: tuple[str, Path, dict[str, bytes]], tmp_
     assert sorted(os.listdir(tmp_path / "tree")) == sorted(os.listdir(root / "d3"))
 
 
+def test_an_unknown_repo_or_revision_raises_its_own_error(
+    env: Path, server: ServerProcess, repo_name: str
+) -> None:
+    from streamfs._errors import RepoNotFoundError, RevisionNotFoundError
+
+    publish(server, f"alice/{repo_name}", {"a.txt": b"a"}, env / "src")
+    with pytest.raises(RepoNotFoundError, match="not found"):
+        streamfs.install_hooks(f"alice/{repo_name}-nope", env / "data")
+    with pytest.raises(RevisionNotFoundError, match="'nope' not found"):
+        streamfs.install_hooks(f"alice/{repo_name}@nope", env / "data")
+    assert not (env / "data").exists()  # nothing hooked: the path is the user's as before
+
+
 def test_local_files_take_precedence(env: Path, server: ServerProcess, repo_name: str) -> None:
     files = dataset()
     publish(server, f"alice/{repo_name}", files, env / "src")

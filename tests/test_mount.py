@@ -256,6 +256,24 @@ def test_erofs_enoent_and_eio(mounts: Mounts, repo_name: str) -> None:
     assert not os.path.ismount(point)
 
 
+def test_an_unknown_repo_or_revision_fails_the_mount_with_its_own_message(
+    mounts: Mounts, repo_name: str
+) -> None:
+    require_fuse()
+    publish(mounts, f"alice/{repo_name}", {"a.txt": b"a"})
+    cases = [
+        (f"alice/{repo_name}-nope", f"repository alice/{repo_name}-nope not found"),
+        (f"alice/{repo_name}@nope", f"revision 'nope' not found in alice/{repo_name}"),
+    ]
+    for i, (spec, message) in enumerate(cases):
+        point = mounts.tmp / f"point{i}"
+        point.mkdir()
+        failed = mounts.cli("mount", spec, str(point), check=False)
+        assert failed.returncode == 1
+        assert failed.stderr.strip() == f"streamfs: error: {message}"  # no log line, no traceback
+        assert not os.path.ismount(point)
+
+
 def test_branch_mount_writes_become_one_commit(mounts: Mounts, repo_name: str) -> None:
     repo = f"alice/{repo_name}"
     publish(

@@ -136,6 +136,18 @@ async def test_serial_requests_share_one_connection_and_send_what_was_asked() ->
     assert b"Content-Length: 11" in server.heads[3].split(b"\r\n")
 
 
+async def test_a_preconnected_connection_serves_the_first_request() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(b"abc")))
+        async with pool(server.port) as p:
+            await p.preconnect()
+            assert server.connections == 1 and server.heads == []
+            await p.preconnect()  # one idle already: nothing more
+            assert await get(p) == b"abc"
+        nursery.cancel_scope.cancel()
+    assert server.connections == 1 and len(server.heads) == 1
+
+
 async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
     async with trio.open_nursery() as nursery:
         server = await serve(nursery, answering(answer(b"abc"), then_close=True))
@@ -212,6 +224,9 @@ async def test_a_closed_port_is_an_error() -> None:
     async with pool(port) as p:
         with pytest.raises(Http1Error, match="cannot connect"):
             await get(p)
+        with pytest.raises(Http1Error, match="cannot connect"):
+            await p.preconnect()
+        assert p._idle == []
 
 
 async def test_a_header_with_a_line_break_is_refused_before_sending() -> None:
