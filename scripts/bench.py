@@ -17,6 +17,7 @@ Workloads: ttfb, epoch, seq, random, meta, upload (see docs/benchmarks.md, "Meth
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import datetime
 import json
@@ -705,6 +706,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import streamfs
 
+    # An installed package has its bytecode (pip compiles it); a checkout under
+    # PYTHONDONTWRITEBYTECODE would compile every module at every start, in every
+    # time to first byte. Written here explicitly: that variable does not stop compileall.
+    compileall.compile_dir(Path(streamfs.__file__).parent, quiet=1)
     hooks = hasattr(streamfs, "install_hooks")
     notes = []
     if not hooks:
