@@ -269,12 +269,15 @@ def resolve_rev(
     """
     engine = client.engine
     engine.spawn(_preconnect, engine)
-    return engine.call(_resolve_rev, engine, owner, name, rev, ask_branch)
+    commit_id, raw, branch = engine.call(_resolve_rev, engine, owner, name, rev, ask_branch)
+    if raw is not None:  # checked against its id; RepoView.at finds it here
+        client.cache.put_meta(f"commit:{commit_id}", raw)
+    return commit_id, branch
 
 
 async def _resolve_rev(
     engine: Engine, owner: str, name: str, rev: str | None, ask_branch: bool
-) -> tuple[str, str | None]:
+) -> tuple[str, bytes | None, str | None]:
     remote = await _remote(engine)
     answers: dict[str, Any] = {}
 
@@ -282,16 +285,16 @@ async def _resolve_rev(
         answers[key] = await question(owner, name, *args)
 
     async with task_group() as tasks:
-        tasks.start_soon(ask, "commit", remote.resolve, rev)
+        tasks.start_soon(ask, "commit", remote.resolve_commit, rev)
         if ask_branch:
             tasks.start_soon(ask, "refs", remote.refs)
             if rev is None:
                 tasks.start_soon(ask, "repo", remote.get_repo)
-    commit_id: str = answers["commit"]
+    commit_id, raw = answers["commit"]
     if not ask_branch:
-        return commit_id, None
+        return commit_id, raw, None
     named = rev or str(answers["repo"]["default_branch"])
-    return commit_id, named if named in answers["refs"]["branches"] else None
+    return commit_id, raw, named if named in answers["refs"]["branches"] else None
 
 
 async def _preconnect(engine: Engine) -> None:

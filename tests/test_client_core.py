@@ -570,7 +570,11 @@ def test_a_revision_resolves_with_its_branch_in_one_call(
     run_cli(server, "tag", f"{repo_id}@main", "v1")
     head = publish(server, repo_id, {"b.txt": b"b"}, tmp_path)
     assert head != first
-    client = open_repo(server, repo_id, tmp_path / "cache").client
+    before = server.metrics().get("commit_get_requests", 0)
+    repo = open_repo(server, repo_id, tmp_path / "cache")
+    assert repo.commit == head and repo.listdir("") == ["a.txt", "b.txt"]
+    assert server.metrics().get("commit_get_requests", 0) == before  # it came with the resolve
+    client = repo.client
     owner, name = repo_id.split("/")
     assert resolve_rev(client, owner, name, None) == (head, "main")
     assert resolve_rev(client, owner, name, "main") == (head, "main")

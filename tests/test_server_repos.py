@@ -373,6 +373,10 @@ def test_resolve_revision_kinds(server: ServerProcess, repo_name: str, rev_kind:
     api(server, "POST", f"/repos/{repo}/tags", json={"name": "v1", "rev": "main"})
     rev = {"branch": "main", "tag": "v1", "full": commit, "prefix": commit[:8]}[rev_kind]
     assert run_cli(server, "resolve", f"{repo}@{rev}").stdout.strip() == commit
+    answer = api(server, "GET", f"/repos/{repo}/resolve", params={"rev": rev}).json()
+    assert answer["commit"] == commit
+    assert object_id(answer["object"].encode()) == commit  # the commit itself, checkable
+    assert decode_commit(answer["object"].encode()).parents == ()
 
 
 def test_batch_sends_whole_blobs_in_the_order_asked(server: ServerProcess, repo_name: str) -> None:

@@ -172,7 +172,10 @@ class Api:
         owner, name, _ = await self.repo(request)
         rev = request.query_params.get("rev")
         commit = await self.run(self.store.resolve, owner, name, rev)
-        return JSONResponse({"rev": rev, "commit": commit})
+        # the commit itself too: a client opening a revision needs it next (canonical JSON,
+        # so its UTF-8 bytes hash to the id and the client can check them)
+        raw = await self.run(self.store.get_object, owner, name, "commit", commit)
+        return JSONResponse({"rev": rev, "commit": commit, "object": raw.decode()})
 
     # ---------------------------------------------------------------- history
 

@@ -198,7 +198,14 @@ def schemas() -> Json:
             rev=nullable(typed("string", "a revision; null or missing: the default branch")),
         ),
         "RefCreated": obj(["name", "commit"], name=ref("RefName"), commit=ID),
-        "Resolved": obj(["rev", "commit"], rev=nullable(typed("string")), commit=ID),
+        "Resolved": obj(
+            ["rev", "commit"],
+            rev=nullable(typed("string")),
+            commit=ID,
+            object=typed(
+                "string", "the commit itself, as text: sha256 of its UTF-8 bytes is 'commit'"
+            ),
+        ),
         "Entry": obj(
             ["name", "kind", "id", "size"],
             name=typed("string", "one path component"),

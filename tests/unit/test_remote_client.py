@@ -210,6 +210,31 @@ async def test_blob_reads_skip_httpx_and_keep_its_headers_and_retries() -> None:
     assert "range: bytes=10-100009" in [line.lower() for line in first]
 
 
+async def test_a_resolved_commit_sent_along_is_checked_against_its_id() -> None:
+    raw = b'{"author":"a","message":"m","meta":{},"parents":[],"time":1,"tree":"%b"}' % (
+        b"ab" * 32
+    )
+    oid = hashlib.sha256(raw).hexdigest()
+
+    def resolved(commit: str, text: bytes | None) -> bytes:
+        sent = b"" if text is None else b', "object": "%b"' % text.replace(b'"', b'\\"')
+        return _answer(b"200 OK", b'{"rev": "main", "commit": "%b"%b}' % (commit.encode(), sent))
+
+    answers = [
+        resolved(oid, raw),
+        resolved(oid, None),  # a server from before the commit was sent along
+        resolved(oid, raw.replace(b'"m"', b'"forged"')),
+    ]
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, functools.partial(_serve_answers, answers, []))
+        async with Remote(url) as remote:
+            assert await remote.resolve_commit("alice", "data", "main") == (oid, raw)
+            assert await remote.resolve_commit("alice", "data", "main") == (oid, None)
+            with pytest.raises(errors.IntegrityError, match="does not match its id"):
+                await remote.resolve_commit("alice", "data", "main")
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_blob_read_error_is_the_servers_error() -> None:
     body = b'{"error": {"code": "repo_not_found", "message": "no repository alice/data"}}'
     answers = [_answer(b"404 Not Found", body)]
