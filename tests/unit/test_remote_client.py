@@ -211,9 +211,7 @@ async def test_blob_reads_skip_httpx_and_keep_its_headers_and_retries() -> None:
 
 
 async def test_a_resolved_commit_sent_along_is_checked_against_its_id() -> None:
-    raw = b'{"author":"a","message":"m","meta":{},"parents":[],"time":1,"tree":"%b"}' % (
-        b"ab" * 32
-    )
+    raw = b'{"author":"a","message":"m","meta":{},"parents":[],"time":1,"tree":"%b"}' % (b"ab" * 32)
     oid = hashlib.sha256(raw).hexdigest()
 
     def resolved(commit: str, text: bytes | None) -> bytes:
