@@ -24,6 +24,7 @@ import trio
 from . import _errors as errors
 from ._http1 import Answer, Http1Error, Http1Pool, Http1Timeout
 from ._model import Commit, Tree, decode_commit, decode_tree, object_id
+from ._tasks import task_group
 from ._transport import WideReadTransport
 
 DEFAULT_REMOTE = "http://127.0.0.1:8600"
@@ -324,6 +325,28 @@ class Remote:
         raw = text.encode("utf-8", "surrogatepass")
         _check_object(raw, oid, "commit")
         return oid, raw
+
+    async def resolve_rev(
+        self, owner: str, name: str, rev: str | None, *, ask_branch: bool = True
+    ) -> tuple[str, bytes | None, str | None]:
+        """``resolve_commit``, and the branch ``rev`` names (None: the default branch's name;
+        None for a tag or a commit id, and unless ``ask_branch``), in one round trip."""
+        answers: dict[str, Any] = {}
+
+        async def ask(key: str, question: Callable[..., Awaitable[Any]], *args: Any) -> None:
+            answers[key] = await question(owner, name, *args)
+
+        async with task_group() as tasks:
+            tasks.start_soon(ask, "commit", self.resolve_commit, rev)
+            if ask_branch:
+                tasks.start_soon(ask, "refs", self.refs)
+                if rev is None:
+                    tasks.start_soon(ask, "repo", self.get_repo)
+        commit_id, raw = answers["commit"]
+        if not ask_branch:
+            return commit_id, raw, None
+        named = rev or str(answers["repo"]["default_branch"])
+        return commit_id, raw, named if named in answers["refs"]["branches"] else None
 
     async def create_tag(self, owner: str, name: str, tag: str, rev: str) -> str:
         body = await self._json(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import trio
 
-from ._errors import InvalidInputError, NotFoundError
-from ._model import Entry, check_path, split_path
+from ._errors import InvalidInputError, NotFoundError, ReadOnlyError
+from ._model import Entry, check_path, decode_commit, split_path
 from ._remote import Remote
 from ._tasks import task_group
 
@@ -38,6 +38,7 @@ class LocalFile:
 class UploadResult:
     commit: str
     parent: str
+    branch: str  # the branch committed to (the default branch when none was named)
     changed_paths: int
     files: int
     blobs_sent: int
@@ -133,7 +134,7 @@ async def upload(
     remote: Remote,
     owner: str,
     name: str,
-    branch: str,
+    branch: str | None,
     local: Path,
     *,
     to: str = "",
@@ -143,14 +144,18 @@ async def upload(
     progress: Progress = lambda phase, done, total: None,
 ) -> UploadResult:
     files = collect_files(local, to)
-    head = await remote.resolve(owner, name, branch)
+    head, raw, named = await remote.resolve_rev(owner, name, branch)
+    if named is None:  # before any hashing or sending, not at the commit after them
+        raise ReadOnlyError(
+            f"{owner}/{name}@{branch} is not a branch (a tag or a commit id never moves): "
+            "an upload adds a commit to a branch"
+        )
+    commit = decode_commit(raw) if raw is not None else await remote.get_commit(owner, name, head)
     files = await hash_files(files, progress)
-    existing = await remote_files(
-        remote, owner, name, (await remote.get_commit(owner, name, head)).tree, to
-    )
+    existing = await remote_files(remote, owner, name, commit.tree, to)
     changed = [f for f in files if (e := existing.get(f.remote_path)) is None or e.id != f.blob]
     if not changed:
-        return UploadResult(head, head, 0, len(files), 0, 0)
+        return UploadResult(head, head, named, 0, len(files), 0, 0)
     by_blob = {f.blob: f for f in changed}
     missing = await remote.missing_blobs(owner, name, list(by_blob))
     total = sum(by_blob[b].size for b in missing)
@@ -174,7 +179,7 @@ async def upload(
     result = await remote.commit(
         owner,
         name,
-        branch=branch,
+        branch=named,
         parent=head,
         changes=changes,
         message=message,
@@ -184,6 +189,7 @@ async def upload(
     return UploadResult(
         commit=result["commit"],
         parent=result["parent"],
+        branch=named,
         changed_paths=len(changed) if result.get("changed", True) else 0,
         files=len(files),
         blobs_sent=len(missing),

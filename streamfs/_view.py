@@ -24,8 +24,7 @@ import os
 import stat as stat_mod
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from ._client import Client
 from ._engine import Engine
@@ -45,7 +44,6 @@ from ._model import (
 from ._reader import BlobReader
 from ._remote import Remote
 from ._siblings import SiblingPlanner
-from ._tasks import task_group
 
 MAX_TREES_IN_MEMORY = 4096
 # Decoded entries cost ~400 bytes each (name, id, index): a 1,000,000-entry listing would keep
@@ -278,23 +276,7 @@ def resolve_rev(
 async def _resolve_rev(
     engine: Engine, owner: str, name: str, rev: str | None, ask_branch: bool
 ) -> tuple[str, bytes | None, str | None]:
-    remote = await _remote(engine)
-    answers: dict[str, Any] = {}
-
-    async def ask(key: str, question: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        answers[key] = await question(owner, name, *args)
-
-    async with task_group() as tasks:
-        tasks.start_soon(ask, "commit", remote.resolve_commit, rev)
-        if ask_branch:
-            tasks.start_soon(ask, "refs", remote.refs)
-            if rev is None:
-                tasks.start_soon(ask, "repo", remote.get_repo)
-    commit_id, raw = answers["commit"]
-    if not ask_branch:
-        return commit_id, raw, None
-    named = rev or str(answers["repo"]["default_branch"])
-    return commit_id, raw, named if named in answers["refs"]["branches"] else None
+    return await (await _remote(engine)).resolve_rev(owner, name, rev, ask_branch=ask_branch)
 
 
 async def _preconnect(engine: Engine) -> None:

@@ -147,7 +147,6 @@ def upload(ctx: click.Context, target: str, local: Path, to: str, message: str) 
     from ._upload import upload as do_upload
 
     spec = _spec(target)
-    branch = spec.rev or "main"
     split_path(to)
     with ProgressBars() as bars:
         result = _run(
@@ -156,7 +155,7 @@ def upload(ctx: click.Context, target: str, local: Path, to: str, message: str) 
                 r,
                 spec.owner,
                 spec.name,
-                branch,
+                spec.rev,  # None: the repository's default branch
                 local,
                 to=to,
                 message=message,
@@ -166,7 +165,8 @@ def upload(ctx: click.Context, target: str, local: Path, to: str, message: str) 
         )
     if not result.changed:
         click.echo(
-            f"nothing changed: {result.files} files already at {spec.repo}@{branch} {result.commit}"
+            f"nothing changed: {result.files} files already at "
+            f"{spec.repo}@{result.branch} {result.commit}"
         )
         return
     click.echo(

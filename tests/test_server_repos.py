@@ -147,6 +147,34 @@ def test_reupload_sends_no_blob_bytes(
     assert head(server, repo) == commit
 
 
+def test_an_upload_goes_to_the_default_branch_and_never_to_a_tag(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    repo = f"alice/{repo_name}"
+    body = {"owner": "alice", "name": repo_name, "default_branch": "dev"}
+    assert api(server, "POST", "/repos", json=body).status_code == 201
+    make_dataset(tmp_path / "data", 20, seed=2)
+    run_cli(server, "upload", repo, str(tmp_path / "data"), "-m", "one")  # no branch named
+    commit = head(server, repo, "dev")
+    assert api(server, "GET", f"/repos/{repo}").json()["default_branch"] == "dev"
+    assert "main" not in api(server, "GET", f"/repos/{repo}/refs").json()["branches"]
+    out = run_cli(server, "upload", repo, str(tmp_path / "data"), "-m", "again").stdout
+    assert f"already at {repo}@dev {commit}" in out
+
+    run_cli(server, "tag", f"{repo}@dev", "v1")
+    make_dataset(tmp_path / "more", 20, seed=3)
+    before = server.metrics()
+    for rev in ("v1", commit):
+        refused = run_cli(
+            server, "upload", f"{repo}@{rev}", str(tmp_path / "more"), "-m", "x", check=False
+        )
+        assert refused.returncode == 1
+        assert f"{repo}@{rev} is not a branch" in refused.stderr
+    after = server.metrics()
+    assert after.get("blob_put_requests", 0) == before.get("blob_put_requests", 0)  # nothing sent
+    assert head(server, repo, "dev") == commit
+
+
 def test_eight_writers_on_one_branch_lose_nothing(server: ServerProcess, repo_name: str) -> None:
     repo = f"alice/{repo_name}"
     assert (
