@@ -345,8 +345,11 @@ class Remote:
         commit_id, raw = answers["commit"]
         if not ask_branch:
             return commit_id, raw, None
-        named = rev or str(answers["repo"]["default_branch"])
-        return commit_id, raw, named if named in answers["refs"]["branches"] else None
+        branches = answers["refs"].get("branches")
+        named = rev or answers["repo"].get("default_branch")
+        if not isinstance(branches, dict) or not isinstance(named, str):
+            raise errors.RemoteError(f"{owner}/{name}: the server sent malformed refs")
+        return commit_id, raw, named if named in branches else None
 
     async def create_tag(self, owner: str, name: str, tag: str, rev: str) -> str:
         body = await self._json(

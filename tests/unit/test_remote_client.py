@@ -233,6 +233,17 @@ async def test_a_resolved_commit_sent_along_is_checked_against_its_id() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_malformed_refs_are_an_error_not_a_crash() -> None:
+    body = b'{"commit": "%b", "branches": ["main"], "default_branch": 5}' % (b"ab" * 32)
+    answers = [_answer(b"200 OK", body)] * 3  # resolve, refs and the repo, in any order
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, functools.partial(_serve_answers, answers, []))
+        async with Remote(url) as remote:
+            with pytest.raises(errors.RemoteError, match="malformed refs"):
+                await remote.resolve_rev("alice", "data", None)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_blob_read_error_is_the_servers_error() -> None:
     body = b'{"error": {"code": "repo_not_found", "message": "no repository alice/data"}}'
     answers = [_answer(b"404 Not Found", body)]
