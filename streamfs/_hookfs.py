@@ -39,7 +39,7 @@ from ._overlay import Overlay, StagedHandle
 from ._reader import BlobReader
 from ._realos import real as _real
 from ._realos import write_all
-from ._view import RepoView, entry_stat, make_stat, resolve_rev
+from ._view import RepoView, entry_stat, make_stat
 
 CHUNK = 8 * 1024 * 1024
 
@@ -90,10 +90,9 @@ class HookedRepo:
         if spec.commit is not None:
             view = RepoView.at(client, parsed.owner, parsed.name, spec.commit)
             return cls(spec, client, view, spec.branch)
-        commit_id, branch = resolve_rev(client, parsed.owner, parsed.name, parsed.rev)
+        view, branch = RepoView.open_rev(client, parsed.owner, parsed.name, parsed.rev)
         if branch is not None and recover_orphans(client, parsed, branch):
-            commit_id, _ = resolve_rev(client, parsed.owner, parsed.name, branch, ask_branch=False)
-        view = RepoView.at(client, parsed.owner, parsed.name, commit_id)
+            view = RepoView.open(client, parsed.owner, parsed.name, branch)
         return cls(spec, client, view, branch)
 
     @property

@@ -35,7 +35,7 @@ from ._malloc import keep_block_buffers
 from ._model import RepoSpec
 from ._mountfs import MountFS
 from ._overlay import Overlay
-from ._view import RepoView, resolve_rev
+from ._view import RepoView
 
 log = logging.getLogger("streamfs.mount")
 
@@ -105,10 +105,9 @@ class Daemon:
         self.spec = spec
         self.mountpoint = mountpoint.resolve()
         self.client = client
-        commit_id, self.branch = resolve_rev(
+        self.view, self.branch = RepoView.open_rev(
             client, spec.owner, spec.name, spec.rev, ask_branch=not read_only
         )
-        self.view = RepoView.at(client, spec.owner, spec.name, commit_id)
         self.overlay: Overlay | None = None
         self.committer: Committer | None = None
         if self.branch is not None:

@@ -25,6 +25,7 @@ import stat as stat_mod
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future
 
 from ._client import Client
 from ._engine import Engine
@@ -60,15 +61,6 @@ PREFETCH_BASE = 32 * 1024 * 1024
 PREFETCH_CAP_SHARE = 2
 
 
-class _Loading:
-    """One tree load that other threads wait for."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.tree: Tree | None = None
-        self.error: BaseException | None = None
-
-
 class RepoView:
     def __init__(
         self, client: Client, owner: str, name: str, commit_id: str, commit: Commit
@@ -81,7 +73,7 @@ class RepoView:
         self.root = Entry("", "dir", commit.tree, 0, commit.time)
         self._trees: OrderedDict[str, Tree] = OrderedDict()
         self._entries = 0  # entries of the trees in self._trees
-        self._loading: dict[str, _Loading] = {}  # trees being loaded, by id
+        self._loading: dict[str, Future[Tree | None]] = {}  # trees being loaded, by id
         self._lock = threading.Lock()
         self._planner: SiblingPlanner | None = None
         if client.prefetch:
@@ -96,8 +88,26 @@ class RepoView:
     @classmethod
     def open(cls, client: Client, owner: str, name: str, rev: str | None) -> RepoView:
         """Resolve ``rev`` once; everything read through the view comes from that commit."""
-        commit_id, _ = resolve_rev(client, owner, name, rev, ask_branch=False)
-        return cls.at(client, owner, name, commit_id)
+        return cls.open_rev(client, owner, name, rev, ask_branch=False)[0]
+
+    @classmethod
+    def open_rev(
+        cls, client: Client, owner: str, name: str, rev: str | None, *, ask_branch: bool = True
+    ) -> tuple[RepoView, str | None]:
+        """``open``, and the branch ``rev`` names (None for a tag or a commit id; always None
+        unless ``ask_branch``).
+
+        The questions go out together, one round trip, and the commit comes with the
+        resolve. A blob connection is opened meanwhile, in the background, for the reads
+        that follow.
+        """
+        engine = client.engine
+        engine.spawn(_preconnect, engine)
+        commit_id, raw, branch = engine.call(_resolve_rev, engine, owner, name, rev, ask_branch)
+        if raw is None:  # a server that does not send it along
+            return cls.at(client, owner, name, commit_id), branch
+        client.cache.put_meta(f"commit:{commit_id}", raw)  # checked against its id
+        return cls(client, owner, name, commit_id, decode_commit(raw)), branch
 
     @classmethod
     def at(cls, client: Client, owner: str, name: str, commit_id: str) -> RepoView:
@@ -124,25 +134,27 @@ class RepoView:
                     return tree
                 loading = self._loading.get(tree_id)
                 if loading is None:
-                    loading = self._loading[tree_id] = _Loading()
+                    loading = self._loading[tree_id] = Future()
                     break
-            loading.done.wait()  # bounded: the load it waits for has the engine's timeouts
-            if loading.error is not None:
-                raise loading.error  # one timeout for all of them, not one each in turn
-            if loading.tree is not None:
-                return loading.tree
+            # bounded: the load it waits for has the engine's timeouts; its error is raised
+            # here too (one timeout for all of them, not one each in turn)
+            tree = loading.result()
+            if tree is not None:
+                return tree
+        loaded: Tree | None = None
         try:
-            loading.tree = self._load_tree(tree_id)
-        except Exception as exc:  # shared; an interrupt is not: the next thread tries again
-            loading.error = exc
+            loaded = self._load_tree(tree_id)
+        except Exception as exc:
+            loading.set_exception(exc)
             raise
         finally:
             with self._lock:
                 del self._loading[tree_id]
-                if loading.tree is not None:
-                    self._keep(tree_id, loading.tree)
-            loading.done.set()
-        return loading.tree
+                if loaded is not None:
+                    self._keep(tree_id, loaded)
+            if not loading.done():  # None after an interrupt, not shared: the next one tries
+                loading.set_result(loaded)
+        return loaded
 
     def _load_tree(self, tree_id: str) -> Tree:
         cache = self.client.cache
@@ -254,23 +266,6 @@ def entry_stat(entry: Entry, path: str, *, writable: bool = False) -> tuple[int,
 async def _remote(engine: Engine) -> Remote:
     assert engine.remote is not None
     return engine.remote
-
-
-def resolve_rev(
-    client: Client, owner: str, name: str, rev: str | None, *, ask_branch: bool = True
-) -> tuple[str, str | None]:
-    """The commit ``rev`` (None: the default branch) names now, and the branch it names
-    (None for a tag or a commit id; always None unless ``ask_branch``).
-
-    The questions go out together, one round trip. A blob connection is opened
-    meanwhile, in the background, for the reads that follow a resolve.
-    """
-    engine = client.engine
-    engine.spawn(_preconnect, engine)
-    commit_id, raw, branch = engine.call(_resolve_rev, engine, owner, name, rev, ask_branch)
-    if raw is not None:  # checked against its id; RepoView.at finds it here
-        client.cache.put_meta(f"commit:{commit_id}", raw)
-    return commit_id, branch
 
 
 async def _resolve_rev(

@@ -563,7 +563,11 @@ def test_a_revision_resolves_with_its_branch_in_one_call(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:
     from streamfs._errors import RepoNotFoundError, RevisionNotFoundError
-    from streamfs._view import resolve_rev
+    from streamfs._view import RepoView
+
+    def resolve_rev(*args: object, **kwargs: bool) -> tuple[str, str | None]:
+        view, branch = RepoView.open_rev(*args, **kwargs)  # type: ignore[arg-type]
+        return view.commit_id, branch
 
     repo_id = f"alice/{repo_name}"
     first = publish(server, repo_id, {"a.txt": b"a"}, tmp_path)

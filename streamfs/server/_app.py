@@ -171,11 +171,14 @@ class Api:
     async def resolve(self, request: Request) -> Response:
         owner, name, _ = await self.repo(request)
         rev = request.query_params.get("rev")
-        commit = await self.run(self.store.resolve, owner, name, rev)
         # the commit itself too: a client opening a revision needs it next (canonical JSON,
         # so its UTF-8 bytes hash to the id and the client can check them)
-        raw = await self.run(self.store.get_object, owner, name, "commit", commit)
+        commit, raw = await self.run(self._resolved, owner, name, rev)
         return JSONResponse({"rev": rev, "commit": commit, "object": raw.decode()})
+
+    def _resolved(self, owner: str, name: str, rev: str | None) -> tuple[str, bytes]:
+        commit = self.store.resolve(owner, name, rev)  # one hop to a thread for both
+        return commit, self.store.get_object(owner, name, "commit", commit)
 
     # ---------------------------------------------------------------- history
 
