@@ -13,6 +13,12 @@ being read through.
 Thread safety: any thread may call any method. The in-memory tree map is
 guarded by ``_lock``, the planner by ``_plan_lock``; both are held only for
 in-memory work, never across I/O.
+
+Fork (a DataLoader worker made by fork, Linux's default): the child keeps the
+trees already loaded, and starts with new locks, no loads in flight (the
+parent's threads that ran them are not in the child) and a sibling planner of
+its own, salted with its own pid so that workers spread over a folder instead
+of all prefetching the same files.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import hashlib
 import os
 import stat as stat_mod
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -75,10 +82,20 @@ class RepoView:
         self._entries = 0  # entries of the trees in self._trees
         self._loading: dict[str, Future[Tree | None]] = {}  # trees being loaded, by id
         self._lock = threading.Lock()
-        self._planner: SiblingPlanner | None = None
-        if client.prefetch:
-            cap = client.cache_size // PREFETCH_CAP_SHARE
-            self._planner = SiblingPlanner(BLOCK_SIZE, min(PREFETCH_BASE, cap), cap, os.getpid())
+        self._planner = self._new_planner()
+        self._plan_lock = threading.Lock()
+        _views.add(self)
+
+    def _new_planner(self) -> SiblingPlanner | None:
+        if not self.client.prefetch:
+            return None
+        cap = self.client.cache_size // PREFETCH_CAP_SHARE
+        return SiblingPlanner(BLOCK_SIZE, min(PREFETCH_BASE, cap), cap, os.getpid())
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._loading = {}
+        self._planner = self._new_planner()
         self._plan_lock = threading.Lock()
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -306,3 +323,14 @@ def make_stat(st: tuple[int, ...]) -> os.stat_result:
         "st_blocks": (size + 511) // 512,
     }
     return os.stat_result(fields, extra)
+
+
+_views: weakref.WeakSet[RepoView] = weakref.WeakSet()  # every view of this process
+
+
+def _after_fork_in_child() -> None:
+    for view in list(_views):
+        view._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,64 @@
+"""A RepoView in a forked child (a DataLoader worker made by fork): state of its own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from streamfs._client import Client
+from streamfs._model import Commit, Entry
+from streamfs._view import RepoView
+
+
+def _files(n: int) -> tuple[Entry, ...]:
+    return tuple(
+        Entry(f"f{i:03d}", "file", hashlib.sha256(str(i).encode()).hexdigest(), 100_000)
+        for i in range(n)
+    )
+
+
+def test_a_forked_child_plans_its_own_prefetch_and_finds_the_locks_free(tmp_path: Path) -> None:
+    client = Client("http://127.0.0.1:9", cache_dir=str(tmp_path), cache_size=1 << 30)
+    view = RepoView(client, "o", "n", "c" * 64, Commit("a" * 64, (), "m", "me", 0))
+    parent_planner = view._planner
+    assert parent_planner is not None
+    files = _files(50)
+    parent_planner.on_open("d", files, files[0])
+    assert parent_planner.on_open("d", files, files[1])  # the folder is active: picks went out
+    outstanding = parent_planner.outstanding_bytes
+    assert outstanding > 0
+
+    read_fd, write_fd = os.pipe()
+    # held by a parent thread at the moment of the fork: the child must not inherit them held
+    with view._lock, view._plan_lock:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child, reports through the pipe
+            try:
+                planner = view._planner
+                report = {
+                    "new_planner": planner is not None and planner is not parent_planner,
+                    "salt": getattr(planner, "_salt", None),
+                    "outstanding": getattr(planner, "outstanding_bytes", None),
+                    "lock": view._lock.acquire(timeout=5),
+                    "plan_lock": view._plan_lock.acquire(timeout=5),
+                }
+                os.write(write_fd, json.dumps(report).encode())
+            finally:
+                os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        report = json.loads(pipe.read())
+    os.waitpid(child, 0)
+
+    assert report == {
+        "new_planner": True,
+        "salt": child,  # workers start a folder at offsets of their own
+        "outstanding": 0,
+        "lock": True,
+        "plan_lock": True,
+    }
+    # the parent keeps its own plan
+    assert view._planner is parent_planner
+    assert parent_planner.outstanding_bytes == outstanding
