@@ -11,7 +11,8 @@ with every run.
                             [--bandwidth 1Gbit] [--out docs/benchmarks.md]
                             [--json .bench/results.json]
 
-Workloads: ttfb, epoch, seq, random, meta, upload (see docs/benchmarks.md, "Method").
+Workloads: ttfb, epoch, loader (the epochs with reader processes), seq, random, meta, upload
+(see docs/benchmarks.md, "Method").
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from latency_proxy import parse_duration  # noqa: E402
 T = TypeVar("T")
 
 MiB = 1024 * 1024
-WORKLOADS = ("ttfb", "epoch", "seq", "random", "meta", "upload")
+WORKLOADS = ("ttfb", "epoch", "loader", "seq", "random", "meta", "upload")
 READERS = 8
 DOWNLOAD_CONNECTIONS = 32
 WARM_PASSES = 3  # warm figures are the median of these passes after the cold one
@@ -311,9 +312,17 @@ def w_ttfb(ctx: Run, run: int) -> None:
         ctx.measure("ttfb", f"{report.RCLONE}, small files", run, rclone_ttfb)
 
 
-def w_epoch(ctx: Run, run: int) -> None:
+def w_epoch(ctx: Run, run: int, workload: str = "epoch", procs: int = 0) -> None:
+    """Epochs over the small files: 8 reader threads of one process; with ``procs``, that many
+    reader processes (w_loader)."""
     paths_file = str(WORK / "small-paths.json")
-    common = {"paths_file": paths_file, "threads": READERS, "passes": WARM_PASSES + 1, "seed": run}
+    common = {
+        "paths_file": paths_file,
+        "threads": READERS,
+        "procs": procs,
+        "passes": WARM_PASSES + 1,
+        "seed": run,
+    }
     spec = "bench/small@v1"
 
     def mount() -> dict[str, Any]:
@@ -357,16 +366,24 @@ def w_epoch(ctx: Run, run: int) -> None:
 
     systems = [(report.MOUNT, mount), (report.API, api)]
     systems += [(report.HOOKS, hooks)] if ctx.hooks else []
-    # quick: curl only (the faster of the two everywhere we measured); full: both
-    systems += [] if ctx.quick else [(report.DL_HTTPX, download("download_httpx"))]
-    systems += [(report.DL_CURL, download("download_curl"))]
-    systems += [(report.DL_BATCH, download("download_curl_batches"))]
+    if workload == "epoch":  # quick: curl only (the faster of the two everywhere we measured)
+        systems += [] if ctx.quick else [(report.DL_HTTPX, download("download_httpx"))]
+        systems += [(report.DL_CURL, download("download_curl"))]
+    systems += [(report.DL_BATCH, download("download_curl_batches"))]  # the fastest, always
     systems += [(report.LOCAL, local)] + ([(report.RCLONE, rclone)] if ctx.rclone else [])
     for name, fn in in_turn(systems, run):
-        record = ctx.measure("epoch", name, run, fn)
+        record = ctx.measure(workload, name, run, fn)
         add_fetched(record, ctx.small_bytes)
         if "error" not in record:  # files fetched by a request of their own, not in a batch
             record["gets_per_file"] = record["blob_get_requests"] / len(ctx.sets.small)
+
+
+def w_loader(ctx: Run, run: int) -> None:
+    """The epochs again, read by 8 processes instead of 8 threads: a PyTorch DataLoader with 8
+    workers, forked once the dataset exists (see bench_workers._epochs_in_processes). Python
+    readers (the API, the hooks) then run on every core instead of under one interpreter lock,
+    and so does local disk's."""
+    w_epoch(ctx, run, workload="loader", procs=READERS)
 
 
 def w_seq(ctx: Run, run: int) -> None:
@@ -552,6 +569,7 @@ def w_upload(ctx: Run, run: int) -> None:
 RUNNERS = {
     "ttfb": w_ttfb,
     "epoch": w_epoch,
+    "loader": w_loader,
     "seq": w_seq,
     "random": w_random,
     "meta": w_meta,

@@ -80,3 +80,27 @@ def test_the_table_shows_the_paired_ratio(report: ModuleType) -> None:
         records,
     )
     assert "| 0.50x |" in text and "1.50x" not in text
+
+
+def test_the_reader_processes_targets_compare_within_their_own_workload(
+    report: ModuleType,
+) -> None:
+    records = [
+        {"rtt_ms": 0.0, "workload": w, "system": s, "run": 0, "epoch2_files_s": v}
+        for w, s, v in (
+            ("epoch", report.API, 600.0),
+            ("epoch", report.LOCAL, 1000.0),
+            ("loader", report.API, 900.0),
+            ("loader", report.LOCAL, 3000.0),
+        )
+    ]
+    summary = report.summarize(records)
+    rows = report.evaluate(summary, records)
+    threads = _row(rows, "epoch 2 files/s >= 0.6x local disk", report.API)
+    procs = _row(rows, "epoch 2 files/s >= 0.6x local disk (8 reader processes)", report.API)
+    assert (threads["measured"], threads["result"]) == (pytest.approx(0.6), "PASS")
+    assert (procs["measured"], procs["result"]) == (pytest.approx(0.3), "MISS")
+    lines = report.workload_table(summary, 0.0, "loader", report.by_run(records))
+    assert lines[0] == f"#### {report.TITLES['loader']}"
+    (api_line,) = [line for line in lines if line.startswith(f"| {report.API} |")]
+    assert "| 0.30x |" in api_line
