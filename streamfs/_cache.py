@@ -6,6 +6,7 @@ DataLoader workers, the CLI). It holds three diskcache (SQLite) caches::
     DIR/blocks/   blob blocks, key "BLOB:INDEX"; most of the size limit
     DIR/meta/     trees, commits, block hash lists by key; 1/16 of the limit
     DIR/stats/    shared hit and miss counters; never evicted
+    DIR/claims/   small blobs a process is prefetching now; each expires
 
 Trees live apart from blocks so that streaming a large dataset, which
 evicts blocks all the time, never evicts the trees a mount is walking.
@@ -41,6 +42,11 @@ Invariants and choices:
   ``fork()``: the child reconnects on first use and drops the parent's
   uncounted hits. For spawn, a BlockCache pickles as its directory and limit.
   Each process's limit applies to the writes it makes.
+- **Prefetch claims.** DataLoader workers each plan their own prefetching
+  into this one cache, and their plans overlap. A batch of small blobs
+  claims them first (``claim``: a diskcache ``add`` with an expiry, atomic
+  across processes), so two workers never fetch one blob at once; a claim
+  left by a process that died expires after ``CLAIM_SECONDS``.
 - **Best effort.** A block the disk refuses (full, locked too long) is not
   cached; the read that fetched it still succeeds. Nothing here raises on
   a failed put.
@@ -78,6 +84,7 @@ META_SHARE = 16  # trees and commits get 1/16 of the limit
 EVICTION_POLICY = "least-recently-stored"
 WHERE_LIMIT = 100_000  # block files whose names a process remembers (~270 bytes each)
 STATS_FLUSH_SECONDS = 1.0
+CLAIM_SECONDS = 60.0  # a prefetch claim lasts this long (a batch lands in well under that)
 
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4, "p": 1024**5}
 _SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(?:i?b)?|b)?", re.IGNORECASE)
@@ -492,6 +499,8 @@ class BlockCache:
         self._blocks.reset("cull_limit", 0, update=False)
         self._meta = self._open("meta", meta_limit)
         self._counters = _Counters(self._open("stats", 0, eviction_policy="none"))
+        # expired claims are deleted by later claims (diskcache culls them on add)
+        self._claims = self._open("claims", 0, eviction_policy="none")
         # key -> the file diskcache keeps that block in, as last written or seen here
         self._where: dict[str, str] = {}
         self._blocks._cache.disk.remember = self._remember
@@ -586,6 +595,23 @@ class BlockCache:
             log.warning("cache lookup of %s:%d failed, treated as a miss: %s", blob, index, exc)
             return False
 
+    def claim(self, blobs: list[str], seconds: float = CLAIM_SECONDS) -> list[str]:
+        """Of the small blobs ``blobs``, those no other process claimed in the last
+        ``seconds``; this process claims them for that long, to prefetch them. On a disk
+        error, all of them (a blob fetched twice is only a waste)."""
+        guard = _guard
+        guard.enter()
+        try:
+            cache = self._claims._cache
+            pid = os.getpid()
+            with cache.transact(retry=True):
+                return [b for b in blobs if cache.add(b, pid, expire=seconds)]
+        except _DISK_ERRORS as exc:
+            log.warning("prefetch claims failed, fetching anyway: %s", exc)
+            return blobs
+        finally:
+            guard.leave()
+
     # The names the fetcher and reader use.
     get_block = get
     put_block = put
@@ -627,6 +653,7 @@ class BlockCache:
         self._where.clear()
         self._blocks.clear(retry=True)
         self._meta.clear(retry=True)
+        self._claims.clear(retry=True)
         self._counters.reset()
 
     def close(self) -> None:
@@ -637,6 +664,7 @@ class BlockCache:
         self._counters.close()
         self._blocks.close()
         self._meta.close()
+        self._claims.close()
 
     def __enter__(self) -> BlockCache:
         return self

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import multiprocessing
 import os
 import sys
 import threading
@@ -75,7 +76,7 @@ class Engine:
 
     async def _main(self) -> None:
         remote = Remote(self.url, self._token_value, retry=self._retry)
-        fetcher = BlockFetcher(remote, self.cache)
+        fetcher = BlockFetcher(remote, self.cache, claims=_worker_process())
         try:
             async with remote, trio.open_nursery() as nursery:
                 self.remote = remote
@@ -201,8 +202,20 @@ def _settle_all() -> None:
         engine.settle()
 
 
+_forked = False  # this process is a fork of one that used streamfs
+
+
+def _worker_process() -> bool:
+    """Whether this process was made by another that may read the same data into the same
+    cache (DataLoader workers: forked, or spawned through multiprocessing). Only such a
+    process claims its prefetches (BlockCache.claim): a claim is a cache write a blob, which
+    the only prefetcher of a cache would pay for nothing."""
+    return _forked or multiprocessing.parent_process() is not None
+
+
 def _after_fork_in_child() -> None:
-    global _engines_lock
+    global _engines_lock, _forked
+    _forked = True
     _engines_lock = threading.Lock()
     _engines.clear()  # the parent's loop threads do not exist here
 

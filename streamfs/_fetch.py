@@ -13,7 +13,9 @@ Invariants (all state here is touched only by the loop thread, so no locks):
 - Whole small blobs that are prefetched (``prefetch_whole``) travel many to a
   request (``POST blobs/batch``), at most ``parallel_batches`` batches at once.
   A batch claims its blobs only when it starts, so a reader never waits behind
-  a queue of prefetches: what is not in flight yet, it fetches itself.
+  a queue of prefetches: what is not in flight yet, it fetches itself. It
+  leaves out what is cached, and in a worker process (``claims``) what
+  another process sharing the cache is prefetching (see BlockCache.claim).
 - The loop only moves bytes. Hashing big pieces and writing the cache run in
   worker threads, the writes through one writer (SQLite has one write lock;
   racing writers sleep in its busy handler) that takes every delivery queued
@@ -107,9 +109,11 @@ class BlockFetcher:
         max_request: int = 4 * BLOCK_SIZE,
         parallel: int = 16,
         parallel_batches: int = 4,
+        claims: bool = False,
     ) -> None:
         self.remote = remote
         self.cache = cache
+        self.claims = claims  # prefetches claim their blobs in the cache (_claim_uncached)
         self.max_request = max_request
         self._limiter = trio.CapacityLimiter(parallel)
         self._batch_limiter = trio.CapacityLimiter(parallel_batches)
@@ -182,41 +186,55 @@ class BlockFetcher:
 
     nursery: trio.Nursery | None = None  # set by the owner before use
 
-    async def prefetch_whole(self, blobs: Sequence[BlobRef]) -> None:
-        """Fetch whole small blobs (one block each) into the cache, many to a request."""
+    async def prefetch_whole(
+        self, blobs: Sequence[BlobRef], elsewhere: Callable[[list[str]], None] | None = None
+    ) -> None:
+        """Fetch whole small blobs (one block each) into the cache, many to a request.
+
+        ``elsewhere`` is told, on the loop, the ids of those it leaves out because they are
+        in the cache already or another process is prefetching them (DataLoader workers
+        share the cache).
+        """
         unique = {b.id: b for b in blobs}  # one claim per blob: a twice-claimed one never resolves
         repos: dict[tuple[str, str], list[BlobRef]] = {}
         for blob in unique.values():
             if 0 < blob.size <= BLOCK_SIZE:
                 repos.setdefault((blob.owner, blob.name), []).append(blob)
         for small in repos.values():  # a batch asks one repository
-            self._batches(small)
+            self._batches(small, elsewhere)
 
-    def _batches(self, small: list[BlobRef]) -> None:
+    def _batches(self, small: list[BlobRef], elsewhere: Callable[[list[str]], None] | None) -> None:
         for start in range(0, len(small), BATCH_FILES):
             batch: list[BlobRef] = []
             size = 0
             for blob in small[start : start + BATCH_FILES]:
                 if batch and size + blob.size > BATCH_BYTES:
-                    self._spawn(self._fetch_batch, batch)
+                    self._spawn(self._fetch_batch, batch, elsewhere)
                     batch, size = [], 0
                 batch.append(blob)
                 size += blob.size
             if batch:
-                self._spawn(self._fetch_batch, batch)
+                self._spawn(self._fetch_batch, batch, elsewhere)
 
-    async def _fetch_batch(self, blobs: list[BlobRef]) -> None:
+    async def _fetch_batch(
+        self, blobs: list[BlobRef], elsewhere: Callable[[list[str]], None] | None
+    ) -> None:
         try:
-            await self._fetch_batch_claiming(blobs)
+            await self._fetch_batch_claiming(blobs, elsewhere)
         except Exception as exc:  # a prefetch must never take the engine down
             log.warning("prefetch of %d blobs failed: %s", len(blobs), exc)
 
-    async def _fetch_batch_claiming(self, blobs: list[BlobRef]) -> None:
+    async def _fetch_batch_claiming(
+        self, blobs: list[BlobRef], elsewhere: Callable[[list[str]], None] | None
+    ) -> None:
         async with self._batch_limiter:
             # Claim only what nobody fetched meanwhile (cache lookups are SQLite: off the loop).
             unclaimed = [b for b in blobs if (b.id, 0) not in self._inflight]
-            uncached = await trio.to_thread.run_sync(self._not_cached, unclaimed)
-            todo = [b for b in uncached if (b.id, 0) not in self._inflight]
+            mine = await trio.to_thread.run_sync(self._claim_uncached, unclaimed)
+            if elsewhere is not None and len(mine) < len(unclaimed):
+                taken = {b.id for b in mine}
+                elsewhere([b.id for b in unclaimed if b.id not in taken])
+            todo = [b for b in mine if (b.id, 0) not in self._inflight]
             for blob in todo:
                 self._inflight[(blob.id, 0)] = _Pending()
             if not todo:
@@ -247,8 +265,14 @@ class BlockFetcher:
             offset += blob.size
         return await trio.to_thread.run_sync(_verified_whole, pieces)
 
-    def _not_cached(self, blobs: list[BlobRef]) -> list[BlobRef]:
-        return [b for b in blobs if not self.cache.has_block(b.id, 0)]
+    def _claim_uncached(self, blobs: list[BlobRef]) -> list[BlobRef]:
+        """Those of ``blobs`` not in the cache that no other process is prefetching now,
+        claimed (see BlockCache.claim; only with ``claims``)."""
+        uncached = [b for b in blobs if not self.cache.has_block(b.id, 0)]
+        if not uncached or not self.claims:
+            return uncached
+        claimed = set(self.cache.claim([b.id for b in uncached]))
+        return [b for b in uncached if b.id in claimed]
 
     async def _fetch_claimed(self, blob: BlobRef, first: int, last: int, keep: bool) -> None:
         """Fetch blocks first..last (inclusive) in one range request and resolve them.

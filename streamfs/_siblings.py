@@ -29,8 +29,16 @@ The policy, per view of a commit:
   pass starts a new pass (the next epoch): the folder is read through again,
   and once a file of it misses (a cache that evicted some of it) the rest is
   refilled ahead of the readers.
-- **Spread.** Each process starts a folder at its own offset, so DataLoader
-  workers that prefetch the same folder mostly fetch different files.
+- **Processes.** DataLoader workers each have a planner and share one disk
+  cache; each opens a share of every folder. Each process starts a folder at
+  its own offset, so workers that prefetch the same folder mostly fetch
+  different files. A pick another process fetched meanwhile (found in the
+  cache when its batch starts) or is fetching (it holds a claim in the
+  cache) is released (``release``): it takes no room in the window. A file of an active folder that this planner did not fetch
+  but found in the cache counts as useful: another worker's prefetch saved
+  its request. Without these two, each planner's window filled with files
+  the other workers opened, and 8 workers made 0.45 requests of one blob a
+  file against 0.20 for 8 threads (docs/benchmarks.md, session 18).
 - **Batches.** The window is topped up once ``refill`` bytes of it (or half)
   are free, so picks come many at a time and travel in few requests.
 - Only files of at most ``small`` bytes are prefetched (one block; big files
@@ -43,7 +51,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ._model import Entry
@@ -105,21 +113,34 @@ class SiblingPlanner:
         if entry.size > self.small:
             return []
         self.opened_bytes += entry.size
-        size = self._outstanding.pop(entry.id, None)
-        if size is not None:
-            self.outstanding_bytes -= size
-            self.useful_bytes += size
         state = self._folder(folder, siblings)
         if entry.name in state.opened:  # a new pass over this folder
             state.opened.clear()
             state.cursor = 0
             state.active = state.missed = False
+        size = self._outstanding.pop(entry.id, None)
+        if size is not None:
+            self.outstanding_bytes -= size
+            self.useful_bytes += size
+        elif state.active and not missed:
+            # A folder being read through, and a file of it that this planner did not fetch
+            # was in the cache: another process's prefetch saved its request.
+            self.useful_bytes += entry.size
         state.opened.add(entry.name)
         state.missed = state.missed or missed
         if not state.active and state.missed and len(state.opened) >= 2:
             state.active = True
             self._active.append(folder)
         return self._pick()
+
+    def release(self, ids: Iterable[str]) -> None:
+        """Picks that their batch left out (cached meanwhile, or claimed by another process
+        that is fetching them): this planner fetched nothing for them, so they take no
+        room in the window."""
+        for oid in ids:
+            size = self._outstanding.pop(oid, None)
+            if size is not None:
+                self.outstanding_bytes -= size
 
     def _folder(self, folder: str, siblings: Sequence[Entry]) -> _Folder:
         state = self._folders.get(folder)

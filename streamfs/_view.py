@@ -31,7 +31,7 @@ import stat as stat_mod
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 from ._client import Client
@@ -265,7 +265,14 @@ class RepoView:
             picks = self._planner.on_open(folder, siblings, entry, missed)
         if picks:  # a window's worth at a time; the batch drops what is cached, off this thread
             blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
-            self.client.engine.spawn(_prefetch_whole, self.client.engine, blobs)
+            self.client.engine.spawn(_prefetch_whole, self.client.engine, blobs, self._elsewhere)
+
+    def _elsewhere(self, ids: list[str]) -> None:
+        """Picks the batch left out: cached already, or being prefetched by another process
+        (DataLoader workers). They take no room in this planner's window."""
+        assert self._planner is not None
+        with self._plan_lock:
+            self._planner.release(ids)
 
 
 def entry_stat(entry: Entry, path: str, *, writable: bool = False) -> tuple[int, ...]:
@@ -299,9 +306,11 @@ async def _get_commit(engine: Engine, owner: str, name: str, oid: str) -> Commit
     return await (await _remote(engine)).get_commit(owner, name, oid)
 
 
-async def _prefetch_whole(engine: Engine, blobs: list[BlobRef]) -> None:
+async def _prefetch_whole(
+    engine: Engine, blobs: list[BlobRef], elsewhere: Callable[[list[str]], None]
+) -> None:
     assert engine.fetcher is not None
-    await engine.fetcher.prefetch_whole(blobs)
+    await engine.fetcher.prefetch_whole(blobs, elsewhere)
 
 
 async def _get_tree_bytes(engine: Engine, owner: str, name: str, oid: str) -> bytes:

@@ -470,3 +470,17 @@ def test_the_caches_keep_sqlite_connections_per_os_thread(cache: BlockCache) -> 
     (see _PerOsThread and tests/test_cache_fuse.py)."""
     for store in (cache._blocks, cache._meta, cache._counters._store):
         assert isinstance(store._cache._local, _PerOsThread)
+
+
+def test_a_prefetch_claim_is_taken_once_across_processes_until_it_expires(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "c"
+    with BlockCache(directory, 64 * MiB) as one, BlockCache(directory, 64 * MiB) as two:
+        assert one.claim(["a", "b"]) == ["a", "b"]
+        assert two.claim(["b", "c"]) == ["c"]  # b is being fetched by the first
+        assert one.claim(["c"], seconds=-1) == []  # a claim that is already over ...
+        assert two.claim(["d"], seconds=-1) == ["d"]
+        assert one.claim(["d"]) == ["d"]  # ... is free for the next claimer
+        one.clear()
+        assert two.claim(["a"]) == ["a"]

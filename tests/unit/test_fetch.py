@@ -138,3 +138,42 @@ async def test_a_prefetched_block_is_written_before_it_is_handed_over(cache: Blo
         writes.gate.set()
     assert log == ["written 2", "read 2"]
     assert len(fetcher.fresh) == 0  # the reader caught up with it: not kept twice
+
+
+class SmallBlobsRemote:
+    """POST blobs/batch from memory, recording the ids each batch asked for."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+        self.batches: list[list[str]] = []
+
+    async def read_blobs(self, owner: str, name: str, ids: list[str], size: int = 0) -> bytes:
+        self.batches.append(list(ids))
+        return b"".join(self.blobs[i] for i in ids)
+
+
+@pytest.mark.parametrize("claims", [True, False])
+@pytest.mark.trio
+async def test_a_prefetch_leaves_out_what_is_cached_or_claimed_by_another_process(
+    cache: BlockCache, claims: bool
+) -> None:
+    data = [random.Random(i).randbytes(1000 + i) for i in range(4)]
+    ids = [hashlib.sha256(d).hexdigest() for d in data]
+    remote = SmallBlobsRemote(dict(zip(ids, data, strict=True)))
+    cache.put(ids[0], 0, data[0])
+    other = BlockCache(cache.directory, cache.size_limit)  # another worker's view of the cache
+    assert other.claim([ids[1]]) == [ids[1]]
+    fetcher = BlockFetcher(remote, cache, claims=claims)  # type: ignore[arg-type]
+    left_out: list[str] = []
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        await fetcher.prefetch_whole(
+            [BlobRef("alice", "data", oid, len(d)) for oid, d in zip(ids, data, strict=True)],
+            left_out.extend,
+        )
+        await fetcher.settled()
+    # without claims (the only prefetcher of its cache) the claimed blob is fetched anyway
+    expected = [ids[0], ids[1]] if claims else [ids[0]]
+    assert sorted(left_out) == sorted(expected)
+    assert remote.batches == [[i for i in ids if i not in expected]]
+    assert all(cache.get(oid, 0) == d for oid, d in zip(ids[2:], data[2:], strict=True))

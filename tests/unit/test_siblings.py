@@ -191,3 +191,56 @@ def test_a_folder_read_from_the_cache_prefetches_nothing_until_a_file_misses() -
         planner.on_open("a", files, entry, missed=False)
     # the next pass, all cached again: the evidence of the last pass does not carry over
     assert all(planner.on_open("a", files, e, missed=False) == [] for e in files)
+
+
+def shared_epoch_misses(procs: int, folders: int, per_folder: int) -> tuple[int, int]:
+    """A shuffled epoch read by ``procs`` processes, 16 files a task in turn (a DataLoader),
+    each with its own planner and one cache between them; a batch leaves out (and releases)
+    what is cached. Returns the files opened before they were cached and the picks left out."""
+    planners = [SiblingPlanner(4 << 20, 8 << 20, 1 << 40, salt=p) for p in range(procs)]
+    tree = {f"d{d}": folder(f"d{d}", [110 * KiB] * per_folder) for d in range(folders)}
+    order = [(name, entry) for name, entries in tree.items() for entry in entries]
+    random.Random(4).shuffle(order)
+    cached: set[str] = set()
+    misses = left_out = 0
+    for i, (name, entry) in enumerate(order):
+        planner = planners[i // 16 % procs]
+        missed = entry.id not in cached
+        misses += missed
+        cached.add(entry.id)
+        picks = planner.on_open(name, tree[name], entry, missed)
+        planner.release(p.id for p in picks if p.id in cached)
+        left_out += sum(p.id in cached for p in picks)
+        cached.update(p.id for p in picks)
+    return misses, left_out
+
+
+def test_processes_sharing_a_cache_prefetch_as_well_as_one() -> None:
+    # Each planner sees an eighth of the opens. Without release its window fills with files
+    # the others fetched: 1.6x the misses here (the bench: 0.45 requests a file against 0.20).
+    alone = epoch_misses(SiblingPlanner(4 << 20, 8 << 20, 1 << 40), 20, 200)
+    shared, left_out = shared_epoch_misses(8, 20, 200)
+    assert left_out > 0
+    assert shared < 1.25 * alone, (shared, alone)
+
+
+def test_a_released_pick_frees_its_room_and_is_not_useful() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=1 << 20, cap=1 << 40)
+    files = folder("a", [100 * KiB] * 100)
+    planner.on_open("a", files, files[0])
+    picks = planner.on_open("a", files, files[1])
+    planner.release([picks[0].id, picks[1].id, files[50].id])  # the last was never picked
+    assert planner.outstanding_bytes == sum(p.size for p in picks[2:])
+    assert planner.useful_bytes == 0
+
+
+def test_a_cached_file_of_an_active_folder_counts_as_useful() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=1 << 20, cap=1 << 40)
+    files = folder("a", [100 * KiB] * 100)
+    planner.on_open("a", files, files[0])  # a miss, one file: the folder is not active yet
+    planner.on_open("a", files, files[99], missed=False)
+    assert planner.useful_bytes == 0
+    picks = planner.on_open("a", files, files[1])  # a second miss: active
+    other = next(e for e in files[2:] if e not in picks)
+    planner.on_open("a", files, other, missed=False)  # another process's prefetch saved it
+    assert planner.useful_bytes == other.size
