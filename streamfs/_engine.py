@@ -213,6 +213,13 @@ def _worker_process() -> bool:
     return _forked or multiprocessing.parent_process() is not None
 
 
+def prefetch_alone() -> None:
+    """This process was forked to run on its own (a mount's daemon), not as a worker beside
+    its parent: it makes no prefetch claims."""
+    global _forked
+    _forked = False
+
+
 def _after_fork_in_child() -> None:
     global _engines_lock, _forked
     _forked = True

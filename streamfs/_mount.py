@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 from ._client import Client
 from ._committer import Committer
+from ._engine import prefetch_alone
 from ._errors import InvalidInputError, ReadOnlyError, RemoteError, StreamfsError
 from ._malloc import keep_block_buffers
 from ._model import RepoSpec
@@ -311,6 +312,7 @@ def _become_daemon(run: Callable[[int], None], ready_fd: int, log_file: Path) ->
             os.dup2(null if target == 0 else out, target)
         os.close(null)
         os.close(out)
+        prefetch_alone()  # the only reader of its engine, not a DataLoader worker
     except BaseException:
         os._exit(1)  # nothing to report to: the caller sees the ready pipe close
     try:

@@ -1,10 +1,16 @@
-"""The engine's loop thread: background work is started without waiting for the loop."""
+"""The engine's loop thread: background work is started without waiting for the loop; which
+processes claim their prefetches."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
+from typing import NoReturn
 
+import pytest
+
+from streamfs import _engine
 from streamfs._cache import BlockCache, MiB
 from streamfs._engine import Engine
 
@@ -36,3 +42,28 @@ def test_spawn_returns_while_the_loop_is_busy_and_the_task_runs_after(tmp_path: 
         release.set()
         engine.close()
     engine.spawn(background)  # a closed engine drops background work, quietly
+
+
+def _child_reports(pipe_w: int, *, alone: bool) -> NoReturn:
+    try:
+        if alone:
+            _engine.prefetch_alone()
+        os.write(pipe_w, b"1" if _engine._worker_process() else b"0")
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.parametrize(("alone", "expected"), [(False, b"1"), (True, b"0")])
+def test_a_forked_child_claims_its_prefetches_unless_it_runs_alone(
+    alone: bool, expected: bytes
+) -> None:
+    assert not _engine._worker_process()  # the test runner: no process made it
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _child_reports(w, alone=alone)
+    os.close(w)
+    got = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == expected
