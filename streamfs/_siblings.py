@@ -34,11 +34,12 @@ The policy, per view of a commit:
   its own offset, so workers that prefetch the same folder mostly fetch
   different files. A pick another process fetched meanwhile (found in the
   cache when its batch starts) or is fetching (it holds a claim in the
-  cache) is released (``release``): it takes no room in the window. A file of an active folder that this planner did not fetch
-  but found in the cache counts as useful: another worker's prefetch saved
-  its request. Without these two, each planner's window filled with files
-  the other workers opened, and 8 workers made 0.45 requests of one blob a
-  file against 0.20 for 8 threads (docs/benchmarks.md, session 18).
+  cache) is released (``release``): it takes no room in the window. A file
+  of an active folder that this planner did not fetch but found in the
+  cache counts as useful: another worker's prefetch saved its request.
+  Without these two, each planner's window filled with files the other
+  workers opened, and 8 workers made 0.45 requests of one blob a file
+  against 0.20 for 8 threads (docs/benchmarks.md, sessions 17-18).
 - **Batches.** The window is topped up once ``refill`` bytes of it (or half)
   are free, so picks come many at a time and travel in few requests.
 - Only files of at most ``small`` bytes are prefetched (one block; big files
