@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import multiprocessing
 import os
 import sys
 import threading
@@ -210,7 +209,9 @@ def _worker_process() -> bool:
     cache (DataLoader workers: forked, or spawned through multiprocessing). Only such a
     process claims its prefetches (BlockCache.claim): a claim is a cache write a blob, which
     the only prefetcher of a cache would pay for nothing."""
-    return _forked or multiprocessing.parent_process() is not None
+    # not imported here for this: a process that multiprocessing made has it loaded already
+    process = sys.modules.get("multiprocessing.process")
+    return _forked or (process is not None and process.parent_process() is not None)
 
 
 def prefetch_alone() -> None:

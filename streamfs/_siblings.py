@@ -119,9 +119,8 @@ class SiblingPlanner:
             state.opened.clear()
             state.cursor = 0
             state.active = state.missed = False
-        size = self._outstanding.pop(entry.id, None)
+        size = self._unpick(entry.id)
         if size is not None:
-            self.outstanding_bytes -= size
             self.useful_bytes += size
         elif state.active and not missed:
             # A folder being read through, and a file of it that this planner did not fetch
@@ -139,9 +138,14 @@ class SiblingPlanner:
         that is fetching them): this planner fetched nothing for them, so they take no
         room in the window."""
         for oid in ids:
-            size = self._outstanding.pop(oid, None)
-            if size is not None:
-                self.outstanding_bytes -= size
+            self._unpick(oid)
+
+    def _unpick(self, oid: str) -> int | None:
+        """Take ``oid`` out of the window; its size, or None if it was not there."""
+        size = self._outstanding.pop(oid, None)
+        if size is not None:
+            self.outstanding_bytes -= size
+        return size
 
     def _folder(self, folder: str, siblings: Sequence[Entry]) -> _Folder:
         state = self._folders.get(folder)

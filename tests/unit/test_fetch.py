@@ -161,8 +161,8 @@ async def test_a_prefetch_leaves_out_what_is_cached_or_claimed_by_another_proces
     ids = [hashlib.sha256(d).hexdigest() for d in data]
     remote = SmallBlobsRemote(dict(zip(ids, data, strict=True)))
     cache.put(ids[0], 0, data[0])
-    other = BlockCache(cache.directory, cache.size_limit)  # another worker's view of the cache
-    assert other.claim([ids[1]]) == [ids[1]]
+    with BlockCache(cache.directory, cache.size_limit) as other:  # another worker's view
+        assert other.claim([ids[1]]) == [ids[1]]
     fetcher = BlockFetcher(remote, cache, claims=claims)  # type: ignore[arg-type]
     left_out: list[str] = []
     async with trio.open_nursery() as nursery:
