@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import diskcache
 import pytest
 
 from streamfs._model import BLOCK_SIZE
@@ -223,6 +224,25 @@ def test_second_read_does_not_reach_the_daemon(mounts: Mounts, repo_name: str) -
     assert isinstance(after_first, int) and after_first > 0
     assert (point / "a.bin").read_bytes() == data
     assert mounts.status(point)["read_calls"] == after_first
+
+
+def test_the_daemon_prefetches_a_folder_without_claiming_it(mounts: Mounts, repo_name: str) -> None:
+    # The daemon is a forked process, as a DataLoader worker is, but it is the machine's only
+    # reader of its mount: claims in the shared cache would only cost it time (see _engine)
+    rng = random.Random(8)
+    files = {f"train/img{i:03d}.jpg": rng.randbytes(rng.randint(1000, 30_000)) for i in range(80)}
+    publish(mounts, f"alice/{repo_name}", files)
+    point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
+    before = mounts.server.metrics()
+    for rel, data in files.items():
+        assert (point / rel).read_bytes() == data
+    after = mounts.server.metrics()
+    assert after["blob_batch_blobs"] - before["blob_batch_blobs"] > 0  # it did prefetch
+    claims = diskcache.Cache(mounts.env["STREAMFS_CACHE_DIR"] + "/claims")
+    try:
+        assert len(claims) == 0
+    finally:
+        claims.close()
 
 
 def test_erofs_enoent_and_eio(mounts: Mounts, repo_name: str) -> None:
