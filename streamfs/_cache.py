@@ -26,6 +26,10 @@ Invariants and choices:
   reader threads paid on every file of a warm epoch. diskcache names files
   at random and never reuses a name, so the file is this block's whole value
   or it is gone (evicted, by any process), and then the lookup goes to SQLite.
+  A process about to read many blocks that others cached (a DataLoader
+  worker reading a folder its siblings fetched) looks their names up in one
+  query (``recall``): one SQL lookup per file was most of the cost of a
+  warm file read in such a worker.
 - **Eviction: least-recently-stored.** With it a hit is one read-only SQL
   lookup. 'least-recently-used' turns every hit (32 per block at FUSE's
   128 KiB) into a write transaction, which serializes all reader processes
@@ -63,7 +67,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -83,6 +87,8 @@ MIN_DEFAULT_SIZE = 256 * MiB  # ... but never below this (a few readahead window
 META_SHARE = 16  # trees and commits get 1/16 of the limit
 EVICTION_POLICY = "least-recently-stored"
 WHERE_LIMIT = 100_000  # block files whose names a process remembers (~270 bytes each)
+RECALL_LIMIT = 4096  # blocks one recall looks up (a bigger folder is recalled in part)
+RECALL_CHUNK = 500  # keys a query: SQLite allowed 999 variables before 3.32
 STATS_FLUSH_SECONDS = 1.0
 CLAIM_SECONDS = 60.0  # a prefetch claim lasts this long (a batch lands in well under that)
 
@@ -562,6 +568,39 @@ class BlockCache:
         if len(self._where) >= WHERE_LIMIT:
             self._where.clear()
         self._where[key] = path
+
+    def recall(self, blocks: Iterable[tuple[str, int]]) -> int:
+        """Look up where the files of many cached blocks are, one query for hundreds, and
+        remember them (see ``_lookup``); how many it found. For a process about to read
+        blocks that other processes cached: their reads then skip SQLite. Best effort."""
+        where = self._where
+        keys = [k for k in (_block_key(b, i) for b, i in blocks) if k not in where]
+        del keys[RECALL_LIMIT:]
+        if not keys:
+            return 0
+        guard = _guard
+        guard.enter()
+        try:
+            cache = self._blocks._cache
+            directory = cache.directory
+            found = 0
+            for start in range(0, len(keys), RECALL_CHUNK):
+                chunk = keys[start : start + RECALL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = cache._sql(  # diskcache's own table; values in files have a filename
+                    "SELECT key, filename FROM Cache WHERE raw = 1 AND filename IS NOT NULL"
+                    f" AND (expire_time IS NULL OR expire_time > ?) AND key IN ({marks})",
+                    (time.time(), *chunk),
+                ).fetchall()
+                for key, name in rows:
+                    self._remember(key, os.path.join(directory, name))
+                found += len(rows)
+            return found
+        except _DISK_ERRORS as exc:
+            log.warning("cache recall of %d blocks failed: %s", len(keys), exc)
+            return 0
+        finally:
+            guard.leave()
 
     def put(self, blob: str, index: int, data: bytes | bytearray | memoryview) -> None:
         """Store a whole, verified block (content addressed: an existing one is kept)."""

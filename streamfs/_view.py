@@ -66,6 +66,7 @@ PREFETCH_BASE = 32 * 1024 * 1024
 # (docs/benchmarks.md). Prefetched blocks are the newest in the cache, so the other half is
 # what eviction takes from first.
 PREFETCH_CAP_SHARE = 2
+MAX_RECALLED = 4096  # folders a view remembers having recalled (then it starts over)
 
 
 class RepoView:
@@ -84,6 +85,7 @@ class RepoView:
         self._lock = threading.Lock()
         self._planner = self._new_planner()
         self._plan_lock = threading.Lock()
+        self._recalled: set[str] = set()  # folders whose cached files this process looked up
         _views.add(self)
 
     def _new_planner(self) -> SiblingPlanner | None:
@@ -263,6 +265,17 @@ class RepoView:
             return
         with self._plan_lock:
             picks = self._planner.on_open(folder, siblings, entry, missed)
+            recall = not missed and folder not in self._recalled
+            if recall:
+                if len(self._recalled) >= MAX_RECALLED:
+                    self._recalled.clear()
+                self._recalled.add(folder)
+        if recall:
+            # A cached file of a folder this process has not read from: others (DataLoader
+            # workers, an earlier run) cached it, likely its siblings too. Where their files
+            # are, in one query: each read of them skips its own SQL lookup.
+            small = (e for e in siblings if not e.is_dir and 0 < e.size <= BLOCK_SIZE)
+            self.client.cache.recall((e.id, 0) for e in small)
         if picks:  # a window's worth at a time; the batch drops what is cached, off this thread
             blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
             self.client.engine.spawn(_prefetch_whole, self.client.engine, blobs, self._elsewhere)

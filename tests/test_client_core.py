@@ -398,6 +398,34 @@ def test_reading_through_a_folder_prefetches_the_rest_in_batches(
     assert sent == sum(len(d) for d in files.values())  # every byte once
 
 
+def test_a_process_reading_a_folder_that_another_cached_looks_it_up_in_one_query(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    # like a DataLoader worker in a warm epoch: the files are cached, by other processes
+    rng = random.Random(9)
+    files = {f"train/img{i:03d}.jpg": rng.randbytes(rng.randint(40_000, 90_000)) for i in range(40)}
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    writer = open_repo(server, repo_id, tmp_path / "cache", cache_size="1G")
+    for path, data in files.items():
+        assert writer.read_bytes(path) == data
+    wait_for_prefetches(writer)
+    # another cache size: another BlockCache, which knows none of the block files' names
+    reader = open_repo(server, repo_id, tmp_path / "cache", cache_size="2G")
+    before = server.metrics()
+    statements: list[str] = []
+    connection = reader.client.cache._blocks._cache._con  # this thread's: reads run on it
+    connection.set_trace_callback(statements.append)
+    try:
+        for path, data in files.items():
+            assert reader.read_bytes(path) == data
+    finally:
+        connection.set_trace_callback(None)
+    assert server.metrics()["blob_bytes_sent"] == before["blob_bytes_sent"]
+    # the first file's lookup, then one for the folder; not one a file
+    assert len(statements) == 2, statements
+
+
 def test_a_cached_folder_plans_no_prefetch_and_an_evicted_one_is_refilled(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:

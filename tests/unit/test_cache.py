@@ -248,6 +248,49 @@ def test_a_remembered_block_file_that_another_process_evicted_is_looked_up_again
         assert cache.get(BLOB, 0) == pattern(3, 100 * KiB)
 
 
+def test_a_recall_finds_where_blocks_another_process_cached_are_in_few_queries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("streamfs._cache.RECALL_CHUNK", 4)
+    blobs = [f"{i:02x}" * 32 for i in range(10)]
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
+        for i, blob in enumerate(blobs[:8]):
+            other.put(blob, 0, pattern(i, 40 * KiB))
+        other.put(blobs[8], 0, b"small")  # kept inside SQLite: no file to remember
+        cache.put(BLOB, 0, pattern(20, 40 * KiB))  # this one's own: known already
+        statements: list[str] = []
+        connection = cache._blocks._cache._con
+        connection.set_trace_callback(statements.append)
+        try:
+            wanted = [(b, 0) for b in blobs] + [(BLOB, 0)]  # blobs[9] was never cached
+            assert cache.recall(wanted) == 8
+            assert len(statements) == 3  # 10 keys not known yet, 4 a query
+            statements.clear()
+            for i, blob in enumerate(blobs[:8]):
+                assert cache.get(blob, 0) == pattern(i, 40 * KiB)
+            assert cache.get(BLOB, 0) == pattern(20, 40 * KiB)
+            assert statements == []  # all read without SQLite
+            assert cache.recall([(b, 0) for b in blobs[:8]]) == 0  # nothing left to look up
+            assert statements == []
+            assert cache.get(blobs[8], 0) == b"small" and cache.get(blobs[9], 0) is None
+        finally:
+            connection.set_trace_callback(None)
+        other.clear()  # recalled files that are gone since: looked up again, a miss
+        assert cache.get(blobs[0], 0) is None
+
+
+def test_a_recall_looks_up_at_most_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("streamfs._cache.RECALL_LIMIT", 3)
+    blobs = [f"{i:02x}" * 32 for i in range(6)]
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
+        for i, blob in enumerate(blobs):
+            other.put(blob, 0, pattern(i, 40 * KiB))
+        assert cache.recall([(b, 0) for b in blobs]) == 3
+        assert cache.recall([(b, 0) for b in blobs]) == 3  # the next three
+
+
 def test_metadata_store(cache: BlockCache) -> None:
     assert cache.get_meta("tree:" + BLOB) is None
     big = pattern(4, 100 * KiB)
