@@ -59,6 +59,7 @@ Invariants and choices:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -574,8 +575,10 @@ class BlockCache:
         remember them (see ``_lookup``); how many it found. For a process about to read
         blocks that other processes cached: their reads then skip SQLite. Best effort."""
         where = self._where
-        keys = [k for k in (_block_key(b, i) for b, i in blocks) if k not in where]
-        del keys[RECALL_LIMIT:]
+        # lazily: a folder of a million files costs as much as one of RECALL_LIMIT (plus the
+        # files this process knows already, at most WHERE_LIMIT)
+        unknown = (k for k in (_block_key(b, i) for b, i in blocks) if k not in where)
+        keys = list(itertools.islice(unknown, RECALL_LIMIT))
         if not keys:
             return 0
         guard = _guard

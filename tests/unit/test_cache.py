@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -289,6 +290,9 @@ def test_a_recall_looks_up_at_most_its_limit(
             other.put(blob, 0, pattern(i, 40 * KiB))
         assert cache.recall([(b, 0) for b in blobs]) == 3
         assert cache.recall([(b, 0) for b in blobs]) == 3  # the next three
+        endless = ((f"ff{i:062x}", 0) for i in itertools.count())  # a huge folder: read lazily
+        assert cache.recall(endless) == 0
+        assert next(endless) == (f"ff{3:062x}", 0)
 
 
 def test_metadata_store(cache: BlockCache) -> None:
