@@ -16,9 +16,10 @@ in-memory work, never across I/O.
 
 Fork (a DataLoader worker made by fork, Linux's default): the child keeps the
 trees already loaded, and starts with new locks, no loads in flight (the
-parent's threads that ran them are not in the child) and a sibling planner of
+parent's threads that ran them are not in the child), a sibling planner of
 its own, salted with its own pid so that workers spread over a folder instead
-of all prefetching the same files.
+of all prefetching the same files, and no folder recalled (its block cache is
+a new one, which knows no block file's name).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class RepoView:
         self._loading = {}
         self._planner = self._new_planner()
         self._plan_lock = threading.Lock()
+        self._recalled = set()  # the child's cache is new: it knows no block file's name
 
     def __reduce__(self) -> tuple[object, ...]:
         # Pickles as the pinned commit (DataLoader workers, multiprocessing): never re-resolved.

@@ -29,6 +29,7 @@ def test_a_forked_child_plans_its_own_prefetch_and_finds_the_locks_free(tmp_path
     assert parent_planner.on_open("d", files, files[1])  # the folder is active: picks went out
     outstanding = parent_planner.outstanding_bytes
     assert outstanding > 0
+    view._recalled.add("d")  # the parent looked up where the folder's cached files are
 
     read_fd, write_fd = os.pipe()
     # held by a parent thread at the moment of the fork: the child must not inherit them held
@@ -41,6 +42,7 @@ def test_a_forked_child_plans_its_own_prefetch_and_finds_the_locks_free(tmp_path
                     "new_planner": planner is not None and planner is not parent_planner,
                     "salt": getattr(planner, "_salt", None),
                     "outstanding": getattr(planner, "outstanding_bytes", None),
+                    "recalled": sorted(view._recalled),
                     "lock": view._lock.acquire(timeout=5),
                     "plan_lock": view._plan_lock.acquire(timeout=5),
                 }
@@ -56,9 +58,11 @@ def test_a_forked_child_plans_its_own_prefetch_and_finds_the_locks_free(tmp_path
         "new_planner": True,
         "salt": child,  # workers start a folder at offsets of their own
         "outstanding": 0,
+        "recalled": [],  # its cache is new and knows no file names: it recalls folders again
         "lock": True,
         "plan_lock": True,
     }
     # the parent keeps its own plan
     assert view._planner is parent_planner
+    assert view._recalled == {"d"}
     assert parent_planner.outstanding_bytes == outstanding
