@@ -30,6 +30,9 @@ Invariants and choices:
   worker reading a folder its siblings fetched) looks their names up in one
   query (``recall``): one SQL lookup per file was most of the cost of a
   warm file read in such a worker.
+- **The limit holds after each write.** A write (one block, or a prefetch
+  batch in one transaction) lands first and evicts after; ``stats()`` taken
+  in between can see up to that write's bytes over the limit.
 - **Eviction: least-recently-stored.** With it a hit is one read-only SQL
   lookup. 'least-recently-used' turns every hit (32 per block at FUSE's
   128 KiB) into a write transaction, which serializes all reader processes
