@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import multiprocessing
@@ -46,6 +47,24 @@ def pattern(seed: int, size: int) -> bytes:
 
 def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def sql_statements(cache: BlockCache) -> Iterator[list[str]]:
+    """The SQL this thread sends to the blocks' database meanwhile."""
+    statements: list[str] = []
+    connection = cache._blocks._cache._con
+    connection.set_trace_callback(statements.append)
+    try:
+        yield statements
+    finally:
+        connection.set_trace_callback(None)
+
+
+def put_blocks(cache: BlockCache, blobs: list[str]) -> None:
+    """Block 0 of each blob, 40 KiB (a file of its own), content ``pattern(i)``."""
+    for i, blob in enumerate(blobs):
+        cache.put(blob, 0, pattern(i, 40 * KiB))
 
 
 @pytest.fixture
@@ -175,13 +194,9 @@ def test_a_block_this_process_wrote_or_read_is_found_without_sqlite(tmp_path: Pa
         cache.put(BLOB, 0, pattern(1, 100 * KiB))
         other.put(BLOB, 1, pattern(2, 100 * KiB))
         assert cache.get(BLOB, 1) == pattern(2, 100 * KiB)  # looked up once, then remembered
-        statements: list[str] = []
-        cache._blocks._cache._con.set_trace_callback(statements.append)
-        try:
+        with sql_statements(cache) as statements:
             assert cache.get(BLOB, 0, 5, 10) == pattern(1, 100 * KiB)[5:15]
             assert cache.get(BLOB, 1) == pattern(2, 100 * KiB)
-        finally:
-            cache._blocks._cache._con.set_trace_callback(None)
         assert statements == []
         assert cache.stats()["hits"] == 3
 
@@ -255,14 +270,10 @@ def test_a_recall_finds_where_blocks_another_process_cached_are_in_few_queries(
     monkeypatch.setattr("streamfs._cache.RECALL_CHUNK", 4)
     blobs = [f"{i:02x}" * 32 for i in range(10)]
     with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
-        for i, blob in enumerate(blobs[:8]):
-            other.put(blob, 0, pattern(i, 40 * KiB))
+        put_blocks(other, blobs[:8])
         other.put(blobs[8], 0, b"small")  # kept inside SQLite: no file to remember
         cache.put(BLOB, 0, pattern(20, 40 * KiB))  # this one's own: known already
-        statements: list[str] = []
-        connection = cache._blocks._cache._con
-        connection.set_trace_callback(statements.append)
-        try:
+        with sql_statements(cache) as statements:
             wanted = [(b, 0) for b in blobs] + [(BLOB, 0)]  # blobs[9] was never cached
             assert cache.recall(wanted) == 8
             assert len(statements) == 3  # 10 keys not known yet, 4 a query
@@ -274,8 +285,6 @@ def test_a_recall_finds_where_blocks_another_process_cached_are_in_few_queries(
             assert cache.recall([(b, 0) for b in blobs[:8]]) == 0  # nothing left to look up
             assert statements == []
             assert cache.get(blobs[8], 0) == b"small" and cache.get(blobs[9], 0) is None
-        finally:
-            connection.set_trace_callback(None)
         other.clear()  # recalled files that are gone since: looked up again, a miss
         assert cache.get(blobs[0], 0) is None
 
@@ -286,8 +295,7 @@ def test_a_recall_looks_up_at_most_its_limit(
     monkeypatch.setattr("streamfs._cache.RECALL_LIMIT", 3)
     blobs = [f"{i:02x}" * 32 for i in range(6)]
     with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
-        for i, blob in enumerate(blobs):
-            other.put(blob, 0, pattern(i, 40 * KiB))
+        put_blocks(other, blobs)
         assert cache.recall([(b, 0) for b in blobs]) == 3
         assert cache.recall([(b, 0) for b in blobs]) == 3  # the next three
         endless = ((f"ff{i:062x}", 0) for i in itertools.count())  # a huge folder: read lazily
