@@ -568,6 +568,31 @@ class BlockCache:
             log.warning("cache lookup of %s failed, treated as a miss: %s", key, exc)
             return None
 
+    def open_block_file(self, blob: str, index: int, size: int) -> int | None:
+        """A read-only descriptor of the file that holds a cached block of ``size`` bytes,
+        if this process knows which file that is (written or looked up here, or recalled:
+        no SQLite); counted as a hit. None if it does not know, or the file is gone (evicted)
+        or not that size. The descriptor keeps the bytes even if the block is evicted later."""
+        key = _block_key(blob, index)
+        where = self._where.get(key)
+        if where is None:
+            return None
+        try:
+            fd = int(real_os.open(where, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            self._where.pop(key, None)
+            return None
+        try:
+            whole = os.fstat(fd).st_size == size
+        except OSError:
+            whole = False
+        if not whole:
+            os.close(fd)
+            self._where.pop(key, None)
+            return None
+        self._counters.count(hit=True)
+        return fd
+
     def _remember(self, key: str, path: str) -> None:
         if len(self._where) >= WHERE_LIMIT:
             self._where.clear()

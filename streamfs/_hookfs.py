@@ -192,6 +192,17 @@ class HookedRepo:
             raise IsADirError("is a directory", filename=rel)
         return self.view.reader(rel, entry, folder)
 
+    def open_read(self, rel: str) -> BlobReader | int:
+        """What an ``open`` of ``rel`` for reading reads: a descriptor of the cache's own
+        file when ``rel`` is a small file wholly cached where this process knows the file
+        (a warm epoch: native reads, no Python per read), else a reader."""
+        entry, folder = self._locate(rel)
+        if entry.is_dir:
+            raise IsADirError("is a directory", filename=rel)
+        view = self.view
+        fd = view.open_cached(rel, entry, folder)
+        return fd if fd is not None else view.reader(rel, entry, folder)
+
     # ------------------------------------------------------------ materializing
 
     def mirror_path(self, rel: str) -> Path:

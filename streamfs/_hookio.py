@@ -3,7 +3,11 @@
 A file opened for reading is a ``HookedReadFile`` (a RepoFile: blocks on
 demand) under the usual io buffering and text layers. Its ``fileno()``
 materializes the file into the local mirror and returns a real descriptor
-of that copy, so ``mmap`` and C code given ``f.fileno()`` work. A file
+of that copy, so ``mmap`` and C code given ``f.fileno()`` work. A small
+file wholly cached where the process knows the cache's file of it (a warm
+epoch) is that file instead, opened read-only as an ``io.FileIO`` under the
+user's name: reads are native, and ``fileno()`` is its descriptor (its
+``fstat`` is the cache file's: same size, other times and inode). A file
 opened for writing is a ``StagedFileIO``: a real file in the overlay's
 staging folder that tells the overlay when it is closed.
 """

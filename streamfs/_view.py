@@ -39,16 +39,17 @@ from ._client import Client
 from ._engine import Engine
 from ._errors import NotADirError, PathNotFoundError, StreamfsError
 from ._fetch import BlobRef
+from ._fresh import held_anywhere
 from ._model import (
     BLOCK_SIZE,
     Commit,
     Entry,
     Tree,
+    check_path,
     decode_commit,
     decode_tree,
     encode_commit,
     object_id,
-    split_path,
 )
 from ._reader import BlobReader
 from ._remote import Remote
@@ -217,14 +218,21 @@ class RepoView:
     def locate(self, path: str) -> tuple[Entry, Tree | None]:
         """The entry at ``path`` and the tree of the folder it is in (None for the root)."""
         entry, folder = self.root, None
-        parts = split_path(path)
+        stripped = path.strip("/")
+        if not stripped:
+            return entry, folder
+        # Checked only when the walk fails: every name in a tree is a valid one, so a path
+        # that is found is valid, and one that is not gets its InvalidInputError first.
+        parts = stripped.split("/")
         for i, part in enumerate(parts):
             if not entry.is_dir:
+                check_path(stripped)
                 raise NotADirError("not a directory", filename="/".join(parts[:i]))
             folder = self.tree(entry.id)
             child = folder.get(part)
             if child is None:
-                raise PathNotFoundError("no such file or directory", filename="/".join(parts))
+                check_path(stripped)
+                raise PathNotFoundError("no such file or directory", filename=stripped)
             entry = child
         return entry, folder
 
@@ -256,6 +264,26 @@ class RepoView:
             return BlobReader(self.client, blob, path)
         tell = functools.partial(self._note_open, path, entry, folder)
         return BlobReader(self.client, blob, path, tell)
+
+    def open_cached(self, path: str, entry: Entry, folder: Tree | None = None) -> int | None:
+        """A read-only descriptor of the cache's own file of ``entry`` (at ``path``, in
+        ``folder`` as for ``reader``), for a small file that is wholly cached where this
+        process knows the file (see BlockCache.open_block_file); the open is told to the
+        prefetcher as a cached one. None: read it through ``reader``.
+
+        Not while prefetched blocks wait in memory for their first reader (an epoch still
+        fetching): the reader takes them from there.
+        """
+        if not 0 < entry.size <= BLOCK_SIZE or held_anywhere():
+            return None
+        fd = self.client.cache.open_block_file(entry.id, 0, entry.size)
+        if fd is not None and self._planner is not None:
+            try:
+                self._note_open(path, entry, folder, False)
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
 
     def _note_open(self, path: str, entry: Entry, tree: Tree | None, missed: bool) -> None:
         assert self._planner is not None

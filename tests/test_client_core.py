@@ -58,6 +58,14 @@ def test_pinned_commit_and_stat_before_any_read(
         repo.stat("nope.txt")
     assert info.value.errno == errno.ENOENT
 
+    # a path no repository can have is refused as such, even where a walk would stop first
+    for bad in ("../small.txt", "small.txt/..", "./small.txt", "a//b", "big.bin/x\x00", "x/./y"):
+        with pytest.raises(streamfs.InvalidInputError):
+            repo.stat(bad)
+    with pytest.raises(NotADirectoryError):
+        repo.stat("small.txt/x")
+    assert repo.stat("/small.txt/").st_size == 5  # slashes around a path are dropped
+
     # the branch moves on; the view does not
     extra = tmp_path / "extra.txt"
     extra.write_bytes(b"later")

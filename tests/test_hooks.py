@@ -298,6 +298,39 @@ def test_descriptors_materialize_into_the_mirror(data: tuple[str, Path, dict[str
     assert sorted(os.listdir(folder)) == sorted(os.listdir(root / "d2"))
 
 
+def test_a_cached_small_file_opens_as_the_caches_own_file(
+    data: tuple[str, Path, dict[str, bytes]], server: ServerProcess, env: Path
+) -> None:
+    """A warm open of a small file reads the cache's file natively (no Python a read), under
+    the user's name, in every mode; one evicted since is fetched again."""
+    from streamfs._cache import BlockCache
+
+    _, root, files = data
+    rel = max(files, key=lambda p: len(files[p]))
+    assert len(files[rel]) >= 32 * 1024  # a file of the cache's own, not a value in SQLite
+    path = root / rel
+    with open(path, "rb") as f:  # fetched now
+        assert not isinstance(f.raw, io.FileIO)
+        assert f.read() == files[rel]
+    blob_reads = ("blob_get_requests", "blob_batch_requests")
+    before = server.metrics()
+    with open(path, "rb") as f:
+        assert type(f.raw) is io.FileIO and f.name == str(path)
+        assert f.read(10) == files[rel][:10] and f.read() == files[rel][10:]
+        assert os.fstat(f.fileno()).st_size == len(files[rel])
+    with open(path, encoding="latin-1", newline="") as t:
+        assert t.name == str(path) and t.read() == files[rel].decode("latin-1")
+    with open(path, "rb", buffering=0) as raw:
+        assert type(raw) is io.FileIO and raw.readall() == files[rel]
+    after = server.metrics()
+    assert [after.get(k, 0) for k in blob_reads] == [before.get(k, 0) for k in blob_reads]
+    BlockCache(env / "cache").clear()  # another process empties the cache: the file is gone
+    with open(path, "rb") as f:
+        assert not isinstance(f.raw, io.FileIO)
+        assert f.read() == files[rel]
+    assert server.metrics()["blob_get_requests"] == before.get("blob_get_requests", 0) + 1
+
+
 def test_a_missing_file_is_one_plain_enoent(data: tuple[str, Path, dict[str, bytes]]) -> None:
     _, root, _ = data
     for attempt in (

@@ -303,6 +303,37 @@ def test_a_recall_looks_up_at_most_its_limit(
         assert next(endless) == (f"ff{3:062x}", 0)
 
 
+def test_a_block_file_is_opened_only_where_this_process_knows_it(tmp_path: Path) -> None:
+    blobs = [f"{i:02x}" * 32 for i in range(3)]
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
+        put_blocks(other, blobs)
+        size = 40 * KiB
+        with sql_statements(cache) as statements:
+            assert cache.open_block_file(blobs[0], 0, size) is None  # cached, not known here
+            assert statements == []  # and not looked up
+        assert cache.get(blobs[0], 0) == pattern(0, size)  # looked up: now known
+        assert cache.recall([(blobs[1], 0), (blobs[2], 0)]) == 2
+        hits = cache.stats()["hits"]
+        fd = cache.open_block_file(blobs[0], 0, size)
+        assert fd is not None
+        assert cache.stats()["hits"] == hits + 1
+        with os.fdopen(fd, "rb") as f:
+            other.clear()  # evicted while open: the open file keeps its bytes
+            assert f.read() == pattern(0, size)
+        assert cache.open_block_file(blobs[1], 0, size) is None  # gone since: forgotten
+        assert f"{blobs[1]}:0" not in cache._where
+        cache.put(blobs[2], 0, pattern(2, size))  # cached again, known here again
+        assert cache.open_block_file(blobs[2], 0, size + 1) is None  # not the size asked
+        assert cache.open_block_file(blobs[2], 0, size) is None  # forgotten: looked up next
+        assert cache.get(blobs[2], 0) == pattern(2, size)
+        fd = cache.open_block_file(blobs[2], 0, size)
+        assert fd is not None
+        with os.fdopen(fd, "rb") as f:
+            assert f.read() == pattern(2, size)
+        cache.put(BLOB, 0, b"small")  # kept inside SQLite: no file
+        assert cache.open_block_file(BLOB, 0, 5) is None
+
+
 def test_metadata_store(cache: BlockCache) -> None:
     assert cache.get_meta("tree:" + BLOB) is None
     big = pattern(4, 100 * KiB)
