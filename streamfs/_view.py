@@ -271,18 +271,27 @@ class RepoView:
         process knows the file (see BlockCache.open_block_file); the open is told to the
         prefetcher as a cached one. None: read it through ``reader``.
 
-        Not while prefetched blocks wait in memory for their first reader (an epoch still
-        fetching): the reader takes them from there.
+        A copy of the block that the prefetcher keeps in memory for its first reader is
+        dropped: it is in the cache (written first), and it would be held for a reader that
+        never comes (the memory a DataLoader worker's prefetches, read by other workers,
+        kept after epoch 1).
         """
-        if not 0 < entry.size <= BLOCK_SIZE or held_anywhere():
+        if not 0 < entry.size <= BLOCK_SIZE:
             return None
         fd = self.client.cache.open_block_file(entry.id, 0, entry.size)
-        if fd is not None and self._planner is not None:
-            try:
+        if fd is None:
+            return None
+        try:
+            if held_anywhere():
+                engine = self.client.running_engine
+                fetcher = engine.fetcher if engine is not None else None
+                if fetcher is not None:
+                    fetcher.fresh.take((entry.id, 0))
+            if self._planner is not None:
                 self._note_open(path, entry, folder, False)
-            except BaseException:
-                os.close(fd)
-                raise
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def _note_open(self, path: str, entry: Entry, tree: Tree | None, missed: bool) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 import streamfs
 from streamfs._errors import ReadOnlyError
@@ -329,6 +330,33 @@ def test_a_cached_small_file_opens_as_the_caches_own_file(
         assert not isinstance(f.raw, io.FileIO)
         assert f.read() == files[rel]
     assert server.metrics()["blob_get_requests"] == before.get("blob_get_requests", 0) + 1
+
+
+def test_prefetched_files_open_from_the_cache_and_leave_no_copy_in_memory(
+    env: Path, server: ServerProcess, repo_name: str
+) -> None:
+    """The prefetcher keeps what it fetched in memory for its first reader too; an open from
+    the cache's file drops that copy (a DataLoader worker's prefetches that other workers read
+    were otherwise held after epoch 1, and every later open read through Python)."""
+    from streamfs._hookpatch import fs
+
+    rng = random.Random(5)
+    files = {f"train/{i:03d}.bin": rng.randbytes(rng.randint(33_000, 60_000)) for i in range(30)}
+    publish(server, f"alice/{repo_name}", files, env / "src")
+    streamfs.install_hooks(f"alice/{repo_name}", env / "data")
+    order = sorted(files)
+    for rel in order[:2]:  # the second open starts the folder's prefetch
+        assert (env / "data" / rel).read_bytes() == files[rel]
+    engine = fs.repos[0].client.engine
+    fetcher = engine.fetcher
+    assert fetcher is not None
+    engine.call(trio.testing.wait_all_tasks_blocked)  # the prefetch has begun ...
+    engine.call(fetcher.quiet)  # ... and ended
+    assert len(fetcher.fresh) == len(files) - 2
+    for rel in order[2:]:
+        with open(env / "data" / rel, "rb") as f:
+            assert type(f.raw) is io.FileIO and f.read() == files[rel]
+    assert len(fetcher.fresh) == 0 and fetcher.fresh.nbytes == 0
 
 
 def test_a_missing_file_is_one_plain_enoent(data: tuple[str, Path, dict[str, bytes]]) -> None:
