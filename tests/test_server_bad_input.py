@@ -919,6 +919,21 @@ def test_unsatisfiable_or_malformed_ranges_are_416(ranged: Repo, header: str) ->
     assert response.headers["content-range"] == "bytes */100"
 
 
+def test_a_blob_the_client_has_is_304_and_one_the_repo_lacks_is_404(ranged: Repo) -> None:
+    url = f"{ranged.path}/blobs/{ranged.blob_id}"
+    etag = call(ranged.srv, "GET", url).headers["etag"]
+    assert etag == f'"{ranged.blob_id}"'
+    for method in ("GET", "HEAD"):
+        response = call(ranged.srv, method, url, headers={"If-None-Match": etag, "Range": "x"})
+        assert response.status_code == 304 and response.content == b""
+        assert response.headers["etag"] == etag
+    other = "0" * 64
+    missing = call(
+        ranged.srv, "GET", f"{ranged.path}/blobs/{other}", headers={"If-None-Match": "*"}
+    )
+    assert_error(missing, 404)
+
+
 def test_whole_blob_and_range_on_an_empty_blob(srv: ServerProcess) -> None:
     empty = make_repo(srv, "alice", "empty", blob=b"")
     url = f"{empty.path}/blobs/{empty.blob_id}"

@@ -288,22 +288,26 @@ class Api:
 
     async def get_blob(self, request: Request) -> Response:
         # The hottest request of an epoch (a file read before its folder was prefetched): the
-        # repo, the blob's size and, for a range of at most CHUNK, its bytes come in two hops
-        # to a worker thread, not four, and go out as one body (on Hypercorn: 1.8-2.0 -> 1.4-1.6
-        # ms of server CPU a GET of 110 KiB).
+        # repository, access, the blob's size and, for a range of at most CHUNK, its bytes
+        # come in one hop to a worker thread and go out as one body (two hops: 1.2 ms of server
+        # CPU a GET of 110 KiB, 7 context switches of the loop thread; docs/benchmarks.md).
         owner, name = _repo_names(request)
         principal = self.principal(request)
         oid = check_object_id(request.path_params["id"], "blob id")
-        info, size = await self.run(self._repo_and_blob_size, owner, name, oid)
-        self.authorize(principal, owner, name, info)
+        fresh = etag_matches(request.headers.get("if-none-match"), _etag(oid))
+        wanted = request.headers.get("range")
+        read = request.method != "HEAD" and not fresh
+        info, size, body = await self.run(
+            self._blob_for_get, principal, owner, name, oid, wanted, read
+        )
         if size is None:  # told only to a reader of the repository
             raise errors.NotFoundError(f"no blob {oid} in {owner}/{name}")
         headers = _immutable_headers(oid, info.private)
         headers["Accept-Ranges"] = "bytes"
-        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+        if fresh:
             return Response(status_code=304, headers=headers)
         try:
-            span = parse_range(request.headers.get("range"), size)
+            span = parse_range(wanted, size)
         except RangeNotSatisfiable as exc:
             headers["Content-Range"] = f"bytes */{size}"
             return error_response(416, "range_not_satisfiable", str(exc), headers)
@@ -317,21 +321,44 @@ class Api:
                 status_code=status, headers=headers, media_type="application/octet-stream"
             )
         self.metrics[metrics.BLOB_BYTES_SENT] += end - start
-        key = object_key("blob", oid)
-        if end - start <= CHUNK:
-            body = await self.run(_read_range, self.store.storage, key, start, end - start)
+        if body is not None:
             return Response(body, status, headers, media_type="application/octet-stream")
-        chunks = self.store.storage.iter_range(key, start, end - start, CHUNK)
+        chunks = self.store.storage.iter_range(object_key("blob", oid), start, end - start, CHUNK)
         return StreamingResponse(
             iterate_in_threadpool(chunks), status, headers, media_type="application/octet-stream"
         )
 
-    def _repo_and_blob_size(self, owner: str, name: str, oid: str) -> tuple[RepoInfo, int | None]:
+    def _blob_for_get(
+        self,
+        principal: Principal,
+        owner: str,
+        name: str,
+        oid: str,
+        wanted: str | None,
+        read: bool,
+    ) -> tuple[RepoInfo, int | None, bytes | None]:
+        """A GET's work in its worker thread: the repository (access checked), the blob's size
+        (None: not in it) and, if ``read`` and the range ``wanted`` is at most CHUNK, its bytes."""
         info = self.store.get_repo(owner, name)
+        self.authorize(principal, owner, name, info)
         try:
-            return info, self.store.blob_size(owner, name, oid)
+            size = self.store.blob_size(owner, name, oid)
         except errors.NotFoundError:
-            return info, None
+            return info, None, None
+        if not read:
+            return info, size, None
+        try:
+            span = parse_range(wanted, size)
+        except RangeNotSatisfiable:
+            return info, size, None  # answered 416 on the loop
+        start, end = (0, size) if span is None else span
+        if end - start > CHUNK:
+            return info, size, None  # streamed
+        return (
+            info,
+            size,
+            _read_range(self.store.storage, object_key("blob", oid), start, end - start),
+        )
 
     async def get_blobs(self, request: Request) -> Response:
         """Many whole blobs in one response, one after another in the order asked."""
@@ -508,8 +535,12 @@ def _concatenated(storage: Storage, keys: list[tuple[str, int]], chunk: int) -> 
         yield b"".join(pending)
 
 
+def _etag(oid: str) -> str:
+    return f'"{oid}"'
+
+
 def _immutable_headers(oid: str, private: bool) -> dict[str, str]:
-    return {"ETag": f'"{oid}"', "Cache-Control": IMMUTABLE_PRIVATE if private else IMMUTABLE}
+    return {"ETag": _etag(oid), "Cache-Control": IMMUTABLE_PRIVATE if private else IMMUTABLE}
 
 
 def _deny(principal: Principal, message: str) -> None:
