@@ -102,16 +102,16 @@ def _open_hooked(
     if WRITE_MODES.isdisjoint(mode):
         staged = repo.staged_path(rel)
         raw: io.RawIOBase
-        source = repo.open_read(rel) if staged is None else None
         if staged is not None:
             raw = io.FileIO(staged, "r")
             raw.name = name
-        elif isinstance(source, int):  # the cache's file of a cached small file
-            raw = io.FileIO(source, "r")
-            raw.name = name
         else:
-            assert source is not None
-            raw = HookedReadFile(source, name, lambda: repo.materialize(rel))
+            source = repo.open_read(rel)
+            if isinstance(source, int):  # the cache's own file of a cached small file
+                raw = io.FileIO(source, "r")
+                raw.name = name
+            else:
+                raw = HookedReadFile(source, name, lambda: repo.materialize(rel))
     else:
         handle = repo.open_write(
             rel, create="r" not in mode, truncate="w" in mode, exclusive="x" in mode
