@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from ._cache import BlockCache, default_cache_dir, default_cache_size
 from ._engine import Engine, engine_for, running_engine
+from ._fresh import held_anywhere
 from ._remote import RetryPolicy, remote_from_env
 
 T = TypeVar("T")
@@ -85,6 +86,15 @@ class Client:
     def running_engine(self) -> Engine | None:
         """The engine if this process has started it (asking never starts one)."""
         return running_engine(self.url, self.token, self.cache)
+
+    def take_fresh(self, blob: str, index: int) -> bytes | None:
+        """Block ``index`` of ``blob`` if the prefetcher just fetched it and holds it in memory
+        for its first reader in this process; taking it removes it (see _fresh.py)."""
+        if not held_anywhere():
+            return None
+        engine = self.running_engine
+        fetcher = engine.fetcher if engine is not None else None
+        return fetcher.fresh.take((blob, index)) if fetcher is not None else None
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self.engine.call(fn, *args)

@@ -186,19 +186,20 @@ class HookedRepo:
             local = staged.local if staged is not None else None
         return overlay.staging / local if local is not None else None
 
-    def reader(self, rel: str) -> BlobReader:
+    def _locate_file(self, rel: str) -> tuple[Entry, Tree | None]:
         entry, folder = self._locate(rel)
         if entry.is_dir:
             raise IsADirError("is a directory", filename=rel)
-        return self.view.reader(rel, entry, folder)
+        return entry, folder
+
+    def reader(self, rel: str) -> BlobReader:
+        return self.view.reader(rel, *self._locate_file(rel))
 
     def open_read(self, rel: str) -> BlobReader | int:
         """What an ``open`` of ``rel`` for reading reads: a descriptor of the cache's own
         file when ``rel`` is a small file wholly cached where this process knows the file
         (a warm epoch: native reads, no Python per read), else a reader."""
-        entry, folder = self._locate(rel)
-        if entry.is_dir:
-            raise IsADirError("is a directory", filename=rel)
+        entry, folder = self._locate_file(rel)
         view = self.view
         fd = view.open_cached(rel, entry, folder)
         return fd if fd is not None else view.reader(rel, entry, folder)

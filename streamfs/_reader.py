@@ -19,7 +19,6 @@ from ._client import Client
 from ._engine import Engine
 from ._errors import IntegrityError, StreamfsError
 from ._fetch import BlobRef
-from ._fresh import held_anywhere
 from ._model import BLOCK_SIZE
 from ._readahead import ReadaheadPlanner
 
@@ -166,13 +165,7 @@ class BlobReader:
 
     def _take_fresh(self, index: int) -> bytes | None:
         """Block ``index`` if the prefetcher just fetched it, from memory (first reader only)."""
-        if not held_anywhere():
-            return None
-        engine = self.client.running_engine
-        fetcher = engine.fetcher if engine is not None else None
-        if fetcher is None:
-            return None
-        data = fetcher.fresh.take((self.blob.id, index))
+        data = self.client.take_fresh(self.blob.id, index)
         start, end = block_span(index, self.blob.size, BLOCK_SIZE)
         return data if data is not None and len(data) == end - start else None
 

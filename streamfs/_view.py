@@ -39,7 +39,6 @@ from ._client import Client
 from ._engine import Engine
 from ._errors import NotADirError, PathNotFoundError, StreamfsError
 from ._fetch import BlobRef
-from ._fresh import held_anywhere
 from ._model import (
     BLOCK_SIZE,
     Commit,
@@ -282,11 +281,7 @@ class RepoView:
         if fd is None:
             return None
         try:
-            if held_anywhere():
-                engine = self.client.running_engine
-                fetcher = engine.fetcher if engine is not None else None
-                if fetcher is not None:
-                    fetcher.fresh.take((entry.id, 0))
+            self.client.take_fresh(entry.id, 0)
             if self._planner is not None:
                 self._note_open(path, entry, folder, False)
         except BaseException:
