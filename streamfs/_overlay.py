@@ -9,7 +9,11 @@ without O_TRUNC.
 Durability: a written file is fsynced when closed, and the journal (what is
 staged, what is deleted, which commit it applies to) is rewritten
 atomically after every change, so a killed daemon loses nothing: the next
-mount of the branch (or ``streamfs sync``) commits it.
+mount of the branch (or ``streamfs sync``) commits it. On a mount, "closed"
+is the FUSE flush that close(2) waits for, not the release the kernel sends
+after close(2) has returned; a file is in the journal from its first close
+on, and recovery hashes the staged bytes again rather than trust a digest
+the killed daemon may not have had time to write.
 
 Locking: ``_lock`` guards ``files``, ``deleted``, ``dirs`` and the journal
 write; it is never held across network I/O. A commit snapshots the state
@@ -57,6 +61,7 @@ class Staged:
     mtime: int
     generation: int = 0
     writers: int = 0
+    closed: bool = False  # closed once at least: journaled, whether or not hashed yet
 
     def to_json(self) -> dict[str, Any]:
         return {"local": self.local, "blob": self.blob, "size": self.size, "mtime": self.mtime}
@@ -94,8 +99,12 @@ class StagedHandle:
         self.dirty = True
 
     def flush(self) -> None:
+        """close(2) of a descriptor: the bytes so far are durable and journaled."""
         if self.dirty:
             os.fsync(self.fd)
+            self.dirty = False
+            if self.writable:
+                self.overlay.journal_closed(self)
 
     def finish(self) -> tuple[str, int]:
         """(sha256, size) of the closed file."""
@@ -136,9 +145,15 @@ class Overlay:
         raw = json.loads(path.read_text())
         for p, item in raw.get("files", {}).items():
             check_path(p)
-            self.files[p] = Staged(
-                item["local"], item["blob"], int(item["size"]), int(item["mtime"])
-            )
+            staged = Staged(item["local"], item["blob"], int(item["size"]), int(item["mtime"]))
+            if staged.local is not None:
+                try:
+                    staged.blob, staged.size = _hash_file(self.staging / staged.local)
+                except FileNotFoundError:
+                    log.error("staged bytes of %s are missing from %s", p, self.staging)
+                    continue
+            staged.closed = True
+            self.files[p] = staged
         self.deleted = {check_path(p) for p in raw.get("deleted", [])}
         self.dirs = {check_path(p) for p in raw.get("dirs", [])}
         base: str | None = raw.get("base")
@@ -149,7 +164,9 @@ class Overlay:
             raw = {
                 "base": self.view.commit_id,
                 "branch": self.branch,
-                "files": {p: s.to_json() for p, s in self.files.items() if s.blob is not None},
+                "files": {
+                    p: s.to_json() for p, s in self.files.items() if s.blob is not None or s.closed
+                },
                 "deleted": sorted(self.deleted),
                 "dirs": sorted(self.dirs),
             }
@@ -296,16 +313,27 @@ class Overlay:
             fd = os.open(self.staging / staged.local, os.O_RDONLY)
         return StagedHandle(self, path, staged, fd, writable=False)
 
+    def journal_closed(self, handle: StagedHandle) -> None:
+        """A writer's close(2): journal the file before the call returns (recovery hashes it)."""
+        with self._lock:
+            if self.files.get(handle.path) is not handle.staged:
+                return
+            handle.staged.closed = True
+            self.save_journal()
+
     def close_handle(self, handle: StagedHandle) -> None:
         try:
             if handle.writable:
+                journaled = handle.staged.closed and not handle.dirty
                 blob, size = handle.finish()
                 with self._lock:
                     handle.staged.writers -= 1
                     if self.files.get(handle.path) is handle.staged and handle.staged.writers == 0:
                         handle.staged.blob, handle.staged.size = blob, size
                         handle.staged.mtime = _now()
-                self.save_journal()
+                        handle.staged.closed = True
+                if not journaled:  # a mount's flush journaled it already: recovery hashes it
+                    self.save_journal()
                 with self.changed:
                     self.changed.notify_all()
         finally:
@@ -405,6 +433,16 @@ class Overlay:
     def close(self) -> None:
         with self.changed:
             self.changed.notify_all()
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _now() -> int:

@@ -6,6 +6,7 @@ is missing: CI installs it (make install).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -340,15 +341,25 @@ def test_staged_file_survives_a_killed_daemon(mounts: Mounts, repo_name: str) ->
     publish(mounts, repo, {"a.txt": b"a"})
     point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
     (point / "precious.txt").write_bytes(b"do not lose me")  # closed: staged and journaled
+    # close(2) returns before the kernel's release reaches the daemon; a descriptor still
+    # open (a dup) holds the release back for good, so only close(2)'s flush journals this
+    fd = os.open(point / "held.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"closed once, still open")
+    held = os.dup(fd)
+    os.close(fd)
     pid = int(mounts.status(point)["pid"])  # type: ignore[call-overload]
     os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.close(held)
     subprocess.run(["fusermount", "-u", "-z", str(point)], check=False)
     assert "precious.txt" not in run_cli(mounts.server, "ls", repo).stdout
 
     mounts.points.remove(point)
     again = mounts.mount(f"{repo}@main", name="again")
-    assert "precious.txt" in run_cli(mounts.server, "ls", repo).stdout
+    listed = run_cli(mounts.server, "ls", repo).stdout
+    assert "precious.txt" in listed and "held.txt" in listed
     assert (again / "precious.txt").read_bytes() == b"do not lose me"
+    assert (again / "held.txt").read_bytes() == b"closed once, still open"
     assert run_cli(mounts.server, "log", repo, "-n", "1").stdout.count("recovered") == 1
 
 
