@@ -64,6 +64,7 @@ def branch_state_dir(client: Client, spec: RepoSpec, branch: str) -> Path:
 
 
 LOCK_WAIT = 5.0  # seconds: a daemon that was just killed may take a moment to let go
+RELEASE_WAIT = 2.0  # seconds: a commit waits this long for releases of files close(2) closed
 
 
 def lock_branch_state(path: Path, wait: float = LOCK_WAIT) -> int:
@@ -155,6 +156,8 @@ class Daemon:
         if cmd == "commit":
             if self.committer is None:
                 raise ReadOnlyError("read-only mount: nothing to commit")
+            if not self.fs.settle(RELEASE_WAIT):
+                log.warning("a file closed by close(2) is still open elsewhere: left staged")
             commit = self.committer.flush(
                 str(request.get("message") or "changes from a streamfs mount")
             )

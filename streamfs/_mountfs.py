@@ -8,6 +8,9 @@ commits (see _overlay.py). The FUSE adapter (_fuse.py) only translates.
 Handles: an integer per open file of a writable mount. Readers get a
 BlobReader of their own (readahead state is per handle); writers get a staged
 file. ``_handles`` is guarded by ``_lock``, held for dict operations only. A
+writer's handle leaves ``_handles`` only after its release has staged the
+file, so ``settle`` can wait for the releases the kernel sends after close(2)
+has returned (an explicit commit must include a file closed just before). A
 read-only mount has no handles: the kernel stops sending opens and releases
 (see _fuse.py) and reads come by path (``read_path``, readers kept per stream
 in PathReaders).
@@ -20,6 +23,7 @@ import itertools
 import os
 import stat as stat_mod
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +49,7 @@ class MountFS:
         self._handles: dict[int, _ReadHandle | StagedHandle] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
         self.uid, self.gid = os.getuid(), os.getgid()
         self.read_calls = 0  # reads that reached the daemon (the kernel cache serves the rest)
         # a read-only mount reads by path: no open or release reaches Python (see _pathreaders.py)
@@ -172,9 +177,26 @@ class MountFS:
 
     def release(self, fh: int) -> None:
         with self._lock:
-            handle = self._handles.pop(fh, None)
-        if isinstance(handle, StagedHandle) and self.overlay is not None:
-            self.overlay.close_handle(handle)
+            handle = self._handles.get(fh)
+        try:
+            if isinstance(handle, StagedHandle) and self.overlay is not None:
+                self.overlay.close_handle(handle)
+        finally:
+            with self._released:
+                self._handles.pop(fh, None)
+                self._released.notify_all()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) for the releases of writers already closed by close(2);
+        False if one is still held open (a dup'd descriptor): its file is not committable yet."""
+        deadline = time.monotonic() + timeout
+        with self._released:
+            while any(isinstance(h, StagedHandle) and h.flushed for h in self._handles.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._released.wait(left)
+        return True
 
     def flush(self, fh: int) -> None:
         handle = self._get(fh)

@@ -77,6 +77,7 @@ class StagedHandle:
     _digest: Any = field(default_factory=hashlib.sha256)
     _hashed: int = 0  # bytes hashed so far, while writes stay sequential from 0
     dirty: bool = False
+    flushed: bool = False  # closed by close(2), not written since: its release is on the way
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
@@ -89,6 +90,7 @@ class StagedHandle:
         elif offset + written > self._hashed:
             self._digest = None  # not sequential: hash the file again at close
         self.dirty = True
+        self.flushed = False
         return written
 
     def truncate(self, length: int) -> None:
@@ -97,9 +99,11 @@ class StagedHandle:
             self._digest = None if length else hashlib.sha256()
             self._hashed = 0
         self.dirty = True
+        self.flushed = False
 
     def flush(self) -> None:
         """close(2) of a descriptor: the bytes so far are durable and journaled."""
+        self.flushed = self.writable
         if self.dirty:
             os.fsync(self.fd)
             self.dirty = False

@@ -72,12 +72,16 @@ class Mounts:
         return point
 
     def status(self, point: Path) -> dict[str, object]:
+        return self.control(point, {"cmd": "status"})
+
+    def control(self, point: Path, request: dict[str, object]) -> dict[str, object]:
+        """A request on the daemon's control socket, from this process (no CLI start-up)."""
         from streamfs._mount import control_request
 
         old = os.environ.get("STREAMFS_STATE_DIR")
         os.environ["STREAMFS_STATE_DIR"] = self.env["STREAMFS_STATE_DIR"]
         try:
-            return control_request(point, {"cmd": "status"})
+            return control_request(point, request)
         finally:
             if old is None:
                 del os.environ["STREAMFS_STATE_DIR"]
@@ -361,6 +365,21 @@ def test_staged_file_survives_a_killed_daemon(mounts: Mounts, repo_name: str) ->
     assert (again / "precious.txt").read_bytes() == b"do not lose me"
     assert (again / "held.txt").read_bytes() == b"closed once, still open"
     assert run_cli(mounts.server, "log", repo, "-n", "1").stdout.count("recovered") == 1
+
+
+def test_commit_right_after_close_includes_the_file(mounts: Mounts, repo_name: str) -> None:
+    # close(2) returns before the kernel's release reaches the daemon; a commit asked at once
+    # (here on the control socket, faster than any CLI start-up) must still include the file
+    repo = f"alice/{repo_name}"
+    publish(mounts, repo, {"a.txt": b"a"})
+    point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
+    for i in range(30):
+        (point / f"f{i}.bin").write_bytes(bytes([i]) * 200_000)
+        answer = mounts.control(point, {"cmd": "commit", "message": f"f{i}"})
+        assert answer["changed"] is True, i
+        assert mounts.status(point)["pending"] == 0
+    listed = run_cli(mounts.server, "ls", repo).stdout
+    assert all(f"f{i}.bin" in listed for i in range(30))
 
 
 def test_umount_with_a_reader_inside_does_not_hang(mounts: Mounts, repo_name: str) -> None:
