@@ -156,7 +156,7 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
 
     @translated
     def fsync(self, path: str, datasync: int, fh: int) -> None:
-        self.fs.flush(fh)
+        self.fs.fsync(fh)
 
     @translated
     def unlink(self, path: str) -> None:

@@ -199,9 +199,15 @@ class MountFS:
         return True
 
     def flush(self, fh: int) -> None:
+        """close(2) of a descriptor of the file (each one; the release comes after the last)."""
         handle = self._get(fh)
         if isinstance(handle, StagedHandle):
             handle.flush()
+
+    def fsync(self, fh: int) -> None:
+        handle = self._get(fh)
+        if isinstance(handle, StagedHandle):
+            handle.sync()
 
     # ------------------------------------------------------------ writing
 

@@ -101,6 +101,11 @@ class StagedHandle:
         self.dirty = True
         self.flushed = False
 
+    def sync(self) -> None:
+        """fsync(2): the bytes so far are durable (not journaled: the file is still open)."""
+        if self.dirty:
+            os.fsync(self.fd)
+
     def flush(self) -> None:
         """close(2) of a descriptor: the bytes so far are durable and journaled."""
         self.flushed = self.writable

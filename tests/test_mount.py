@@ -381,6 +381,17 @@ def test_commit_right_after_close_includes_the_file(mounts: Mounts, repo_name: s
     listed = run_cli(mounts.server, "ls", repo).stdout
     assert all(f"f{i}.bin" in listed for i in range(30))
 
+    # fsync(2) makes bytes durable but does not close: a file still open is not committed
+    with open(point / "open.bin", "wb") as f:
+        f.write(b"half")
+        f.flush()
+        os.fsync(f.fileno())
+        assert mounts.control(point, {"cmd": "commit", "message": "x"})["changed"] is False
+        f.write(b" and the rest")
+    assert mounts.control(point, {"cmd": "commit", "message": "open.bin"})["changed"] is True
+    assert mounts.status(point)["pending"] == 0  # read back from the new commit, not staging
+    assert (point / "open.bin").read_bytes() == b"half and the rest"
+
 
 def test_umount_with_a_reader_inside_does_not_hang(mounts: Mounts, repo_name: str) -> None:
     publish(mounts, f"alice/{repo_name}", {"a.txt": b"a" * 1000})
