@@ -62,6 +62,7 @@ class Staged:
     generation: int = 0
     writers: int = 0
     closed: bool = False  # closed once at least: journaled, whether or not hashed yet
+    dropped: bool = False  # unlinked or replaced while open: its bytes go with its last writer
 
     def to_json(self) -> dict[str, Any]:
         return {"local": self.local, "blob": self.blob, "size": self.size, "mtime": self.mtime}
@@ -270,9 +271,8 @@ class Overlay:
             staged = Staged(local, None, 0, _now(), self._generation, writers=1)
             old = self.files.get(path)
             self.files[path] = staged
-        if old is not None and old.local is not None and old.writers == 0:
-            with contextlib.suppress(FileNotFoundError):
-                (self.staging / old.local).unlink()
+            if old is not None:
+                self._drop(old)
         return StagedHandle(self, path, staged, fd, writable=True)
 
     def open_write(self, path: str, *, truncate: bool) -> StagedHandle:
@@ -325,10 +325,18 @@ class Overlay:
     def journal_closed(self, handle: StagedHandle) -> None:
         """A writer's close(2): journal the file before the call returns (recovery hashes it)."""
         with self._lock:
-            if self.files.get(handle.path) is not handle.staged:
+            if handle.staged.dropped:
                 return
             handle.staged.closed = True
             self.save_journal()
+
+    def _drop(self, staged: Staged) -> None:
+        """Under ``_lock``: ``staged`` left ``files`` uncommitted (unlinked, or replaced by
+        another file); its bytes are deleted now, or by its last writer's close."""
+        staged.dropped = True
+        if staged.local is not None and staged.writers == 0:
+            with contextlib.suppress(FileNotFoundError):
+                (self.staging / staged.local).unlink()
 
     def close_handle(self, handle: StagedHandle) -> None:
         try:
@@ -336,11 +344,15 @@ class Overlay:
                 journaled = handle.staged.closed and not handle.dirty
                 blob, size = handle.finish()
                 with self._lock:
-                    handle.staged.writers -= 1
-                    if self.files.get(handle.path) is handle.staged and handle.staged.writers == 0:
-                        handle.staged.blob, handle.staged.size = blob, size
-                        handle.staged.mtime = _now()
-                        handle.staged.closed = True
+                    staged = handle.staged
+                    staged.writers -= 1
+                    # by identity, not by path: the file may have been renamed while open
+                    if staged.writers == 0 and staged.dropped:
+                        self._drop(staged)
+                    elif staged.writers == 0:
+                        staged.blob, staged.size = blob, size
+                        staged.mtime = _now()
+                        staged.closed = True
                 if not journaled:  # a mount's flush journaled it already: recovery hashes it
                     self.save_journal()
                 with self.changed:
@@ -363,9 +375,8 @@ class Overlay:
             raise IsADirError("is a directory", filename=path)
         with self._lock:
             staged = self.files.pop(path, None)
-            if staged is not None and staged.local is not None and staged.writers == 0:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.staging / staged.local).unlink()
+            if staged is not None:
+                self._drop(staged)
             if self._in_base(path):
                 self.deleted.add(path)
         self._changed()
@@ -427,9 +438,8 @@ class Overlay:
             staged.generation = self._generation
             replaced = self.files.get(new)
             self.files[new] = staged
-            if replaced is not None and replaced.local is not None and replaced.writers == 0:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.staging / replaced.local).unlink()
+            if replaced is not None:
+                self._drop(replaced)
             if self._in_base(old):
                 self.deleted.add(old)
         self._changed()

@@ -393,6 +393,49 @@ def test_commit_right_after_close_includes_the_file(mounts: Mounts, repo_name: s
     assert (point / "open.bin").read_bytes() == b"half and the rest"
 
 
+def test_a_file_saved_by_rename_right_after_close_is_committed(
+    mounts: Mounts, repo_name: str
+) -> None:
+    # the atomic-save pattern (write a temporary file, close, rename it into place): the
+    # rename may reach the daemon before the release of the file it moves
+    repo = f"alice/{repo_name}"
+    publish(mounts, repo, {"a.txt": b"a"})
+    point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
+    for i in range(20):
+        (point / f".tmp{i}").write_bytes(b"saved %d" % i)
+        os.replace(point / f".tmp{i}", point / f"saved{i}.txt")
+    assert mounts.control(point, {"cmd": "commit", "message": "saves"})["changed"] is True
+    assert mounts.status(point)["pending"] == 0
+    listed = run_cli(mounts.server, "ls", repo).stdout
+    assert all(f"saved{i}.txt" in listed for i in range(20)) and ".tmp" not in listed
+    assert (point / "saved7.txt").read_bytes() == b"saved 7"
+
+    # deterministic: a file renamed while still open for writing, closed after
+    with open(point / ".partial", "wb") as f:
+        f.write(b"first half, ")
+        os.replace(point / ".partial", point / "whole.txt")
+        f.write(b"second half")
+    assert mounts.control(point, {"cmd": "commit", "message": "whole"})["changed"] is True
+    assert mounts.status(point)["pending"] == 0
+    assert (point / "whole.txt").read_bytes() == b"first half, second half"
+
+    # a file unlinked (or renamed over) while open: its staged bytes go with its last close
+    staged = Path(mounts.env["STREAMFS_STATE_DIR"]).glob("branches/*/files/*")
+    before = len(list(staged))
+    with open(point / "doomed.bin", "wb") as f:
+        f.write(b"x" * 1000)
+        os.unlink(point / "doomed.bin")
+        with open(point / "other.bin", "wb") as g:
+            g.write(b"y")
+        os.replace(point / "whole.txt", point / "other.bin")  # other.bin's bytes: replaced
+        f.write(b"more")
+    assert mounts.control(point, {"cmd": "commit", "message": "x"})["changed"] is True
+    assert len(list(Path(mounts.env["STREAMFS_STATE_DIR"]).glob("branches/*/files/*"))) == before
+    assert mounts.status(point)["pending"] == 0
+    assert (point / "other.bin").read_bytes() == b"first half, second half"
+    assert not (point / "doomed.bin").exists() and not (point / "whole.txt").exists()
+
+
 def test_umount_with_a_reader_inside_does_not_hang(mounts: Mounts, repo_name: str) -> None:
     publish(mounts, f"alice/{repo_name}", {"a.txt": b"a" * 1000})
     point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
