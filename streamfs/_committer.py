@@ -11,7 +11,6 @@ error is reported (``streamfs status``, the log), never dropped.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ class _Snapshot:
     deletes: list[str]
     dirs_done: set[str]
     deleted_done: set[str]
+    locals: set[str]  # staged files of ``puts`` (names in the staging folder)
 
 
 class Committer:
@@ -65,7 +65,7 @@ class Committer:
                     return  # the owner makes the final commit
             try:
                 self.flush("changes from a streamfs mount")
-            except StreamfsError as exc:
+            except (StreamfsError, OSError) as exc:  # OSError: the staging folder's disk
                 log.error("commit failed; changes stay staged: %s", exc)
                 with overlay.changed:
                     if not self._stop:
@@ -90,15 +90,18 @@ class Committer:
         """Commit everything closed and staged now; returns the new commit id (None: nothing)."""
         with self._commit_lock:
             snap = self._snapshot()
-            if not snap.puts and not snap.deletes:
-                return None
             try:
-                commit = self._commit(snap, message, meta or {})
-            except StreamfsError as exc:
-                self.overlay.last_error = str(exc)
-                raise
-            self.overlay.last_error = None
-            self._forget(snap, commit)
+                if not snap.puts and not snap.deletes:
+                    return None
+                try:
+                    commit = self._commit(snap, message, meta or {})
+                except (StreamfsError, OSError) as exc:
+                    self.overlay.last_error = str(exc)
+                    raise
+                self.overlay.last_error = None
+                self._forget(snap, commit)
+            finally:
+                self.overlay.uploaded(snap.locals)
             self.commits.append(commit)
             log.info("committed %d changes as %s", len(snap.puts) + len(snap.deletes), commit)
             return commit
@@ -113,8 +116,14 @@ class Committer:
             }
             deleted = set(o.deleted)
             dirs = set(o.dirs)
-        deletes = self._expand_deletes(deleted, set(puts))
-        return _Snapshot(puts, deletes, dirs, deleted)
+            locals_ = {s.local for s in puts.values() if s.local is not None}
+            o.uploading(locals_)  # an unlink meanwhile leaves the bytes to this commit
+        try:
+            deletes = self._expand_deletes(deleted, set(puts))
+        except BaseException:
+            o.uploaded(locals_)
+            raise
+        return _Snapshot(puts, deletes, dirs, deleted, locals_)
 
     def _expand_deletes(self, deleted: set[str], puts: set[str]) -> list[str]:
         """Delete ops for masked base paths; a deleted folder with new files in it is
@@ -181,18 +190,17 @@ class Committer:
         new_view = RepoView.open(o.view.client, o.view.owner, o.view.name, commit)
         with o._lock:
             o.view = new_view
+            gone: set[str] = set()  # committed, then unlinked or renamed away meanwhile
             for path, staged in snap.puts.items():
                 current = o.files.get(path)
-                if (
-                    current is not None
-                    and current.generation == staged.generation
-                    and current.writers == 0
-                ):
+                if current is None:
+                    gone.add(path)
+                elif current.generation == staged.generation and current.writers == 0:
                     del o.files[path]
                     if current.local is not None:
-                        with contextlib.suppress(FileNotFoundError):
-                            (o.staging / current.local).unlink()
+                        o._delete_local(current.local)
             o.deleted -= snap.deleted_done
+            o.deleted |= gone  # the new base has them: the next commit deletes them
             o.dirs = {d for d in o.dirs if not _exists_in(new_view, d)}
         o.save_journal()
 

@@ -18,7 +18,11 @@ the killed daemon may not have had time to write.
 Locking: ``_lock`` guards ``files``, ``deleted``, ``dirs`` and the journal
 write; it is never held across network I/O. A commit snapshots the state
 under the lock, uploads and commits without it, and then removes what it
-committed, unless it changed meanwhile (generation numbers).
+committed, unless it changed meanwhile (generation numbers). While it
+uploads, the staged bytes it took stay as they are: a file reopened for
+writing gets a copy, and one unlinked or renamed over keeps its bytes until
+the commit is done with them; a file it committed that was renamed away or
+unlinked meanwhile is deleted by the next commit.
 """
 
 from __future__ import annotations
@@ -143,6 +147,10 @@ class Overlay:
         self._generation = 0
         self._lock = threading.RLock()
         self.changed = threading.Condition(self._lock)
+        # staged files an in-flight commit is uploading (their names in ``staging``), and
+        # those of them dropped meanwhile: deleted once that commit is done with them
+        self._uploading: set[str] = set()
+        self._orphans: set[str] = set()
         self.last_error: str | None = None
 
     # ------------------------------------------------------------ persistence
@@ -279,19 +287,37 @@ class Overlay:
         entry = self.lookup(path)
         if entry.is_dir:
             raise IsADirError("is a directory", filename=path)
+        handle: StagedHandle | None = None
         with self._lock:
             staged = self.files.get(path)
             if staged is not None and staged.local is not None:
+                if staged.local in self._uploading:
+                    # A commit is uploading these bytes: write a copy and leave them to it
+                    # (written in place, the upload would no longer match its digest). Copied
+                    # under the lock (local disk only), so the journal never names a partial copy.
+                    old = staged.local
+                    local, fd = self._new_local()
+                    if not truncate:
+                        source = os.open(self.staging / old, os.O_RDONLY)
+                        try:
+                            _copy_file(source, fd)
+                        finally:
+                            os.close(source)
+                    staged.local = local
+                    self._delete_local(old)  # once that commit is done with it
+                    self.save_journal()
+                else:
+                    fd = os.open(self.staging / staged.local, os.O_RDWR)
                 staged.writers += 1
                 self._generation += 1
                 staged.generation = self._generation
                 staged.blob = None
-                fd = os.open(self.staging / staged.local, os.O_RDWR)
                 handle = StagedHandle(self, path, staged, fd, writable=True)
                 handle._digest = None
                 if truncate:
                     handle.truncate(0)
-                return handle
+        if handle is not None:
+            return handle
         handle = self._open_new(path)
         if not truncate and entry.size:
             self._copy_base(entry, path, handle)
@@ -335,8 +361,26 @@ class Overlay:
         another file); its bytes are deleted now, or by its last writer's close."""
         staged.dropped = True
         if staged.local is not None and staged.writers == 0:
-            with contextlib.suppress(FileNotFoundError):
-                (self.staging / staged.local).unlink()
+            self._delete_local(staged.local)
+
+    def _delete_local(self, local: str) -> None:
+        """Under ``_lock``: delete a staged file's bytes, unless a commit is uploading them."""
+        if local in self._uploading:
+            self._orphans.add(local)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (self.staging / local).unlink()
+
+    def uploading(self, locals_: set[str]) -> None:
+        """Under ``_lock``: a commit uploads these staged files; keep their bytes till ``uploaded``."""
+        self._uploading |= locals_
+
+    def uploaded(self, locals_: set[str]) -> None:
+        with self._lock:
+            self._uploading -= locals_
+            for local in locals_ & self._orphans:
+                self._orphans.discard(local)
+                self._delete_local(local)
 
     def close_handle(self, handle: StagedHandle) -> None:
         try:
@@ -452,6 +496,22 @@ class Overlay:
     def close(self) -> None:
         with self.changed:
             self.changed.notify_all()
+
+
+def _copy_file(source: int, target: int) -> None:
+    """All of ``source`` into ``target`` (both descriptors at offset 0)."""
+    try:
+        while os.copy_file_range(source, target, 1 << 30):
+            pass
+        return
+    except OSError:  # a file system without it: copy by hand, from the start
+        os.lseek(source, 0, os.SEEK_SET)
+        os.lseek(target, 0, os.SEEK_SET)
+        os.ftruncate(target, 0)
+    while chunk := os.read(source, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view) :]
 
 
 def _hash_file(path: Path) -> tuple[str, int]:

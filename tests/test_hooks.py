@@ -20,9 +20,12 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio.testing
@@ -32,6 +35,7 @@ from streamfs._errors import ReadOnlyError
 from streamfs._hookconfig import ENV_HOOKS, HookSpec, specs_from
 from streamfs._hookfs import HookFS
 from streamfs._model import BLOCK_SIZE
+from streamfs._remote import Remote
 
 from .conftest import ServerProcess, run_cli
 
@@ -413,6 +417,50 @@ def test_a_pinned_revision_refuses_writes(env: Path, server: ServerProcess, repo
         assert info.value.errno == errno.EROFS and "pinned revision" in str(info.value)
     assert not os.access(root / "a.txt", os.W_OK)
     assert streamfs.commit("nothing") is None
+
+
+def test_files_renamed_or_removed_while_their_commit_uploads_are_settled_by_the_next(
+    env: Path, server: ServerProcess, repo_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = f"alice/{repo_name}"
+    publish(server, repo, {"keep.txt": b"keep"}, env / "src")
+    streamfs.install_hooks(f"{repo}@main", env / "data")
+    root = env / "data"
+    (root / "a.txt").write_bytes(b"renamed while uploading")
+    (root / "b.txt").write_bytes(b"removed while uploading")
+    (root / "log.csv").write_bytes(b"epoch 1\n")
+    uploading, go_on = threading.Event(), threading.Event()
+    put_blob = Remote.put_blob
+
+    async def held_put_blob(self: Remote, *args: Any) -> None:  # the real upload, held back
+        uploading.set()
+        await trio.to_thread.run_sync(go_on.wait)
+        await put_blob(self, *args)
+
+    monkeypatch.setattr(Remote, "put_blob", held_put_blob)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(streamfs.commit, "first")
+        assert uploading.wait(30)
+        os.replace(root / "a.txt", root / "c.txt")
+        os.unlink(root / "b.txt")  # its staged bytes are being uploaded: kept till then
+        with open(root / "log.csv", "a") as log:  # appended to a copy: the upload still matches
+            log.write("epoch 2\n")
+        go_on.set()
+        made = first.result(60)
+    assert made is not None
+    listing = run_cli(server, "ls", f"{repo}@{made}").stdout
+    assert "a.txt" in listing and "b.txt" in listing  # what was staged when it started
+    assert streamfs.Repo(f"{repo}@{made}").read_bytes("log.csv") == b"epoch 1\n"
+
+    second = streamfs.commit("second")
+    assert second is not None
+    listing = run_cli(server, "ls", f"{repo}@{second}").stdout
+    assert "c.txt" in listing and "a.txt" not in listing and "b.txt" not in listing
+    assert streamfs.Repo(f"{repo}@{second}").read_bytes("c.txt") == b"renamed while uploading"
+    assert streamfs.Repo(f"{repo}@{second}").read_bytes("log.csv") == b"epoch 1\nepoch 2\n"
+    assert (root / "log.csv").read_bytes() == b"epoch 1\nepoch 2\n"
+    assert not list((env / "state").glob("branches/*/hooks/*/files/*"))  # nothing left behind
+    assert streamfs.commit("again") is None
 
 
 def test_writes_on_a_branch_appear_in_the_next_commit(
