@@ -8,8 +8,14 @@ without O_TRUNC.
 
 Durability: a written file is fsynced when closed, and the journal (what is
 staged, what is deleted, which commit it applies to) is rewritten
-atomically after every change, so a killed daemon loses nothing: the next
-mount of the branch (or ``streamfs sync``) commits it. On a mount, "closed"
+after every change, so a killed daemon loses nothing: the next mount of the
+branch (or ``streamfs sync``) commits it. A change appends one line to
+``journal.log`` (the paths it touched, as they are now); ``journal.json``,
+the whole state, is rewritten atomically after a commit and whenever the
+log grows past twice the state, so copying n files into a mount writes
+O(n) journal bytes, not O(n^2). Each log line names the epoch of the
+``journal.json`` it follows; lines of another epoch (a crash between the
+rewrite and the log's removal) and a torn last line are ignored. On a mount, "closed"
 is the FUSE flush that close(2) waits for, not the release the kernel sends
 after close(2) has returned; a file is in the journal from its first close
 on, and recovery hashes the staged bytes again rather than trust a digest
@@ -53,6 +59,8 @@ from ._view import RepoView, entry_stat
 
 log = logging.getLogger("streamfs.overlay")
 JOURNAL = "journal.json"
+JOURNAL_LOG = "journal.log"  # changes since journal.json was written, a line each
+JOURNAL_LOG_MIN = 1024  # lines the log may have before it is folded into journal.json
 
 
 @dataclass
@@ -151,6 +159,8 @@ class Overlay:
         # those of them dropped meanwhile: deleted once that commit is done with them
         self._uploading: set[str] = set()
         self._orphans: set[str] = set()
+        self._epoch: str | None = None  # of the journal.json on disk, once this overlay knows it
+        self._logged = 0  # lines in journal.log
         self.last_error: str | None = None
 
     # ------------------------------------------------------------ persistence
@@ -161,7 +171,19 @@ class Overlay:
         if not path.exists():
             return None
         raw = json.loads(path.read_text())
-        for p, item in raw.get("files", {}).items():
+        files: dict[str, Any] = dict(raw.get("files", {}))
+        deleted = set(raw.get("deleted", []))
+        dirs = set(raw.get("dirs", []))
+        epoch = raw.get("epoch")
+        for line in self._log_lines(epoch) if isinstance(epoch, str) else []:
+            p = line["p"]
+            if line.get("f") is not None:
+                files[p] = line["f"]
+            else:
+                files.pop(p, None)
+            (deleted.add if line.get("x") else deleted.discard)(p)
+            (dirs.add if line.get("d") else dirs.discard)(p)
+        for p, item in files.items():
             check_path(p)
             staged = Staged(item["local"], item["blob"], int(item["size"]), int(item["mtime"]))
             if staged.local is not None:
@@ -172,19 +194,38 @@ class Overlay:
                     continue
             staged.closed = True
             self.files[p] = staged
-        self.deleted = {check_path(p) for p in raw.get("deleted", [])}
-        self.dirs = {check_path(p) for p in raw.get("dirs", [])}
+        self.deleted = {check_path(p) for p in deleted}
+        self.dirs = {check_path(p) for p in dirs}
+        self._epoch = epoch if isinstance(epoch, str) else None
+        self._logged = len(self._log_lines(epoch)) if self._epoch is not None else 0
         base: str | None = raw.get("base")
         return base
 
+    def _log_lines(self, epoch: object) -> list[dict[str, Any]]:
+        """The log's lines that follow the journal.json of ``epoch``, in order."""
+        try:
+            text = (self.state_dir / JOURNAL_LOG).read_text()
+        except FileNotFoundError:
+            return []
+        lines = []
+        for raw_line in text.splitlines():
+            try:
+                line = json.loads(raw_line)
+            except ValueError:  # torn by a crash while it was written: the last one
+                continue
+            if isinstance(line, dict) and line.get("e") == epoch and isinstance(line.get("p"), str):
+                lines.append(line)
+        return lines
+
     def save_journal(self) -> None:
+        """Rewrite the whole journal (a new epoch) and drop the log of changes."""
         with self._lock:
+            epoch = uuid.uuid4().hex[:16]
             raw = {
+                "epoch": epoch,
                 "base": self.view.commit_id,
                 "branch": self.branch,
-                "files": {
-                    p: s.to_json() for p, s in self.files.items() if s.blob is not None or s.closed
-                },
+                "files": {p: j for p in self.files if (j := self._file_json(p)) is not None},
                 "deleted": sorted(self.deleted),
                 "dirs": sorted(self.dirs),
             }
@@ -194,6 +235,53 @@ class Overlay:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.state_dir / JOURNAL)
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / JOURNAL_LOG).unlink()
+            self._epoch, self._logged = epoch, 0
+
+    def journal_paths(self, *paths: str) -> None:
+        """Journal what ``paths`` are now (a staged file or not, deleted, a folder made here):
+        a line each appended to the log, or the whole journal when the log has outgrown it."""
+        with self._lock:
+            size = len(self.files) + len(self.deleted) + len(self.dirs)
+            if self._epoch is None or self._logged + len(paths) > max(JOURNAL_LOG_MIN, 2 * size):
+                self.save_journal()
+                return
+            text = "".join(
+                json.dumps(
+                    {
+                        "e": self._epoch,
+                        "p": p,
+                        "f": self._file_json(p),
+                        "x": p in self.deleted,
+                        "d": p in self.dirs,
+                    }
+                )
+                + "\n"
+                for p in paths
+            )
+            with open(self.state_dir / JOURNAL_LOG, "a") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            self._logged += len(paths)
+
+    def _file_json(self, path: str) -> dict[str, Any] | None:
+        """Under ``_lock``: the journal's record of the file staged at ``path``, if it has one
+        (written and closed at least once, or a renamed file of the base)."""
+        staged = self.files.get(path)
+        if staged is None or (staged.blob is None and not staged.closed):
+            return None
+        return staged.to_json()
+
+    def _journal_staged(self, handle: StagedHandle) -> None:
+        """Under ``_lock``: journal the file of a writer that closed."""
+        if handle.staged.dropped:
+            return  # its unlink, or the file that replaced it, journaled its path
+        if self.files.get(handle.path) is handle.staged:
+            self.journal_paths(handle.path)
+        else:  # renamed while open: its path is not at hand
+            self.save_journal()
 
     @property
     def pending(self) -> int:
@@ -305,7 +393,7 @@ class Overlay:
                             os.close(source)
                     staged.local = local
                     self._delete_local(old)  # once that commit is done with it
-                    self.save_journal()
+                    self.journal_paths(path)
                 else:
                     fd = os.open(self.staging / staged.local, os.O_RDWR)
                 staged.writers += 1
@@ -354,7 +442,7 @@ class Overlay:
             if handle.staged.dropped:
                 return
             handle.staged.closed = True
-            self.save_journal()
+            self._journal_staged(handle)
 
     def _drop(self, staged: Staged) -> None:
         """Under ``_lock``: ``staged`` left ``files`` uncommitted (unlinked, or replaced by
@@ -397,8 +485,8 @@ class Overlay:
                         staged.blob, staged.size = blob, size
                         staged.mtime = _now()
                         staged.closed = True
-                if not journaled:  # a mount's flush journaled it already: recovery hashes it
-                    self.save_journal()
+                    if not journaled:  # a mount's flush journaled it already: recovery hashes it
+                        self._journal_staged(handle)
                 with self.changed:
                     self.changed.notify_all()
         finally:
@@ -423,7 +511,7 @@ class Overlay:
                 self._drop(staged)
             if self._in_base(path):
                 self.deleted.add(path)
-        self._changed()
+        self._changed(path)
 
     def _in_base(self, path: str) -> bool:
         if self._masked(path):
@@ -441,7 +529,7 @@ class Overlay:
             raise AlreadyExistsError("file exists", filename=path)
         with self._lock:
             self.dirs.add(path)
-        self._changed()
+        self._changed(path)
 
     def rmdir(self, path: str) -> None:
         entry = self.lookup(path)
@@ -455,7 +543,7 @@ class Overlay:
             self.dirs.discard(path)
             if self._in_base(path):
                 self.deleted.add(path)
-        self._changed()
+        self._changed(path)
 
     def rename(self, old: str, new: str) -> None:
         check_path(new)
@@ -486,10 +574,10 @@ class Overlay:
                 self._drop(replaced)
             if self._in_base(old):
                 self.deleted.add(old)
-        self._changed()
+        self._changed(old, new)
 
-    def _changed(self) -> None:
-        self.save_journal()
+    def _changed(self, *paths: str) -> None:
+        self.journal_paths(*paths)
         with self.changed:
             self.changed.notify_all()
 
