@@ -7,7 +7,7 @@ downloaded for writing, except the old bytes of a file opened for writing
 without O_TRUNC.
 
 Durability: a written file is fsynced when closed, and the journal (what is
-staged, what is deleted, which commit it applies to) is rewritten
+staged, what is deleted, which commit it applies to) is brought up to date
 after every change, so a killed daemon loses nothing: the next mount of the
 branch (or ``streamfs sync``) commits it. A change appends one line to
 ``journal.log`` (the paths it touched, as they are now); ``journal.json``,
@@ -15,11 +15,12 @@ the whole state, is rewritten atomically after a commit and whenever the
 log grows past twice the state, so copying n files into a mount writes
 O(n) journal bytes, not O(n^2). Each log line names the epoch of the
 ``journal.json`` it follows; lines of another epoch (a crash between the
-rewrite and the log's removal) and a torn last line are ignored. On a mount, "closed"
-is the FUSE flush that close(2) waits for, not the release the kernel sends
-after close(2) has returned; a file is in the journal from its first close
-on, and recovery hashes the staged bytes again rather than trust a digest
-the killed daemon may not have had time to write.
+rewrite and the log's removal) and a torn last line are ignored.
+
+On a mount, "closed" is the FUSE flush that close(2) waits for, not the
+release the kernel sends after close(2) has returned; a file is in the
+journal from its first close on, and recovery hashes the staged bytes again
+rather than trust a digest the killed daemon may not have had time to write.
 
 Locking: ``_lock`` guards ``files``, ``deleted``, ``dirs`` and the journal
 write; it is never held across network I/O. A commit snapshots the state
