@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from ._errors import (
 from ._fetch import BlobRef
 from ._model import EMPTY_TREE, Entry, Tree, check_path
 from ._reader import BlobReader
+from ._upload import hash_file
 from ._view import RepoView, entry_stat
 
 log = logging.getLogger("streamfs.overlay")
@@ -176,7 +178,8 @@ class Overlay:
         deleted = set(raw.get("deleted", []))
         dirs = set(raw.get("dirs", []))
         epoch = raw.get("epoch")
-        for line in self._log_lines(epoch) if isinstance(epoch, str) else []:
+        lines = self._log_lines(epoch) if isinstance(epoch, str) else []
+        for line in lines:
             p = line["p"]
             if line.get("f") is not None:
                 files[p] = line["f"]
@@ -188,8 +191,10 @@ class Overlay:
             check_path(p)
             staged = Staged(item["local"], item["blob"], int(item["size"]), int(item["mtime"]))
             if staged.local is not None:
+                local = self.staging / staged.local
                 try:
-                    staged.blob, staged.size = _hash_file(self.staging / staged.local)
+                    staged.size = local.stat().st_size
+                    staged.blob = hash_file(local)
                 except FileNotFoundError:
                     log.error("staged bytes of %s are missing from %s", p, self.staging)
                     continue
@@ -198,7 +203,7 @@ class Overlay:
         self.deleted = {check_path(p) for p in deleted}
         self.dirs = {check_path(p) for p in dirs}
         self._epoch = epoch if isinstance(epoch, str) else None
-        self._logged = len(self._log_lines(epoch)) if self._epoch is not None else 0
+        self._logged = len(lines)
         base: str | None = raw.get("base")
         return base
 
@@ -387,11 +392,7 @@ class Overlay:
                     old = staged.local
                     local, fd = self._new_local()
                     if not truncate:
-                        source = os.open(self.staging / old, os.O_RDONLY)
-                        try:
-                            _copy_file(source, fd)
-                        finally:
-                            os.close(source)
+                        shutil.copyfile(self.staging / old, self.staging / local)
                     staged.local = local
                     self._delete_local(old)  # once that commit is done with it
                     self.journal_paths(path)
@@ -585,32 +586,6 @@ class Overlay:
     def close(self) -> None:
         with self.changed:
             self.changed.notify_all()
-
-
-def _copy_file(source: int, target: int) -> None:
-    """All of ``source`` into ``target`` (both descriptors at offset 0)."""
-    try:
-        while os.copy_file_range(source, target, 1 << 30):
-            pass
-        return
-    except OSError:  # a file system without it: copy by hand, from the start
-        os.lseek(source, 0, os.SEEK_SET)
-        os.lseek(target, 0, os.SEEK_SET)
-        os.ftruncate(target, 0)
-    while chunk := os.read(source, 1 << 20):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(target, view) :]
-
-
-def _hash_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _now() -> int:

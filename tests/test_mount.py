@@ -74,6 +74,16 @@ class Mounts:
     def status(self, point: Path) -> dict[str, object]:
         return self.control(point, {"cmd": "status"})
 
+    def commit_now(self, point: Path, message: str) -> bool:
+        """``streamfs commit`` on the control socket (no CLI start-up); whether it committed."""
+        changed = self.control(point, {"cmd": "commit", "message": message})["changed"]
+        assert isinstance(changed, bool)
+        return changed
+
+    def staged_files(self) -> int:
+        """Staged files on disk, of every branch mount of the test."""
+        return len(list(Path(self.env["STREAMFS_STATE_DIR"]).glob("branches/*/files/*")))
+
     def control(self, point: Path, request: dict[str, object]) -> dict[str, object]:
         """A request on the daemon's control socket, from this process (no CLI start-up)."""
         from streamfs._mount import control_request
@@ -375,8 +385,7 @@ def test_commit_right_after_close_includes_the_file(mounts: Mounts, repo_name: s
     point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
     for i in range(30):
         (point / f"f{i}.bin").write_bytes(bytes([i]) * 200_000)
-        answer = mounts.control(point, {"cmd": "commit", "message": f"f{i}"})
-        assert answer["changed"] is True, i
+        assert mounts.commit_now(point, f"f{i}"), i
         assert mounts.status(point)["pending"] == 0
     listed = run_cli(mounts.server, "ls", repo).stdout
     assert all(f"f{i}.bin" in listed for i in range(30))
@@ -386,9 +395,9 @@ def test_commit_right_after_close_includes_the_file(mounts: Mounts, repo_name: s
         f.write(b"half")
         f.flush()
         os.fsync(f.fileno())
-        assert mounts.control(point, {"cmd": "commit", "message": "x"})["changed"] is False
+        assert not mounts.commit_now(point, "x")
         f.write(b" and the rest")
-    assert mounts.control(point, {"cmd": "commit", "message": "open.bin"})["changed"] is True
+    assert mounts.commit_now(point, "open.bin")
     assert mounts.status(point)["pending"] == 0  # read back from the new commit, not staging
     assert (point / "open.bin").read_bytes() == b"half and the rest"
 
@@ -404,7 +413,7 @@ def test_a_file_saved_by_rename_right_after_close_is_committed(
     for i in range(20):
         (point / f".tmp{i}").write_bytes(b"saved %d" % i)
         os.replace(point / f".tmp{i}", point / f"saved{i}.txt")
-    assert mounts.control(point, {"cmd": "commit", "message": "saves"})["changed"] is True
+    assert mounts.commit_now(point, "saves")
     assert mounts.status(point)["pending"] == 0
     listed = run_cli(mounts.server, "ls", repo).stdout
     assert all(f"saved{i}.txt" in listed for i in range(20)) and ".tmp" not in listed
@@ -415,13 +424,12 @@ def test_a_file_saved_by_rename_right_after_close_is_committed(
         f.write(b"first half, ")
         os.replace(point / ".partial", point / "whole.txt")
         f.write(b"second half")
-    assert mounts.control(point, {"cmd": "commit", "message": "whole"})["changed"] is True
+    assert mounts.commit_now(point, "whole")
     assert mounts.status(point)["pending"] == 0
     assert (point / "whole.txt").read_bytes() == b"first half, second half"
 
     # a file unlinked (or renamed over) while open: its staged bytes go with its last close
-    staged = Path(mounts.env["STREAMFS_STATE_DIR"]).glob("branches/*/files/*")
-    before = len(list(staged))
+    before = mounts.staged_files()
     with open(point / "doomed.bin", "wb") as f:
         f.write(b"x" * 1000)
         os.unlink(point / "doomed.bin")
@@ -429,8 +437,8 @@ def test_a_file_saved_by_rename_right_after_close_is_committed(
             g.write(b"y")
         os.replace(point / "whole.txt", point / "other.bin")  # other.bin's bytes: replaced
         f.write(b"more")
-    assert mounts.control(point, {"cmd": "commit", "message": "x"})["changed"] is True
-    assert len(list(Path(mounts.env["STREAMFS_STATE_DIR"]).glob("branches/*/files/*"))) == before
+    assert mounts.commit_now(point, "x")
+    assert mounts.staged_files() == before
     assert mounts.status(point)["pending"] == 0
     assert (point / "other.bin").read_bytes() == b"first half, second half"
     assert not (point / "doomed.bin").exists() and not (point / "whole.txt").exists()
