@@ -1,4 +1,4 @@
-"""FreshBlocks: taken once, bounded in bytes, old blocks kept over new until stale."""
+"""FreshBlocks: taken once, bounded in bytes and in age, old blocks kept over new until stale."""
 
 from __future__ import annotations
 
@@ -39,6 +39,29 @@ def test_a_block_nobody_took_gives_way_once_twice_the_limit_was_offered_since() 
     assert fresh.take(("new", 3)) == b"n" * 10
 
 
+def test_a_block_nobody_took_goes_once_older_than_the_age_bound() -> None:
+    """After the last prefetch nothing is offered, so only age makes room (a DataLoader worker
+    after epoch 1); the next take or add drops what is too old, oldest first."""
+    from streamfs import _fresh
+
+    now = [100.0]
+    fresh = FreshBlocks(100, max_age=30.0, clock=lambda: now[0])
+    base = _fresh._held
+    fresh.add(("old", 0), b"o" * 10)
+    now[0] += 20
+    fresh.add(("young", 0), b"y" * 10)
+    now[0] += 9.5
+    assert fresh.take(("nobody", 0)) is None and len(fresh) == 2  # 29.5 s: both stay
+    now[0] += 0.5
+    assert fresh.take(("nobody", 0)) is None
+    assert len(fresh) == 1 and fresh.nbytes == 10  # "old" is 30 s old: gone
+    assert fresh.take(("old", 0)) is None
+    now[0] += 20
+    assert fresh.add(("new", 0), b"n" * 10)  # an add drops what is too old too
+    assert fresh.take(("young", 0)) is None and fresh.take(("new", 0)) == b"n" * 10
+    assert _fresh._held == base and len(fresh) == 0
+
+
 def test_adding_again_replaces_and_counts_once() -> None:
     fresh = FreshBlocks(100)
     fresh.add(("a", 0), b"1" * 40)
@@ -56,7 +79,7 @@ def test_never_holds_more_than_its_limit(ops: list[tuple[str, int, bool]]) -> No
         else:
             fresh.add((name, 0), name.encode() * size)
         assert fresh.nbytes <= 64
-        assert fresh.nbytes == sum(len(data) for data, _ in fresh._blocks.values())
+        assert fresh.nbytes == sum(len(data) for data, _, _ in fresh._blocks.values())
 
 
 def test_each_block_goes_to_exactly_one_of_many_takers() -> None:
