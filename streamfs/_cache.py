@@ -598,17 +598,20 @@ class BlockCache:
             self._where.clear()
         self._where[key] = path
 
-    def recall(self, blocks: Iterable[tuple[str, int]]) -> int:
+    def recall(self, blocks: Iterable[tuple[str, int]]) -> tuple[int, bool]:
         """Look up where the files of many cached blocks are, one query for hundreds, and
-        remember them (see ``_lookup``); how many it found. For a process about to read
-        blocks that other processes cached: their reads then skip SQLite. Best effort."""
+        remember them (see ``_lookup``). For a process about to read blocks that other
+        processes cached: their reads then skip SQLite. Best effort.
+
+        Returns how many it found, and whether this process now knows the file of every
+        block of ``blocks`` (then recalling them again would find nothing new)."""
         where = self._where
         # lazily: a folder of a million files costs as much as one of RECALL_LIMIT (plus the
         # files this process knows already, at most WHERE_LIMIT)
         unknown = (k for k in (_block_key(b, i) for b, i in blocks) if k not in where)
         keys = list(itertools.islice(unknown, RECALL_LIMIT))
         if not keys:
-            return 0
+            return 0, True
         guard = _guard
         guard.enter()
         try:
@@ -626,10 +629,10 @@ class BlockCache:
                 for key, name in rows:
                     self._remember(key, os.path.join(directory, name))
                 found += len(rows)
-            return found
+            return found, found == len(keys) < RECALL_LIMIT
         except _DISK_ERRORS as exc:
             log.warning("cache recall of %d blocks failed: %s", len(keys), exc)
-            return 0
+            return 0, False
         finally:
             guard.leave()
 

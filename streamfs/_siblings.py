@@ -71,6 +71,7 @@ class _Folder:
     opened: set[str] = field(default_factory=set)  # names opened in this pass
     missed: bool = False  # a file opened in this pass was not in the cache
     active: bool = False
+    passes: int = 0  # passes started again after the first
 
     def exhausted(self) -> bool:
         return self.cursor >= len(self.entries)
@@ -119,6 +120,7 @@ class SiblingPlanner:
             state.opened.clear()
             state.cursor = 0
             state.active = state.missed = False
+            state.passes += 1
         size = self._unpick(entry.id)
         if size is not None:
             self.useful_bytes += size
@@ -132,6 +134,11 @@ class SiblingPlanner:
             state.active = True
             self._active.append(folder)
         return self._pick()
+
+    def pass_number(self, folder: str) -> int:
+        """Which pass over ``folder`` this is: 0 for the first (or a folder not seen)."""
+        state = self._folders.get(folder)
+        return state.passes if state is not None else 0
 
     def release(self, ids: Iterable[str]) -> None:
         """Picks that their batch left out (cached meanwhile, or claimed by another process

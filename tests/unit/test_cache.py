@@ -275,14 +275,17 @@ def test_a_recall_finds_where_blocks_another_process_cached_are_in_few_queries(
         cache.put(BLOB, 0, pattern(20, 40 * KiB))  # this one's own: known already
         with sql_statements(cache) as statements:
             wanted = [(b, 0) for b in blobs] + [(BLOB, 0)]  # blobs[9] was never cached
-            assert cache.recall(wanted) == 8
+            assert cache.recall(wanted) == (
+                8,
+                False,
+            )  # blobs[8] has no file, blobs[9] is not cached
             assert len(statements) == 3  # 10 keys not known yet, 4 a query
             statements.clear()
             for i, blob in enumerate(blobs[:8]):
                 assert cache.get(blob, 0) == pattern(i, 40 * KiB)
             assert cache.get(BLOB, 0) == pattern(20, 40 * KiB)
             assert statements == []  # all read without SQLite
-            assert cache.recall([(b, 0) for b in blobs[:8]]) == 0  # nothing left to look up
+            assert cache.recall([(b, 0) for b in blobs[:8]]) == (0, True)  # nothing left to look up
             assert statements == []
             assert cache.get(blobs[8], 0) == b"small" and cache.get(blobs[9], 0) is None
         other.clear()  # recalled files that are gone since: looked up again, a miss
@@ -296,10 +299,11 @@ def test_a_recall_looks_up_at_most_its_limit(
     blobs = [f"{i:02x}" * 32 for i in range(6)]
     with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
         put_blocks(other, blobs)
-        assert cache.recall([(b, 0) for b in blobs]) == 3
-        assert cache.recall([(b, 0) for b in blobs]) == 3  # the next three
+        assert cache.recall([(b, 0) for b in blobs]) == (3, False)
+        assert cache.recall([(b, 0) for b in blobs]) == (3, False)  # the next three: maybe more
+        assert cache.recall([(b, 0) for b in blobs]) == (0, True)
         endless = ((f"ff{i:062x}", 0) for i in itertools.count())  # a huge folder: read lazily
-        assert cache.recall(endless) == 0
+        assert cache.recall(endless) == (0, False)
         assert next(endless) == (f"ff{3:062x}", 0)
 
 
@@ -312,7 +316,7 @@ def test_a_block_file_is_opened_only_where_this_process_knows_it(tmp_path: Path)
             assert cache.open_block_file(blobs[0], 0, size) is None  # cached, not known here
             assert statements == []  # and not looked up
         assert cache.get(blobs[0], 0) == pattern(0, size)  # looked up: now known
-        assert cache.recall([(blobs[1], 0), (blobs[2], 0)]) == 2
+        assert cache.recall([(blobs[1], 0), (blobs[2], 0)]) == (2, True)
         hits = cache.stats()["hits"]
         fd = cache.open_block_file(blobs[0], 0, size)
         assert fd is not None

@@ -74,8 +74,10 @@ def test_a_new_pass_prefetches_the_folder_again() -> None:
     for entry in first:
         planner.on_open("a", files, entry)
     assert planner.outstanding_bytes == 0
+    assert planner.pass_number("a") == 0 and planner.pass_number("never opened") == 0
     # epoch 2: the same files again
     assert planner.on_open("a", files, files[0]) == []
+    assert planner.pass_number("a") == 1
     second = planner.on_open("a", files, files[1])
     assert sorted(e.name for e in second) == sorted(e.name for e in first)
 
