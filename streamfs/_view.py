@@ -316,7 +316,7 @@ class RepoView:
             # a pass until it knows them all: the other workers of epoch 1 cache more of the
             # folder after this process's first look (one of 8 knew 80-95 % of 20,000 files
             # after epoch 1, and each of the rest cost a lookup when it came to it, epochs
-            # later). Then never again: going over the folder's names costs ~1 µs a file.
+            # later). Then never again: going over a folder's names costs ~1 µs a name.
             small = (e for e in siblings if not e.is_dir and 0 < e.size <= BLOCK_SIZE)
             _, complete = self.client.cache.recall((e.id, 0) for e in small)
             if complete:
