@@ -302,13 +302,12 @@ class RepoView:
             return
         with self._plan_lock:
             picks = self._planner.on_open(folder, siblings, entry, missed)
-            pass_number = self._planner.pass_number(folder)
-            recalled = self._recalled.get(folder)
-            recall = not missed and recalled != pass_number and recalled != KNOWN
+            planned = self._planner.pass_number
+            recall = not missed and self._recalled.get(folder) not in (planned(folder), KNOWN)
             if recall:
                 if len(self._recalled) >= MAX_RECALLED:
                     self._recalled.clear()
-                self._recalled[folder] = pass_number
+                self._recalled[folder] = planned(folder)
         if recall:
             # A cached file of a folder this process has not read from in this pass: others
             # (DataLoader workers, an earlier run) cached it, likely its siblings too. Where
