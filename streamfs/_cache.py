@@ -272,12 +272,15 @@ class _WholeWriteDisk(diskcache.Disk):  # type: ignore[misc]  # untyped library
         return name, os.path.join(self._directory, name)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        remember = self.remember if isinstance(key, str) else None
         if type(value) is bytes and len(value) >= self.min_file_size:
             name, path = self.filename(key, value)
             _write_new_file(path, value)
-            if self.remember is not None and isinstance(key, str):
-                self.remember(key, path)
+            if remember is not None:
+                remember(key, path)
             return len(value), diskcache.core.MODE_BINARY, name, None
+        if remember is not None and type(value) is bytes:
+            remember(key, "")  # kept in SQLite: known to be cached, no file
         return super().store(value, read, key=key)
 
     def remove(self, file_path: str) -> None:
@@ -511,7 +514,8 @@ class BlockCache:
         self._counters = _Counters(self._open("stats", 0, eviction_policy="none"))
         # expired claims are deleted by later claims (diskcache culls them on add)
         self._claims = self._open("claims", 0, eviction_policy="none")
-        # key -> the file diskcache keeps that block in, as last written or seen here
+        # key -> the file diskcache keeps that block in, as last written or seen here; "" for
+        # a block small enough to be kept in SQLite itself (known to be cached, read from there)
         self._where: dict[str, str] = {}
         self._blocks._cache.disk.remember = self._remember
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
@@ -550,7 +554,7 @@ class BlockCache:
         self, key: str, offset: int, length: int | None, out: memoryview | None = None
     ) -> bytes | memoryview | None:
         where = self._where.get(key)
-        if where is not None:
+        if where:
             # no SQLite lookup: the file is this block's, or gone (evicted since; diskcache
             # names files at random and never reuses a name)
             try:
@@ -561,8 +565,7 @@ class BlockCache:
             value = self._blocks.get(key, read=True)  # a file handle for values >= 32 KiB
             if value is None:
                 return None
-            if not isinstance(value, bytes):
-                self._remember(key, value.name)
+            self._remember(key, "" if isinstance(value, bytes) else value.name)
             return _read_slice(value, offset, length, out)
         except _DISK_ERRORS as exc:
             log.warning("cache lookup of %s failed, treated as a miss: %s", key, exc)
@@ -575,7 +578,7 @@ class BlockCache:
         or not that size. The descriptor keeps the bytes even if the block is evicted later."""
         key = _block_key(blob, index)
         where = self._where.get(key)
-        if where is None:
+        if not where:
             return None
         try:
             fd = int(real_os.open(where, os.O_RDONLY | os.O_CLOEXEC))
@@ -592,6 +595,11 @@ class BlockCache:
             return None
         self._counters.count(hit=True)
         return fd
+
+    def known(self, blob: str, index: int) -> bool:
+        """Whether this process knows the file of a cached block (no I/O; the block may have
+        been evicted since, which a read of it then finds out)."""
+        return _block_key(blob, index) in self._where
 
     def _remember(self, key: str, path: str) -> None:
         if len(self._where) >= WHERE_LIMIT:

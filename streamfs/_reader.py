@@ -130,7 +130,15 @@ class BlobReader:
                 tell, self._on_first_read = self._on_first_read, None
             if tell is not None:
                 tell(bool(missing))
-        ahead = [i for i in plan.fetch if i not in pieces and i not in missing]
+        # Readahead of blocks this process knows are cached would only wake the engine to
+        # find them there: in a warm sequential read that cost each 1 MiB read ~40 µs, its
+        # system calls waiting for the interpreter lock the engine held meanwhile.
+        known = cache.known
+        ahead = [
+            i
+            for i in plan.fetch
+            if i not in pieces and i not in missing and not known(self.blob.id, i)
+        ]
         if plan.whole and missing:
             # a small file: everything it lacks in one request, no separate readahead
             missing = sorted(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -510,6 +511,68 @@ def test_readahead_blocks_are_handed_over_in_memory_and_left_in_the_cache(
     assert head + rest == data
     assert cache.stats()["hits"] == hits  # each block came from memory or its own fetch
     assert len(fetcher.fresh) == 0  # every prefetched block went to the reader
+
+
+def _stream(repo: streamfs.Repo, path: str, between: Callable[[], None] = lambda: None) -> bytes:
+    """``path`` read start to end in 1 MiB reads, as a training loop streams a big file."""
+    pieces = []
+    with repo.open(path, buffering=0) as f:
+        while piece := f.read(1024 * 1024):
+            pieces.append(piece)
+            between()
+    return b"".join(pieces)
+
+
+def test_a_warm_sequential_read_wakes_no_readahead(
+    server: ServerProcess, repo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # readahead of blocks this process knows are cached would only wake the engine to find
+    # them there, while the reader's system calls wait for the interpreter lock
+    data = random.Random(10).randbytes(6 * BLOCK_SIZE + 321)
+    publish(server, f"alice/{repo_name}", {"video.bin": data}, tmp_path)
+    repo = open_repo(server, f"alice/{repo_name}", tmp_path / "cache")
+    engine = repo.client.engine
+    spawned: list[object] = []
+    spawn = engine.spawn
+    monkeypatch.setattr(engine, "spawn", lambda fn, *args: spawned.append(fn) or spawn(fn, *args))
+    assert _stream(repo, "video.bin") == data
+    assert spawned  # the cold read streamed: readahead ran
+    wait_for_prefetches(repo)
+    spawned.clear()
+    before = server.metrics()
+    assert _stream(repo, "video.bin") == data
+    assert spawned == []
+    assert server.metrics()["blob_bytes_sent"] == before["blob_bytes_sent"]
+
+
+def test_readahead_recalls_the_blocks_another_process_cached(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    data = random.Random(12).randbytes(6 * BLOCK_SIZE + 321)
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, {"video.bin": data}, tmp_path)
+    cache = tmp_path / "cache"
+    script = (  # the other process: reads the file whole, its blocks written before it exits
+        "import streamfs\n"
+        f"streamfs.Repo({repo_id!r}, remote={server.url!r}, cache_dir={str(cache)!r})"
+        ".read_bytes('video.bin')\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    reader = open_repo(server, repo_id, cache)
+    before = server.metrics()
+    statements: list[str] = []
+    connection = reader.client.cache._blocks._cache._con  # this thread's: reads run on it
+    connection.set_trace_callback(statements.append)
+    try:
+        assert _stream(reader, "video.bin", lambda: wait_for_prefetches(reader)) == data
+    finally:
+        connection.set_trace_callback(None)
+    assert server.metrics()["blob_bytes_sent"] == before["blob_bytes_sent"]
+    blob = hashlib.sha256(data).hexdigest()
+    assert all(reader.client.cache.known(blob, i) for i in range(7))
+    # the reads looked up only the blocks they came to before the readahead began; the
+    # readahead found the others, a query each time it moved on
+    assert len(statements) <= 2
 
 
 def test_prefetch_can_be_turned_off(server: ServerProcess, repo_name: str, tmp_path: Path) -> None:

@@ -201,6 +201,27 @@ def test_a_block_this_process_wrote_or_read_is_found_without_sqlite(tmp_path: Pa
         assert cache.stats()["hits"] == 3
 
 
+def test_a_process_knows_the_blocks_it_wrote_or_read_whether_in_a_file_or_in_sqlite(
+    tmp_path: Path,
+) -> None:
+    # what readahead skips: the blocks this process knows are cached, without asking SQLite
+    small = pattern(3, 300)  # kept in SQLite itself, not in a file
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
+        cache.put(BLOB, 0, pattern(1, 100 * KiB))
+        cache.put(BLOB, 1, small)
+        other.put(BLOB, 2, pattern(2, 100 * KiB))
+        other.put(BLOB, 3, small)
+        with sql_statements(cache) as statements:
+            assert [cache.known(BLOB, i) for i in range(5)] == [True, True, False, False, False]
+        assert statements == []
+        assert cache.get(BLOB, 2) == pattern(2, 100 * KiB)
+        assert cache.get(BLOB, 3) == small
+        assert cache.known(BLOB, 2) and cache.known(BLOB, 3)
+        assert cache.get(BLOB, 1, 10, 20) == small[10:30]  # known, still read from SQLite
+        assert cache.open_block_file(BLOB, 1, len(small)) is None  # no file to hand out
+        assert not cache.known(BLOB, 4) and cache.get(BLOB, 4) is None
+
+
 def test_a_remembered_block_of_known_length_costs_an_open_a_pread_and_a_close(
     cache: BlockCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
