@@ -9,12 +9,14 @@ import multiprocessing
 import os
 import pickle
 import threading
+import warnings
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
 import pytest
+from diskcache.core import EmptyDirWarning
 
 from streamfs._cache import (
     BlockCache,
@@ -151,6 +153,53 @@ def test_a_block_is_written_in_a_few_calls_not_line_by_line(cache: BlockCache) -
     assert io_counter("syscw") - before < pieces + 40
     assert cache.get(BLOB, 0) == lines and cache.get(BLOB, 1) == lines
     assert cache.get(BLOB, 2) == lines[: 100 * KiB]
+
+
+def consistency_problems(cache: BlockCache) -> list[str]:
+    """diskcache's own check of the blocks: every row's file there at its size, no file
+    without a row, its count and size as ``add`` keeps them. Folders kept empty are ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        found = cache._blocks._cache.check()
+    return [str(w.message) for w in found if not issubclass(w.category, EmptyDirWarning)]
+
+
+def test_put_many_adds_what_add_would_and_keeps_what_is_cached(tmp_path: Path) -> None:
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache:
+        cache.put(BLOB, 0, pattern(1, 100 * KiB))
+        cache.put_many(
+            {(BLOB, 0): pattern(9, 100 * KiB), (BLOB, 1): pattern(2, 100 * KiB), (BLOB, 2): b"s"}
+        )
+        assert cache.get(BLOB, 0) == pattern(1, 100 * KiB)  # the first put wins
+        assert cache.get(BLOB, 1) == pattern(2, 100 * KiB) and cache.get(BLOB, 2) == b"s"
+        assert cache.stats()["blocks"] == 3
+        assert consistency_problems(cache) == []  # no file left for the block refused
+
+
+def test_a_put_many_that_fails_leaves_no_row_and_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamfs import _cache
+
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache:
+        cache.put(BLOB, 0, pattern(1, 100 * KiB))
+        write = _cache._write_new_file
+        calls = 0
+
+        def full_disk(path: str, data: bytes) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise OSError(28, "No space left on device")
+            write(path, data)
+
+        monkeypatch.setattr(_cache, "_write_new_file", full_disk)
+        cache.put_many({(BLOB, i): pattern(i, 100 * KiB) for i in range(1, 4)})  # logged
+        assert calls == 2
+        assert [cache.contains(BLOB, i) for i in range(4)] == [True, False, False, False]
+        assert consistency_problems(cache) == []
+        files = [p for p in (tmp_path / "c" / "blocks").rglob("*.val")]
+        assert len(files) == 1
 
 
 def test_block_files_go_into_256_folders_that_stay(tmp_path: Path) -> None:
