@@ -639,8 +639,9 @@ class BlockCache:
         return fd
 
     def known(self, blob: str, index: int) -> bool:
-        """Whether this process knows the file of a cached block (no I/O; the block may have
-        been evicted since, which a read of it then finds out)."""
+        """Whether this process knows that a block is cached: it knows the block's file, or
+        that SQLite keeps the block itself. No I/O; the block may have been evicted since,
+        which a read of it then finds out."""
         return _block_key(blob, index) in self._where
 
     def _remember(self, key: str, path: str) -> None:
