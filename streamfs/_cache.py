@@ -71,7 +71,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -317,6 +317,17 @@ _INSERT_ROW = (
 )
 
 
+def _rows_for_keys(
+    cache: diskcache.Cache, query: str, keys: list[str], *params: Any
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``query`` (whose ``{marks}`` is the list of keys, after ``params``) for
+    ``keys``, a query for each RECALL_CHUNK of them."""
+    for start in range(0, len(keys), RECALL_CHUNK):
+        chunk = keys[start : start + RECALL_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        yield from cache._sql(query.format(marks=marks), (*params, *chunk)).fetchall()
+
+
 def _add_many(cache: diskcache.Cache, values: dict[str, bytes]) -> None:
     """``cache.add(key, value)`` for every key not cached yet, in the caller's transaction.
 
@@ -327,13 +338,8 @@ def _add_many(cache: diskcache.Cache, values: dict[str, bytes]) -> None:
     table's triggers keep diskcache's count and size as ``add`` does. Files written for a
     batch that fails are removed again.
     """
-    keys = list(values)
-    present: set[str] = set()
-    for start in range(0, len(keys), RECALL_CHUNK):
-        chunk = keys[start : start + RECALL_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = cache._sql(f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk)
-        present.update(key for (key,) in rows.fetchall())
+    query = "SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})"
+    present = {key for (key,) in _rows_for_keys(cache, query, list(values))}
     disk, now = cache.disk, time.time()
     new_rows: list[tuple[Any, ...]] = []
     written: list[str] = []
@@ -669,17 +675,13 @@ class BlockCache:
             cache = self._blocks._cache
             directory = cache.directory
             found = 0
-            for start in range(0, len(keys), RECALL_CHUNK):
-                chunk = keys[start : start + RECALL_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = cache._sql(  # diskcache's own table; values in files have a filename
-                    "SELECT key, filename FROM Cache WHERE raw = 1 AND filename IS NOT NULL"
-                    f" AND (expire_time IS NULL OR expire_time > ?) AND key IN ({marks})",
-                    (time.time(), *chunk),
-                ).fetchall()
-                for key, name in rows:
-                    self._remember(key, os.path.join(directory, name))
-                found += len(rows)
+            query = (  # diskcache's own table; values in files have a filename
+                "SELECT key, filename FROM Cache WHERE raw = 1 AND filename IS NOT NULL"
+                " AND (expire_time IS NULL OR expire_time > ?) AND key IN ({marks})"
+            )
+            for key, name in _rows_for_keys(cache, query, keys, time.time()):
+                self._remember(key, os.path.join(directory, name))
+                found += 1
             return found, found == len(keys) < RECALL_LIMIT
         except _DISK_ERRORS as exc:
             log.warning("cache recall of %d blocks failed: %s", len(keys), exc)
