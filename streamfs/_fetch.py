@@ -351,7 +351,7 @@ class BlockFetcher:
             view = memoryview(data)
             blocks = {
                 i: bytes(view[(i - first) * BLOCK_SIZE : (i - first + 1) * BLOCK_SIZE])
-                if last > first
+                if last > first or not isinstance(data, bytes)
                 else data
                 for i in range(first, last + 1)
             }

@@ -480,7 +480,7 @@ class Remote:
 
     async def read_blob(
         self, owner: str, name: str, oid: str, start: int = 0, end: int | None = None
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """Bytes [start, end) of a blob (end None: to its end). Not verified here."""
         headers = {}
         if start or end is not None:
@@ -489,7 +489,9 @@ class Remote:
         size = 0 if end is None else end - start
         return await self._blob_bytes("GET", path, f"blob {oid[:12]}", size, headers)
 
-    async def read_blobs(self, owner: str, name: str, ids: Sequence[str], size: int = 0) -> bytes:
+    async def read_blobs(
+        self, owner: str, name: str, ids: Sequence[str], size: int = 0
+    ) -> bytes | bytearray:
         """Whole blobs, one after another in the order of ``ids`` (POST blobs/batch), ``size``
         bytes in all if the caller knows. Not verified."""
         path = self._repo(owner, name) + "/blobs/batch"
@@ -506,8 +508,9 @@ class Remote:
         size: int,
         headers: dict[str, str],
         content: bytes | None = None,
-    ) -> bytes:
-        """A blob read's body, on our own connections unless a proxy is set (see _Direct)."""
+    ) -> bytes | bytearray:
+        """A blob read's body, on our own connections unless a proxy is set (see _Direct):
+        there, a bytearray the answer was read into (the caller copies out what it keeps)."""
         direct = self._direct
         if direct is None:
             response = await self._request(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -134,6 +135,52 @@ async def test_serial_requests_share_one_connection_and_send_what_was_asked() ->
     assert f"Host: 127.0.0.1:{server.port}".encode() in lines
     assert b"Range: bytes=0-9" in lines
     assert b"Content-Length: 11" in server.heads[3].split(b"\r\n")
+
+
+async def test_a_body_of_known_length_is_read_into_one_buffer_whatever_pieces_it_comes_in() -> None:
+    body = os.urandom(3_000_000)
+    reply = answer(body)
+    cuts = [0, 40, len(reply) - len(body) + 1, 1_000_000, 1_000_001, 2_500_000, len(reply)]
+
+    async def in_pieces(server: Server, stream: trio.abc.Stream) -> None:
+        buffer = bytearray()
+        while await server.request(stream, buffer) is not None:
+            for start, end in itertools.pairwise(cuts):  # headers split, then odd body pieces
+                await stream.send_all(reply[start:end])
+
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, in_pieces)
+        async with pool(server.port) as p:
+            for _ in range(2):
+                got = await p.request(b"GET", b"/blob", [], None, len(body))
+                assert got.content == body
+                assert isinstance(got.content, bytearray)  # filled in place, not joined
+        nursery.cancel_scope.cancel()
+    assert server.connections == 1  # each answer was read to its end, and no further
+
+
+async def test_an_error_answer_is_parsed_as_before() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(b'{"error": "no"}', b"404 Not Found")))
+        async with pool(server.port) as p:
+            got = await p.request(b"GET", b"/blob", [], None, 1 << 20)
+        nursery.cancel_scope.cancel()
+    assert (got.status_code, got.content) == (404, b'{"error": "no"}')
+
+
+async def test_a_server_stalled_in_mid_body_is_a_timeout() -> None:
+    async def stall(server: Server, stream: trio.abc.Stream) -> None:
+        await server.request(stream, bytearray())
+        await stream.send_all(answer(b"x" * 500_000)[:200_000])
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, stall)
+        async with pool(server.port, read_timeout=0.2) as p:
+            with trio.fail_after(10), pytest.raises(Http1Timeout, match="no answer within"):
+                await get(p)
+            assert p._idle == []
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_preconnected_connection_serves_the_first_request() -> None:
