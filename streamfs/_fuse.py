@@ -7,13 +7,14 @@ policy lives here; see _mountfs.py.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fuse import FuseOSError, Operations
+from fuse import FUSE, FuseOSError, Operations
 
 from ._mountfs import MountFS
 
@@ -76,6 +77,7 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
             self.open = self._no_open  # type: ignore[method-assign]
             self.release = None  # type: ignore[method-assign,assignment]
             self.read = self._read_by_path  # type: ignore[method-assign]
+            self.read_into = self._read_into_by_path  # type: ignore[method-assign]
 
     def __call__(self, op: str, path: str, *args: Any) -> Any:
         # Not fusepy's LoggingMixIn: it formats repr() of every argument and result (a 128 KiB
@@ -123,6 +125,17 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
     @translated
     def _read_by_path(self, path: str, size: int, offset: int, fh: int) -> bytes:
         return self.fs.read_path(path, offset, size)
+
+    @translated
+    def read_into(self, path: str, out: memoryview, offset: int, fh: int) -> int:
+        """``read`` into ``out``, libfuse's buffer (see StreamfsFUSE); the bytes read."""
+        data = self.fs.read(fh, offset, len(out))
+        out[: len(data)] = data
+        return len(data)
+
+    @translated
+    def _read_into_by_path(self, path: str, out: memoryview, offset: int, fh: int) -> int:
+        return self.fs.read_path_into(path, offset, out)
 
     @translated
     def release(self, path: str, fh: int) -> None:
@@ -201,3 +214,24 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
 
     def listxattr(self, path: str) -> list[str]:
         return []
+
+
+class StreamfsFUSE(FUSE):  # type: ignore[misc]
+    """fusepy's FUSE, with reads written straight into libfuse's buffer.
+
+    fusepy's ``read`` takes the bytes an operation returns and copies them into
+    the buffer. A read of a block in memory was then two copies (the slice
+    joined into bytes, and the copy into the buffer); here it is one, and a
+    read of a block in the cache is read from its file into the buffer. On
+    a cold sequential read each 128 KiB read cost a copy more than it needed.
+    """
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        if size == 0:
+            return 0
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        # libfuse's buffer of ``size`` bytes, valid until this call returns: the operations
+        # write into it and keep no reference
+        place = (ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))
+        out = memoryview(place).cast("B")
+        return int(self.operations("read_into", self._decode_optional_path(path), out, offset, fh))

@@ -185,9 +185,7 @@ class Daemon:
             f.flush()
 
     def run(self, ready_fd: int | None, debug: bool) -> None:
-        from fuse import FUSE
-
-        from ._fuse import StreamfsOperations
+        from ._fuse import StreamfsFUSE, StreamfsOperations
 
         keep_block_buffers()
         self.record.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +227,7 @@ class Daemon:
             )
         (self.overlay.view if self.overlay is not None else self.view).load_root_soon()
         try:
-            FUSE(ops, str(self.mountpoint), **options)
+            StreamfsFUSE(ops, str(self.mountpoint), **options)
         finally:
             sock.close()
             self.shutdown()

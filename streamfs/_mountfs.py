@@ -165,6 +165,12 @@ class MountFS:
             self.read_calls += 1
         return self.by_path.read(self._rel(path), offset, size)
 
+    def read_path_into(self, path: str, offset: int, out: memoryview) -> int:
+        """``read_path`` into ``out`` (libfuse's buffer); the number of bytes read."""
+        with self._lock:
+            self.read_calls += 1
+        return self.by_path.readinto(self._rel(path), offset, out)
+
     def _reader(self, rel: str) -> BlobReader:
         """A reader of the committed file at ``rel`` (the base commit, on a writable mount)."""
         if self.overlay is None:  # one walk gives the folder (for the prefetcher) too

@@ -34,6 +34,8 @@ class StreamReader(Protocol):
 
     def read(self, offset: int, size: int) -> bytes: ...
 
+    def readinto(self, offset: int, out: memoryview) -> int: ...
+
 
 class PathReaders:
     def __init__(
@@ -57,6 +59,9 @@ class PathReaders:
 
     def read(self, path: str, offset: int, size: int) -> bytes:
         return self.reader(path, offset).read(offset, size)
+
+    def readinto(self, path: str, offset: int, out: memoryview) -> int:
+        return self.reader(path, offset).readinto(offset, out)
 
     def reader(self, path: str, offset: int) -> StreamReader:
         """The reader for a read of ``path`` at ``offset``."""
