@@ -76,7 +76,6 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
             self.flush = None  # type: ignore[method-assign,assignment]
             self.open = self._no_open  # type: ignore[method-assign]
             self.release = None  # type: ignore[method-assign,assignment]
-            self.read = self._read_by_path  # type: ignore[method-assign]
             self.read_into = self._read_into_by_path  # type: ignore[method-assign]
 
     def __call__(self, op: str, path: str, *args: Any) -> Any:
@@ -120,11 +119,8 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
 
     @translated
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        # registers the read callback with fusepy; StreamfsFUSE answers it with read_into
         return self.fs.read(fh, offset, size)
-
-    @translated
-    def _read_by_path(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return self.fs.read_path(path, offset, size)
 
     @translated
     def read_into(self, path: str, out: memoryview, offset: int, fh: int) -> int:

@@ -12,7 +12,7 @@ writer's handle leaves ``_handles`` only after its release has staged the
 file, so ``settle`` can wait for the releases the kernel sends after close(2)
 has returned (an explicit commit must include a file closed just before). A
 read-only mount has no handles: the kernel stops sending opens and releases
-(see _fuse.py) and reads come by path (``read_path``, readers kept per stream
+(see _fuse.py) and reads come by path (``read_path_into``, readers kept per stream
 in PathReaders).
 """
 
@@ -159,14 +159,9 @@ class MountFS:
             return handle.reader.read(offset, size)
         return handle.read(offset, size)
 
-    def read_path(self, path: str, offset: int, size: int) -> bytes:
-        """A read with no handle: a read-only mount, whose opens libfuse answers itself."""
-        with self._lock:
-            self.read_calls += 1
-        return self.by_path.read(self._rel(path), offset, size)
-
     def read_path_into(self, path: str, offset: int, out: memoryview) -> int:
-        """``read_path`` into ``out`` (libfuse's buffer); the number of bytes read."""
+        """A read with no handle (a read-only mount, whose opens libfuse answers itself)
+        into ``out``, libfuse's buffer; the number of bytes read."""
         with self._lock:
             self.read_calls += 1
         return self.by_path.readinto(self._rel(path), offset, out)

@@ -32,8 +32,6 @@ from typing import Protocol
 class StreamReader(Protocol):
     def continues(self, offset: int) -> bool: ...
 
-    def read(self, offset: int, size: int) -> bytes: ...
-
     def readinto(self, offset: int, out: memoryview) -> int: ...
 
 
@@ -56,9 +54,6 @@ class PathReaders:
 
     def __len__(self) -> int:
         return len(self._lru)
-
-    def read(self, path: str, offset: int, size: int) -> bytes:
-        return self.reader(path, offset).read(offset, size)
 
     def readinto(self, path: str, offset: int, out: memoryview) -> int:
         return self.reader(path, offset).readinto(offset, out)
