@@ -117,17 +117,16 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
     def open(self, path: str, flags: int) -> int:
         return self.fs.open(path, flags)
 
-    @translated
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        # registers the read callback with fusepy; StreamfsFUSE answers it with read_into
-        return self.fs.read(fh, offset, size)
+        # fusepy registers a read callback only for operations that have ``read``;
+        # StreamfsFUSE answers that callback with read_into
+        out = bytearray(size)
+        return bytes(out[: self.read_into(path, memoryview(out), offset, fh)])
 
     @translated
     def read_into(self, path: str, out: memoryview, offset: int, fh: int) -> int:
-        """``read`` into ``out``, libfuse's buffer (see StreamfsFUSE); the bytes read."""
-        data = self.fs.read(fh, offset, len(out))
-        out[: len(data)] = data
-        return len(data)
+        """A read into ``out``, libfuse's buffer (see StreamfsFUSE); the bytes read."""
+        return self.fs.readinto(fh, offset, out)
 
     @translated
     def _read_into_by_path(self, path: str, out: memoryview, offset: int, fh: int) -> int:

@@ -151,13 +151,14 @@ class MountFS:
                 return self._add(staged)
         return self._add(_ReadHandle(self._reader(rel)))
 
-    def read(self, fh: int, offset: int, size: int) -> bytes:
+    def readinto(self, fh: int, offset: int, out: memoryview) -> int:
+        """A read through handle ``fh`` into ``out`` (libfuse's buffer); the bytes read."""
         with self._lock:
             self.read_calls += 1
         handle = self._get(fh)
         if isinstance(handle, _ReadHandle):
-            return handle.reader.read(offset, size)
-        return handle.read(offset, size)
+            return handle.reader.readinto(offset, out)
+        return handle.readinto(offset, out)
 
     def read_path_into(self, path: str, offset: int, out: memoryview) -> int:
         """A read with no handle (a read-only mount, whose opens libfuse answers itself)

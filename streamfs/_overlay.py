@@ -95,8 +95,8 @@ class StagedHandle:
     dirty: bool = False
     flushed: bool = False  # closed by close(2), not written since: its release is on the way
 
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
+    def readinto(self, offset: int, out: memoryview) -> int:
+        return os.preadv(self.fd, [out], offset)
 
     def write(self, offset: int, data: bytes) -> int:
         written = os.pwrite(self.fd, data, offset)
