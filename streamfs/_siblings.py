@@ -14,17 +14,25 @@ The policy, per view of a commit:
   (wholly) in the cache. Reading one file of a folder prefetches nothing, and
   neither does reading a folder that is cached: a warm epoch costs the
   prefetcher no cache lookups at all.
-- **Bounded waste, growing with proof.** Bytes prefetched and not yet
-  opened stay under ``base + opened + reward * useful`` (and under ``cap``):
-  ``opened`` the bytes of small files opened so far, ``useful`` those of
-  them that had been prefetched. What was fetched and never read is thus at
-  most ``base`` plus what was read, plus ``reward`` times what prefetching
-  already saved. A shuffled epoch opens what was prefetched, so the window
-  soon covers much of what is left (a window that only grew with the bytes
-  read left a third of a 20,000-file epoch to one request a file); a
-  program reading a random 10 % of a dataset rarely opens a prefetched file,
-  so its window grows little (simulated: 2.4x the bytes it read are fetched,
-  against 2.1x with no reward). For a whole epoch the waste is nothing.
+- **Bounded waste, growing with reading.** Bytes prefetched and not yet
+  opened stay under ``base + growth * opened + reward * useful`` (and under
+  ``cap``): ``opened`` the bytes of small files opened so far, ``useful``
+  those of them that had been prefetched. What was fetched and never read is
+  thus at most ``base`` plus ``growth`` times what was read, plus ``reward``
+  times what prefetching already saved.
+  A shuffled epoch opens files in an order nothing predicts, so a file is
+  found prefetched about as often as the window covers what is left of the
+  dataset: the window has to outgrow the reading. Growing by the bytes read
+  alone (``growth`` 1) left a third of a 20,000-file epoch to one request a
+  file; the reward for prefetched files that got opened cut that to a fifth
+  (3,900 of 20,000 files, simulated and measured); ``growth`` 4 cuts it to
+  1,700 (measured at 20 ms RTT: +20-35 % files/s for the Python API and the
+  hooks, threads or DataLoader processes; docs/benchmarks.md, session 25).
+  The price is paid by a program that reads a random part of a dataset and
+  stops: one that reads 10 % of it gets 2.4x the bytes it read fetched with
+  ``growth`` 1 and 6.2x with 4 (simulated, 100 folders of 200 files); at
+  30 % the whole dataset is fetched either way. For a whole epoch the waste
+  is nothing.
 - **Passes.** Opening a file again that was opened in the folder's current
   pass starts a new pass (the next epoch): the folder is read through again,
   and once a file of it misses (a cache that evicted some of it) the rest is
@@ -60,7 +68,8 @@ from ._model import Entry
 MAX_FOLDERS = 1024  # folders remembered; the least recently opened one is forgotten
 PICK_RUN = 64  # files taken from one folder before turning to the next active one
 REFILL = 4 * 1024 * 1024  # the window is topped up once this much of it is free
-REWARD = 4  # the window grows by this many bytes per prefetched byte that was then opened
+GROWTH = 4  # the window grows by this many bytes per byte of small files opened ...
+REWARD = 4  # ... and by this many more per prefetched byte that was then opened
 
 
 @dataclass(eq=False)
@@ -85,12 +94,14 @@ class SiblingPlanner:
         cap: int,
         salt: int = 0,
         refill: int = REFILL,
+        growth: int = GROWTH,
         reward: int = REWARD,
     ) -> None:
         self.small = small
         self.refill = refill
         self.base = base
         self.cap = cap
+        self.growth = growth
         self.reward = reward
         self._salt = salt
         self._folders: OrderedDict[str, _Folder] = OrderedDict()
@@ -102,7 +113,8 @@ class SiblingPlanner:
 
     def allowance(self) -> int:
         """How many bytes may be prefetched and not yet opened, now."""
-        return min(self.cap, self.base + self.opened_bytes + self.reward * self.useful_bytes)
+        grown = self.growth * self.opened_bytes + self.reward * self.useful_bytes
+        return min(self.cap, self.base + grown)
 
     def on_open(
         self, folder: str, siblings: Sequence[Entry], entry: Entry, missed: bool = True

@@ -59,7 +59,7 @@ MAX_TREES_IN_MEMORY = 4096
 # ~400 MB. Beyond this many, the least recently used trees are dropped (they stay on disk):
 # find over 1,000,000 entries peaks at 264 MB in the daemon, 83 MB in the API (docs/benchmarks.md).
 MAX_ENTRIES_IN_MEMORY = 100_000
-# Prefetched and never opened: at most this, plus what was read, plus 4x what prefetching saved
+# Prefetched and never opened: at most this, plus 4x what was read, plus 4x what prefetching saved
 # (_siblings.py) ...
 PREFETCH_BASE = 32 * 1024 * 1024
 # ... and at most half the cache. A quarter left a third of a full-size epoch (20,000 files,
