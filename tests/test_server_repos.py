@@ -440,3 +440,27 @@ def test_batch_never_sends_another_repos_blob(server: ServerProcess, repo_name: 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
     assert secret not in response.content
+
+
+def test_two_servers_on_one_store_see_each_others_new_repos_and_blobs(tmp_path: Path) -> None:
+    """A server keeps repo records it has read, never a miss: a repo (or a blob) another
+    server on the same store adds after this one answered 404 is found by this one."""
+    first = ServerProcess(tmp_path / "store", log=tmp_path / "first.log").start()
+    second = ServerProcess(tmp_path / "store", log=tmp_path / "second.log").start()
+    try:
+        assert api(first, "GET", "/repos/alice/shared").status_code == 404
+        made = api(second, "POST", "/repos", json={"owner": "alice", "name": "shared"})
+        assert made.status_code == 201
+        assert api(first, "GET", "/repos/alice/shared").json()["name"] == "shared"
+        data = os.urandom(3000)
+        oid = hashlib.sha256(data).hexdigest()
+        assert api(first, "GET", f"/repos/alice/shared/blobs/{oid}").status_code == 404
+        put_blob(second, "alice/shared", data)
+        assert api(first, "GET", f"/repos/alice/shared/blobs/{oid}").content == data
+        ranged = api(
+            first, "GET", f"/repos/alice/shared/blobs/{oid}", headers={"Range": "bytes=10-19"}
+        )
+        assert ranged.status_code == 206 and ranged.content == data[10:20]
+    finally:
+        first.stop()
+        second.stop()

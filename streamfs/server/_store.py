@@ -91,6 +91,10 @@ class RepoStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._load_tree_cached = functools.lru_cache(maxsize=8192)(self._load_tree_uncached)
+        # A repo's record is written once, by create_repo, and never changed or removed, so a
+        # record read once is kept (misses are not: another server on the storage may create
+        # the repo). It spares every request of a repo a file read and a JSON parse.
+        self._repo_cached = functools.lru_cache(maxsize=4096)(self._get_repo_uncached)
 
     # ------------------------------------------------------------ repos
 
@@ -113,6 +117,9 @@ class RepoStore:
         return info
 
     def get_repo(self, owner: str, name: str) -> RepoInfo:
+        return self._repo_cached(owner, name)
+
+    def _get_repo_uncached(self, owner: str, name: str) -> RepoInfo:
         raw = self.storage.get_ref(f"{self._repo_prefix(owner, name)}/repo")
         if raw is None:
             raise RepoNotFoundError(f"repository {owner}/{name} not found")
