@@ -150,9 +150,12 @@ class LocalStorage:
     def read_range(self, key: str, start: int, length: int) -> bytes:
         fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            data = os.pread(fd, length, start)
-            if len(data) < length:  # a read of a regular file is short only at its end
-                raise OSError(f"object {key} is shorter than expected")
+            data = os.pread(fd, length, start)  # all of it, but at the object's end
+            while len(data) < length:
+                more = os.pread(fd, length - len(data), start + len(data))
+                if not more:
+                    raise OSError(f"object {key} is shorter than expected")
+                data += more
             return data
         finally:
             os.close(fd)
