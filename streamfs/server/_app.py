@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -357,7 +357,7 @@ class Api:
         return (
             info,
             size,
-            self.store.storage.read_range(object_key("blob", oid), start, end - start),
+            _read_range(self.store.storage, object_key("blob", oid), start, end - start),
         )
 
     async def get_blobs(self, request: Request) -> Response:
@@ -512,6 +512,10 @@ def _repo_names(request: Request) -> tuple[str, str]:
     return owner, check_name(request.path_params["name"], "repository name")
 
 
+def _read_range(storage: Storage, key: str, start: int, length: int) -> bytes:
+    return b"".join(storage.iter_range(key, start, length, CHUNK))  # one piece: not copied
+
+
 def _concatenated(storage: Storage, keys: list[tuple[str, int]], chunk: int) -> Iterator[bytes]:
     """The objects' bytes one after another, gathered into pieces of about ``chunk`` bytes.
 
@@ -521,12 +525,7 @@ def _concatenated(storage: Storage, keys: list[tuple[str, int]], chunk: int) -> 
     pending: list[bytes] = []
     pending_size = 0
     for key, size in keys:
-        pieces: Iterable[bytes]
-        if size <= chunk:  # most blobs: one open and one read
-            pieces = (storage.read_range(key, 0, size),)
-        else:
-            pieces = storage.iter_range(key, 0, size, chunk)
-        for piece in pieces:
+        for piece in storage.iter_range(key, 0, size, chunk):
             pending.append(piece)
             pending_size += len(piece)
             if pending_size >= chunk:
