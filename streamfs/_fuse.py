@@ -14,8 +14,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fuse import FUSE, FuseOSError, Operations
+import fuse
+from fuse import FUSE, FuseOSError, Operations, fuse_operations
 
+from ._fuseloop import WORKERS, Session
 from ._mountfs import MountFS
 
 log = logging.getLogger("streamfs.fuse")
@@ -212,14 +214,48 @@ class StreamfsOperations(Operations):  # type: ignore[misc]
 
 
 class StreamfsFUSE(FUSE):  # type: ignore[misc]
-    """fusepy's FUSE, with reads written straight into libfuse's buffer.
+    """fusepy's FUSE, served by a fixed pool of Python threads (see _fuseloop.py), with
+    reads written straight into libfuse's buffer.
 
     fusepy's ``read`` takes the bytes an operation returns and copies them into
     the buffer. A read of a block in memory was then two copies (the slice
     joined into bytes, and the copy into the buffer); here it is one, and a
     read of a block in the cache is read from its file into the buffer. On
     a cold sequential read each 128 KiB read cost a copy more than it needed.
+
+    The constructor mounts and serves until the file system is unmounted, as
+    fusepy's does; it builds the same table of callbacks, but runs libfuse's
+    session itself instead of ``fuse_main``.
     """
+
+    def __init__(
+        self, operations: Operations, mountpoint: str, workers: int = WORKERS, **options: Any
+    ) -> None:
+        self.operations = operations
+        self.raw_fi = False
+        self.encoding = "utf-8"
+        self.use_ns = getattr(operations, "use_ns", False)
+        args = ["fuse"] + [flag for name, flag in self.OPTIONS if options.pop(name, False)]
+        options.setdefault("fsname", type(operations).__name__)
+        args += ["-o", ",".join(self._normalize_fuse_options(**options)), mountpoint]
+        table = fuse_operations()
+        for name, prototype, *_ in fuse_operations._fields_:
+            # fgetattr and ftruncate are answered by getattr and truncate
+            value = getattr(
+                operations, name[1:] if name in ("fgetattr", "ftruncate") else name, None
+            )
+            if value is None:
+                continue
+            if hasattr(prototype, "argtypes"):  # a callback: self.<name> decodes its arguments
+                value = prototype(functools.partial(self._wrapper, getattr(self, name)))
+            setattr(table, name, value)  # or a flag (flag_nullpath_ok, flag_nopath, ...)
+        served = Session(fuse._libfuse, [a.encode() for a in args], table, workers).run()
+        critical = getattr(self, "_FUSE__critical_exception", None)  # set by fusepy's _wrapper
+        del self.operations
+        if critical is not None:
+            raise critical
+        if not served:
+            raise RuntimeError("reading the FUSE device failed")
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         if size == 0:

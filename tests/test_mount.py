@@ -13,11 +13,13 @@ import mmap
 import multiprocessing
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import diskcache
@@ -451,6 +453,71 @@ def test_umount_with_a_reader_inside_does_not_hang(mounts: Mounts, repo_name: st
         assert reader.read(10) == b"a" * 10
         mounts.cli("umount", str(point))
         assert not os.path.ismount(point)
+
+
+def _serving_threads(pid: int) -> set[int]:
+    """The daemon's threads, but trio's workers (named by trio; they come and go with the
+    cache writes they run)."""
+    tids = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if not (task / "comm").read_text().startswith("Trio thread"):
+                tids.add(int(task.name))
+    return tids
+
+
+def test_bursts_of_parallel_reads_are_served_by_the_same_threads(
+    mounts: Mounts, repo_name: str
+) -> None:
+    # libfuse's own loop starts a thread whenever none is idle and ends one whenever more than
+    # ten are: two bursts of 16 readers, and the threads of the first are gone by the second
+    rng = random.Random(12)
+    files = {f"d{i % 4}/f{i:03d}.bin": rng.randbytes(rng.randint(1000, 300_000)) for i in range(96)}
+    publish(mounts, f"alice/{repo_name}", files)
+    point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
+    pid = int(mounts.status(point)["pid"])  # type: ignore[call-overload]
+    names = sorted(files)
+
+    def burst(part: list[str]) -> None:
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda rel: (point / rel).read_bytes(), part))
+        assert got == [files[rel] for rel in part]
+
+    burst(names[:48])
+    before = _serving_threads(pid)
+    burst(names[48:])
+    assert _serving_threads(pid) == before
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not a child of this one) ended within ``timeout`` s."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "a-file-held-open"])
+def test_sigterm_unmounts_and_ends_the_daemon(mounts: Mounts, repo_name: str, busy: bool) -> None:
+    publish(mounts, f"alice/{repo_name}", {"a.txt": b"a" * 1000})
+    point = mounts.mount(f"alice/{repo_name}@main", "--read-only")
+    pid = int(mounts.status(point)["pid"])  # type: ignore[call-overload]
+    # held open, the detached file system stays alive: the daemon leaves it to the kernel
+    held = os.open(point / "a.txt", os.O_RDONLY) if busy else None
+    try:
+        if held is not None:
+            assert os.read(held, 10) == b"a" * 10
+        os.kill(pid, signal.SIGTERM)
+        assert _wait_for_exit(pid, 30), "the daemon did not end after SIGTERM"
+        assert not os.path.ismount(point)
+    finally:
+        if held is not None:
+            with contextlib.suppress(OSError):  # ENOTCONN: the daemon is gone
+                os.close(held)
 
 
 def test_racing_writer_on_the_same_path_is_reported_and_kept(

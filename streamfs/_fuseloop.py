@@ -1,0 +1,201 @@
+"""libfuse's request loop, run by a fixed pool of Python threads.
+
+libfuse 2's own multi-threaded loop (``fuse_main`` -> ``fuse_loop_mt``) starts a
+thread whenever none is idle and ends one whenever more than ten are idle. An
+epoch of 8 readers moves around that line (a read(2) of a file over 128 KiB is
+two FUSE reads, and the kernel reads ahead), so threads were started and ended
+all the time: 50 in the first 8 s of an epoch. And a C thread that calls into
+Python through ctypes has no Python thread state: ctypes makes one for every
+callback and deletes it after (a fresh mapping for its frames, the runtime's
+lock twice, page faults).
+
+Here ``WORKERS`` Python threads, started with the session and ended with it,
+each read a request from the device (without the interpreter lock) and have
+libfuse process it; libfuse calls the operations in the same thread, whose
+thread state lives as long as it does. More requests than that wait in the
+kernel's queue. A bound costs less than a thread for every request in flight:
+the threads take turns at the interpreter lock, and each turn is a futex
+wake-up and a context switch. With a disk cache holding every block (8
+readers, 20,000 files), 8 to 12 threads cost the daemon 0.5-0.6 ms of CPU a
+file, a thread for every request in flight (up to 19) 0.75, libfuse's loop 0.6,
+and one thread 0.2. Ten is libfuse 3's own default bound.
+
+The threads end when the kernel ends the connection (the file system was
+unmounted: reads of the device fail with ENODEV) or when the session is told
+to exit (SIGINT, SIGTERM, SIGHUP, or fusepy's ``fuse_exit`` after an operation
+raised a BaseException); after such an exit the file system is detached
+lazily, so that the threads' blocked reads return.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger("streamfs.fuse")
+
+WORKERS = 10  # requests served at once (the kernel queues the rest)
+EXIT_POLL = 0.5  # s between looks at the session's exit flag (set from C by fuse_exit)
+LEAVE_WAIT = 5.0  # s the threads get to leave after an exit before they are left behind
+EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_void_p = ctypes.c_void_p
+
+
+def _declare(lib: Any) -> None:
+    """Argument and result types of the libfuse 2.6+ calls used here."""
+    lib.fuse_setup.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.c_char_p),
+        _void_p,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_char_p),
+        ctypes.POINTER(ctypes.c_int),
+        _void_p,
+    ]
+    lib.fuse_setup.restype = _void_p
+    lib.fuse_get_session.argtypes = [_void_p]
+    lib.fuse_get_session.restype = _void_p
+    lib.fuse_session_next_chan.argtypes = [_void_p, _void_p]
+    lib.fuse_session_next_chan.restype = _void_p
+    lib.fuse_chan_bufsize.argtypes = [_void_p]
+    lib.fuse_chan_bufsize.restype = ctypes.c_size_t
+    lib.fuse_chan_recv.argtypes = [ctypes.POINTER(_void_p), ctypes.c_char_p, ctypes.c_size_t]
+    lib.fuse_chan_recv.restype = ctypes.c_int
+    lib.fuse_session_process.argtypes = [_void_p, ctypes.c_char_p, ctypes.c_size_t, _void_p]
+    lib.fuse_session_process.restype = None
+    lib.fuse_session_exited.argtypes = [_void_p]
+    lib.fuse_session_exited.restype = ctypes.c_int
+    lib.fuse_session_exit.argtypes = [_void_p]
+    lib.fuse_session_exit.restype = None
+    lib.fuse_teardown.argtypes = [_void_p, ctypes.c_char_p]
+    lib.fuse_teardown.restype = None
+
+
+class Session:
+    """One libfuse session: mounted, served until it ends, torn down."""
+
+    def __init__(self, lib: Any, args: list[bytes], operations: Any, workers: int = WORKERS):
+        _declare(lib)
+        self.lib = lib
+        self.args = args
+        self.operations = operations
+        self.workers = workers
+        self.session: Any = None
+        self._wake = threading.Event()  # a thread left, or a signal came
+        self._ended = False  # a thread saw the connection end (or reading it failed)
+        self._failed = False
+
+    def run(self) -> bool:
+        """Mount, serve requests until the file system is unmounted or told to exit, and
+        tear the session down; False when reading the device failed."""
+        with self._signals():
+            mountpoint = ctypes.c_char_p()
+            threaded = ctypes.c_int()
+            argv = (ctypes.c_char_p * len(self.args))(*self.args)
+            # parses the options, mounts, and (with -f) stays in the foreground
+            fuse = self.lib.fuse_setup(
+                len(self.args),
+                argv,
+                ctypes.byref(self.operations),
+                ctypes.sizeof(self.operations),
+                ctypes.byref(mountpoint),
+                ctypes.byref(threaded),
+                None,
+            )
+            if not fuse:
+                raise RuntimeError("libfuse could not mount (its message is above)")
+            self.session = self.lib.fuse_get_session(fuse)
+            self._take_signals()
+            workers = self.workers if threaded.value else 1  # -s: fusepy's nothreads
+            threads = [
+                threading.Thread(target=self._serve, name=f"fuse-{i}", daemon=True)
+                for i in range(workers)
+            ]
+            for thread in threads:
+                thread.start()
+            while not self._wake.wait(EXIT_POLL):
+                if self.lib.fuse_session_exited(self.session):
+                    break
+            if not self._ended:  # told to exit: unblock the threads' reads
+                self.lib.fuse_session_exit(self.session)
+                _detach((mountpoint.value or b"").decode())
+            deadline = time.monotonic() + LEAVE_WAIT
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            if any(t.is_alive() for t in threads):
+                # a process still uses the detached file system, and its requests keep those
+                # threads in libfuse: the session must outlive them (the kernel ends it when
+                # this process exits)
+                log.warning("FUSE threads still busy at exit; the session is left to the kernel")
+            else:
+                # unmounts if still mounted, calls the destroy operation, frees the session
+                self.lib.fuse_teardown(fuse, mountpoint)
+        return not self._failed
+
+    def _serve(self) -> None:
+        lib, session = self.lib, self.session
+        channel = _void_p(lib.fuse_session_next_chan(session, None))
+        size = lib.fuse_chan_bufsize(channel)
+        buf = ctypes.create_string_buffer(size)
+        try:
+            while True:
+                # without the interpreter lock; 0 once the session has exited (an unmount
+                # ends the connection: ENODEV, which libfuse turns into an exit)
+                got = lib.fuse_chan_recv(ctypes.byref(channel), buf, size)
+                if got == -errno.EINTR:
+                    continue
+                if got <= 0:
+                    if got < 0:
+                        log.error("reading the FUSE device failed: %s", errno.errorcode.get(-got))
+                        self._failed = True
+                    lib.fuse_session_exit(session)
+                    return
+                lib.fuse_session_process(session, buf, got, channel)
+        finally:
+            self._ended = True
+            self._wake.set()
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Python's signal handlers as they were, afterwards: libfuse sets its own on setup and
+        leaves SIGPIPE at SIG_DFL on teardown (a write to a closed socket would then kill)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread sets handlers; libfuse's exit flag is polled
+            return
+        saved = {s: signal.getsignal(s) for s in (*EXIT_SIGNALS, signal.SIGPIPE)}
+        try:
+            yield
+        finally:
+            for s, handler in saved.items():
+                if handler is not None:
+                    signal.signal(s, handler)
+
+    def _take_signals(self) -> None:
+        """SIGINT, SIGTERM and SIGHUP end the session, as libfuse's handlers do; these wake
+        the waiting thread at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum: int, frame: Any) -> None:
+            self.lib.fuse_session_exit(self.session)
+            self._wake.set()
+
+        for s in EXIT_SIGNALS:
+            signal.signal(s, stop)
+
+
+def _detach(point: str) -> None:
+    """A lazy unmount: with nothing open in the file system, the kernel ends the connection
+    and every blocked read returns."""
+    done = subprocess.run(["fusermount", "-u", "-z", "-q", point], capture_output=True)
+    if done.returncode != 0:
+        log.warning("lazy unmount of %s failed: %s", point, done.stderr.decode().strip())
