@@ -299,6 +299,13 @@ RCLONE_PROFILES = {
 }
 
 
+def parse_kib(size: str) -> int:
+    """rclone's size suffixes (1M, 512k, 2048) in KiB."""
+    units = {"k": 1, "m": 1024, "g": 1024 * 1024}
+    unit = size[-1].lower()
+    return int(size[:-1]) * units[unit] if unit in units else int(size) // 1024
+
+
 class RcloneMount:
     """``rclone mount :http:`` of ``url`` at ``point`` (foreground process we own)."""
 
@@ -344,6 +351,15 @@ class RcloneMount:
         if self.bg.proc.poll() is not None:
             raise RuntimeError(f"rclone mount exited (see {log})")
         self.pid = self.bg.pid
+        # The kernel caps a FUSE mount's readahead at its 128 KiB default, whatever the daemon
+        # asks (rclone's --max-read-ahead); as root, rclone gets the window it asks for, as the
+        # streamfs daemon sets its own (streamfs/_fuseloop.py)
+        ahead = RCLONE_PROFILES[profile] + RCLONE_COMMON
+        if "--max-read-ahead" in ahead:
+            from streamfs._fuseloop import raise_readahead
+
+            size = ahead[ahead.index("--max-read-ahead") + 1]
+            raise_readahead(str(point), parse_kib(size))
 
     def rss_mb(self) -> float:
         return peak_rss_mb(self.pid)

@@ -186,6 +186,7 @@ class Daemon:
 
     def run(self, ready_fd: int | None, debug: bool) -> None:
         from ._fuse import StreamfsFUSE, StreamfsOperations
+        from ._fuseloop import MAX_PAGES
 
         keep_block_buffers()
         self.record.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +213,7 @@ class Daemon:
             "fsname": f"streamfs:{self.spec.repo}",
             "subtype": "streamfs",
             "big_writes": True,
-            "max_read": 131072,
+            "max_read": MAX_PAGES * 4096,  # the kernel caps it at 128 KiB without max_pages
         }
         if writable:
             options.update(attr_timeout=1.0, entry_timeout=1.0)

@@ -194,6 +194,36 @@ def test_a_read_only_mount_is_opened_once_and_never_released(
     assert not {"release", "ioctl", "flush"} & set(calls), calls
 
 
+def test_a_file_of_256_kib_is_one_fuse_read(mounts: Mounts, repo_name: str) -> None:
+    # libfuse 2 gets 128 KiB requests from the kernel; the daemon widens its INIT reply to
+    # 1 MiB ones and (as root) the mount's readahead to 256 KiB. Not root, the readahead
+    # stays at the kernel's 128 KiB: two reads.
+    rng = random.Random(13)
+    files = {"small.bin": rng.randbytes(256 * 1024), "big.bin": rng.randbytes(2 * 1024 * 1024)}
+    commit = publish(mounts, f"alice/{repo_name}", files)
+    log = mounts.tmp / "daemon.log"
+    point = mounts.mount(f"alice/{repo_name}@{commit}", "--debug", "--log-file", str(log))
+    root = os.geteuid() == 0
+    if root:
+        device = next(
+            line.split()[2]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4] == str(point)
+        )
+        assert Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "256"
+    assert (point / "small.bin").read_bytes() == files["small.bin"]
+    assert (point / "big.bin").read_bytes() == files["big.bin"]
+    mounts.cli("umount", str(point))
+    reads: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        if "-> read_into " in line:
+            name = line.split("-> read_into ", 1)[1].split()[0].lstrip("/")
+            reads[name] = reads.get(name, 0) + 1
+    window = 256 * 1024 if root else 128 * 1024
+    assert reads["small.bin"] == 256 * 1024 // window
+    assert reads["big.bin"] <= 2 * 1024 * 1024 // window, reads
+
+
 def _hash_file(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
