@@ -4,7 +4,7 @@ libfuse 2's own multi-threaded loop (``fuse_main`` -> ``fuse_loop_mt``) starts a
 thread whenever none is idle and ends one whenever more than ten are idle. An
 epoch of 8 readers moves around that line (a read(2) of a file over 128 KiB is
 two FUSE reads, and the kernel reads ahead), so threads were started and ended
-all the time: 50 in the first 8 s of an epoch. And a C thread that calls into
+all the time: dozens every few seconds. And a C thread that calls into
 Python through ctypes has no Python thread state: ctypes makes one for every
 callback and deletes it after (a fresh mapping for its frames, the runtime's
 lock twice, page faults).
@@ -41,6 +41,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -136,13 +137,18 @@ def raise_readahead(mountpoint: str, kib: int) -> None:
     backing device's ``read_ahead_kb`` (found in /proc/self/mountinfo, so that no request is
     made of the file system). Only root may; otherwise the default stays."""
     try:
+        # its paths have octal escapes (\040) for space, tab, newline and backslash
         with open("/proc/self/mountinfo") as f:
-            devices = [line.split()[2] for line in f if line.split()[4] == mountpoint]
+            devices = [line.split()[2] for line in f if _unescape(line.split()[4]) == mountpoint]
         if devices:
             with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w") as f:
                 f.write(str(kib))
     except OSError as exc:
         log.debug("readahead of %s left at the kernel's default: %s", mountpoint, exc)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 class _iovec(ctypes.Structure):

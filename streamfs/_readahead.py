@@ -19,7 +19,7 @@ for S3's prefetcher:
   loses little, since its first block (4 MiB) covers the next ~32 FUSE reads.
 - **A stream starts once a sequential run has covered ``min_stream`` bytes**
   (0 here; the reader passes 2 MiB): the kernel splits one large random read
-  into 128 KiB FUSE reads that look sequential, and a 1 MiB random read must
+  into FUSE reads of 128-256 KiB that look sequential, and a 1 MiB random read must
   not start a readahead. The stream then opens with a window of
   ``initial_window`` bytes (rounded up to whole blocks) beyond the blocks the
   read needs. While reads stay sequential the window slides along: each read

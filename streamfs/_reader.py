@@ -22,7 +22,7 @@ from ._fetch import BlobRef
 from ._model import BLOCK_SIZE
 from ._readahead import ReadaheadPlanner
 
-MIN_STREAM = 2 * 1024 * 1024  # a 1 MiB random read (eight 128 KiB FUSE reads) is no stream
+MIN_STREAM = 2 * 1024 * 1024  # a 1 MiB random read (four to eight FUSE reads) is no stream
 
 
 class BlobReader:
@@ -45,7 +45,7 @@ class BlobReader:
         # made at the first read that needs it: a small file read whole never does
         self._planner: ReadaheadPlanner | None = None
         self._lock = threading.Lock()  # guards the planner and _on_first_read
-        # The last block this handle fetched, whole: the kernel reads a file in 128 KiB pieces,
+        # The last block this handle fetched, whole: the kernel reads a file in pieces of 128-256 KiB,
         # and the rest of a block just fetched should not cost a cache lookup each.
         self._memo: tuple[int, bytes] | None = None
 
@@ -106,7 +106,7 @@ class BlobReader:
                 continue
             whole = self._take_fresh(index) if plan.window else None
             if whole is None and plan.window and place is None:
-                # streaming in small reads (the kernel's 128 KiB): the rest of this block is
+                # streaming in small reads (the kernel's 128-256 KiB): the rest of this block is
                 # read next, take it whole
                 first, end = block_span(index, self.blob.size, BLOCK_SIZE)
                 whole = cache.get_block(self.blob.id, index, 0, end - first)

@@ -7,6 +7,7 @@ import struct
 from streamfs._fuseloop import (
     FUSE_INIT,
     FUSE_MAX_PAGES,
+    _unescape,
     kernel_offers_max_pages,
     widen_init_reply,
 )
@@ -61,3 +62,9 @@ def test_max_pages_is_offered_only_by_kernels_that_know_it() -> None:
     assert kernel_offers_max_pages(init_request(44, FUSE_MAX_PAGES | 0x1))
     assert not kernel_offers_max_pages(init_request(44, 0x1))  # not offered
     assert not kernel_offers_max_pages(init_request(27, FUSE_MAX_PAGES))  # before 7.28
+
+
+def test_a_mount_point_is_found_in_mountinfo_by_its_escaped_name() -> None:
+    # /proc/self/mountinfo writes space, tab, newline and backslash as octal escapes
+    assert _unescape(r"/data/my\040set\134x") == "/data/my set\\x"
+    assert _unescape("/plain/path") == "/plain/path"
