@@ -108,8 +108,8 @@ def _declare(lib: Any) -> None:
     lib.fuse_teardown.restype = None
 
 
-def kernel_offers_max_pages(request: bytes | bytearray | memoryview) -> bool:
-    """Whether a FUSE_INIT request's flags include FUSE_MAX_PAGES (Linux 4.20+)."""
+def kernel_offers_max_pages(request: Any) -> bool:
+    """Whether a FUSE_INIT request (any buffer) has FUSE_MAX_PAGES in its flags (Linux 4.20+)."""
     major, minor, _readahead, flags = struct.unpack_from("<IIII", request, _HEADER_IN)
     return major == 7 and minor >= 28 and bool(flags & FUSE_MAX_PAGES)
 
@@ -199,6 +199,7 @@ class Session:
             self.session = self.lib.fuse_get_session(fuse)
             self.mountpoint = (mountpoint.value or b"").decode()
             self._take_signals()
+            self._first_request()  # INIT, before any thread starts
             workers = self.workers if threaded.value else 1  # -s: fusepy's nothreads
             threads = [
                 threading.Thread(target=self._serve, name=f"fuse-{i}", daemon=True)
@@ -243,19 +244,26 @@ class Session:
                         self._failed = True
                     lib.fuse_session_exit(session)
                     return
-                if struct.unpack_from("<I", buf, 4)[0] == FUSE_INIT:
-                    self._init(buf, got, channel)
-                else:
-                    lib.fuse_session_process(session, buf, got, channel)
+                lib.fuse_session_process(session, buf, got, channel)
         finally:
             self._ended = True
             self._wake.set()
 
-    def _init(self, buf: Any, got: int, channel: Any) -> None:
-        """The INIT request, answered through a channel of our own that widens libfuse's reply
-        (see ``widen_init_reply``) when the kernel offers bigger requests."""
+    def _first_request(self) -> None:
+        """The kernel's first request, INIT (it sends no other until INIT is answered), answered
+        through a channel of our own that widens libfuse's reply (see ``widen_init_reply``)
+        when the kernel offers bigger requests. If the connection ended instead, the threads
+        see the end too."""
         lib = self.lib
-        if not kernel_offers_max_pages(buf.raw[:got]):
+        channel = _void_p(lib.fuse_session_next_chan(self.session, None))
+        size = lib.fuse_chan_bufsize(channel)
+        buf = ctypes.create_string_buffer(size)
+        got = -errno.EINTR
+        while got == -errno.EINTR:
+            got = lib.fuse_chan_recv(ctypes.byref(channel), buf, size)
+        if got <= 0:
+            return
+        if struct.unpack_from("<I", buf, 4)[0] != FUSE_INIT or not kernel_offers_max_pages(buf):
             lib.fuse_session_process(self.session, buf, got, channel)
             return
         fd = lib.fuse_chan_fd(channel)
@@ -269,9 +277,7 @@ class Session:
             return 0
 
         sender = _SEND(send)  # referenced until the reply is sent
-        init = lib.fuse_chan_new(
-            ctypes.byref(_chan_ops(None, sender, None)), fd, lib.fuse_chan_bufsize(channel), None
-        )
+        init = lib.fuse_chan_new(ctypes.byref(_chan_ops(None, sender, None)), fd, size, None)
         try:
             lib.fuse_session_process(self.session, buf, got, init)
         finally:
