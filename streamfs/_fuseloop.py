@@ -10,15 +10,23 @@ callback and deletes it after (a fresh mapping for its frames, the runtime's
 lock twice, page faults).
 
 Here ``WORKERS`` Python threads, started with the session and ended with it,
-each read a request from the device (without the interpreter lock) and have
-libfuse process it; libfuse calls the operations in the same thread, whose
-thread state lives as long as it does. More requests than that wait in the
-kernel's queue. A bound costs less than a thread for every request in flight:
-the threads take turns at the interpreter lock, and each turn is a futex
-wake-up and a context switch. With a disk cache holding every block (8
-readers, 20,000 files), 8 to 12 threads cost the daemon 0.5-0.6 ms of CPU a
-file, a thread for every request in flight (up to 19) 0.75, libfuse's loop 0.6,
-and one thread 0.2. Ten is libfuse 3's own default bound.
+each run libfuse's single-threaded loop (``fuse_session_loop``) on the one
+device: the loop is C and runs without the interpreter lock, and libfuse calls
+the operations in the same thread, whose thread state lives as long as it does.
+A request with no operation (the ioctl of every Python ``open()``, which the
+kernel always sends) is answered without the lock at all; one with an
+operation takes it once, for the callback. (A loop written in Python, reading
+the device and handing each request to libfuse, took it three times a request:
+12 futex calls a request, all on the lock, in an epoch served from the page
+cache.) More requests than threads wait in the kernel's queue. A bound costs
+less than a thread for every request in flight: the threads take turns at the
+interpreter lock, and each turn is a futex wake-up and a context switch. With a
+disk cache holding every block (8 readers, 20,000 files), with the loop in
+Python, 8 to 12 threads cost the daemon 0.5-0.6 ms of CPU a file, a thread for
+every request in flight (up to 19) 0.75, libfuse's loop 0.6, and one thread
+0.2; with the loop in C, 4, 10 and 16 threads all cost 0.33-0.40. Ten is
+libfuse 3's own default bound, and leaves room for the readers that wait on
+the network while others are served.
 
 Owning the loop also lets the daemon answer the kernel's INIT itself in one
 respect libfuse 2 cannot: libfuse 2.9 speaks protocol 7.19, so the kernel caps
@@ -31,8 +39,9 @@ two, and a sequential reader's requests are twice as large.
 The threads end when the kernel ends the connection (the file system was
 unmounted: reads of the device fail with ENODEV) or when the session is told
 to exit (SIGINT, SIGTERM, SIGHUP, or fusepy's ``fuse_exit`` after an operation
-raised a BaseException); after such an exit the file system is detached
-lazily, so that the threads' blocked reads return.
+raised a BaseException). Once one has left, the session's exit flag is set for
+the others and a file system still mounted is detached lazily, so that their
+blocked reads return.
 """
 
 from __future__ import annotations
@@ -92,6 +101,8 @@ def _declare(lib: Any) -> None:
     lib.fuse_chan_bufsize.restype = ctypes.c_size_t
     lib.fuse_chan_recv.argtypes = [ctypes.POINTER(_void_p), ctypes.c_char_p, ctypes.c_size_t]
     lib.fuse_chan_recv.restype = ctypes.c_int
+    lib.fuse_session_loop.argtypes = [_void_p]
+    lib.fuse_session_loop.restype = ctypes.c_int
     lib.fuse_session_process.argtypes = [_void_p, ctypes.c_char_p, ctypes.c_size_t, _void_p]
     lib.fuse_session_process.restype = None
     lib.fuse_session_exited.argtypes = [_void_p]
@@ -137,14 +148,20 @@ def raise_readahead(mountpoint: str, kib: int) -> None:
     backing device's ``read_ahead_kb`` (found in /proc/self/mountinfo, so that no request is
     made of the file system). Only root may; otherwise the default stays."""
     try:
-        # its paths have octal escapes (\040) for space, tab, newline and backslash
-        with open("/proc/self/mountinfo") as f:
-            devices = [line.split()[2] for line in f if _unescape(line.split()[4]) == mountpoint]
+        devices = _devices(mountpoint)
         if devices:
             with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w") as f:
                 f.write(str(kib))
     except OSError as exc:
         log.debug("readahead of %s left at the kernel's default: %s", mountpoint, exc)
+
+
+def _devices(point: str) -> list[str]:
+    """The devices (major:minor) mounted at ``point`` in this process's namespace, oldest
+    first, per /proc/self/mountinfo (which asks the file system nothing)."""
+    # its paths have octal escapes (\040) for space, tab, newline and backslash
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[2] for line in f if _unescape(line.split()[4]) == point]
 
 
 def _unescape(field: str) -> str:
@@ -174,7 +191,6 @@ class Session:
         self.session: Any = None
         self.mountpoint = ""
         self._wake = threading.Event()  # a thread left, or a signal came
-        self._ended = False  # a thread saw the connection end (or reading it failed)
         self._failed = False
 
     def run(self) -> bool:
@@ -198,6 +214,7 @@ class Session:
                 raise RuntimeError("libfuse could not mount (its message is above)")
             self.session = self.lib.fuse_get_session(fuse)
             self.mountpoint = (mountpoint.value or b"").decode()
+            ours = _devices(self.mountpoint)[-1:]  # the newest mount there
             self._take_signals()
             self._first_request()  # INIT, before any thread starts
             workers = self.workers if threaded.value else 1  # -s: fusepy's nothreads
@@ -210,8 +227,10 @@ class Session:
             while not self._wake.wait(EXIT_POLL):
                 if self.lib.fuse_session_exited(self.session):
                     break
-            if not self._ended:  # told to exit: unblock the threads' reads
-                self.lib.fuse_session_exit(self.session)
+            # the other threads leave after the request in hand; a file system still mounted
+            # (told to exit, not unmounted) is detached, so that their blocked reads return
+            self.lib.fuse_session_exit(self.session)
+            if ours and ours[0] in _devices(self.mountpoint):
                 _detach(self.mountpoint)
             deadline = time.monotonic() + LEAVE_WAIT
             for thread in threads:
@@ -227,26 +246,16 @@ class Session:
         return not self._failed
 
     def _serve(self) -> None:
-        lib, session = self.lib, self.session
-        channel = _void_p(lib.fuse_session_next_chan(session, None))
-        size = lib.fuse_chan_bufsize(channel)
-        buf = ctypes.create_string_buffer(size)
         try:
-            while True:
-                # without the interpreter lock; 0 once the session has exited (an unmount
-                # ends the connection: ENODEV, which libfuse turns into an exit)
-                got = lib.fuse_chan_recv(ctypes.byref(channel), buf, size)
-                if got == -errno.EINTR:
-                    continue
-                if got <= 0:
-                    if got < 0:
-                        log.error("reading the FUSE device failed: %s", errno.errorcode.get(-got))
-                        self._failed = True
-                    lib.fuse_session_exit(session)
-                    return
-                lib.fuse_session_process(session, buf, got, channel)
+            # The whole loop runs in C, without the interpreter lock: libfuse answers what has
+            # no operation (ioctl, which every open() of Python makes) without it, and a
+            # callback into Python takes it once, in this thread's own thread state. It ends
+            # when the connection ends (ENODEV: unmounted) or the session's exit flag is set,
+            # which it clears on its way out.
+            if self.lib.fuse_session_loop(self.session) != 0:
+                log.error("reading the FUSE device failed (libfuse's message is above)")
+                self._failed = True
         finally:
-            self._ended = True
             self._wake.set()
 
     def _first_request(self) -> None:
