@@ -17,8 +17,8 @@ A request with no operation (the ioctl of every Python ``open()``, which the
 kernel always sends) is answered without the lock at all; one with an
 operation takes it once, for the callback. (A loop written in Python, reading
 the device and handing each request to libfuse, took it three times a request:
-12 futex calls a request, all on the lock, in an epoch served from the page
-cache.) More requests than threads wait in the kernel's queue. A bound costs
+12 futex calls a request in an epoch served from the page cache, against 0.1
+with this loop.) More requests than threads wait in the kernel's queue. A bound costs
 less than a thread for every request in flight: the threads take turns at the
 interpreter lock, and each turn is a futex wake-up and a context switch. With a
 disk cache holding every block (8 readers, 20,000 files), with the loop in
