@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 from streamfs._fuseloop import (
     FUSE_INIT,
     FUSE_MAX_PAGES,
+    _devices,
     _unescape,
     kernel_offers_max_pages,
     widen_init_reply,
@@ -68,3 +70,10 @@ def test_a_mount_point_is_found_in_mountinfo_by_its_escaped_name() -> None:
     # /proc/self/mountinfo writes space, tab, newline and backslash as octal escapes
     assert _unescape(r"/data/my\040set\134x") == "/data/my set\\x"
     assert _unescape("/plain/path") == "/plain/path"
+
+
+def test_the_device_mounted_at_a_point_is_the_one_its_files_are_on() -> None:
+    # what the daemon checks before a lazy detach at exit: is its own mount still there?
+    st = os.stat("/proc")
+    assert _devices("/proc")[-1] == f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    assert _devices("/proc/self") == []  # a folder, not a mount point
