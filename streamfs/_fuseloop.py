@@ -18,10 +18,12 @@ kernel always sends) is answered without the lock at all; one with an
 operation takes it once, for the callback. (A loop written in Python, reading
 the device and handing each request to libfuse, took it three times a request:
 12 futex calls a request in an epoch served from the page cache, against 0.1
-with this loop.) More requests than threads wait in the kernel's queue. A bound costs
-less than a thread for every request in flight: the threads take turns at the
+with this loop.)
+
+More requests than threads wait in the kernel's queue. A bound costs less than
+a thread for every request in flight: the threads take turns at the
 interpreter lock, and each turn is a futex wake-up and a context switch. With a
-disk cache holding every block (8 readers, 20,000 files), with the loop in
+disk cache holding every block (8 readers, 20,000 files) and the loop in
 Python, 8 to 12 threads cost the daemon 0.5-0.6 ms of CPU a file, a thread for
 every request in flight (up to 19) 0.75, libfuse's loop 0.6, and one thread
 0.2; with the loop in C, 4, 10 and 16 threads all cost 0.33-0.40. Ten is
@@ -149,11 +151,19 @@ def raise_readahead(mountpoint: str, kib: int) -> None:
     made of the file system). Only root may; otherwise the default stays."""
     try:
         devices = _devices(mountpoint)
-        if devices:
-            with open(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb", "w") as f:
-                f.write(str(kib))
     except OSError as exc:
         log.debug("readahead of %s left at the kernel's default: %s", mountpoint, exc)
+        return
+    if devices:
+        _set_readahead(devices[-1], kib)
+
+
+def _set_readahead(device: str, kib: int) -> None:
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+    except OSError as exc:
+        log.debug("readahead of device %s left at the kernel's default: %s", device, exc)
 
 
 def _devices(point: str) -> list[str]:
@@ -192,6 +202,7 @@ class Session:
         self.mountpoint = ""
         self._wake = threading.Event()  # a thread left, or a signal came
         self._failed = False
+        self._device: str | None = None  # major:minor of the mount, once mounted
 
     def run(self) -> bool:
         """Mount, serve requests until the file system is unmounted or told to exit, and
@@ -214,7 +225,8 @@ class Session:
                 raise RuntimeError("libfuse could not mount (its message is above)")
             self.session = self.lib.fuse_get_session(fuse)
             self.mountpoint = (mountpoint.value or b"").decode()
-            ours = _devices(self.mountpoint)[-1:]  # the newest mount there
+            devices = _devices(self.mountpoint)
+            self._device = devices[-1] if devices else None  # the newest mount there: ours
             self._take_signals()
             self._first_request()  # INIT, before any thread starts
             workers = self.workers if threaded.value else 1  # -s: fusepy's nothreads
@@ -230,7 +242,7 @@ class Session:
             # the other threads leave after the request in hand; a file system still mounted
             # (told to exit, not unmounted) is detached, so that their blocked reads return
             self.lib.fuse_session_exit(self.session)
-            if ours and ours[0] in _devices(self.mountpoint):
+            if self._device in _devices(self.mountpoint):
                 _detach(self.mountpoint)
             deadline = time.monotonic() + LEAVE_WAIT
             for thread in threads:
@@ -291,7 +303,8 @@ class Session:
             lib.fuse_session_process(self.session, buf, got, init)
         finally:
             lib.fuse_chan_destroy(init)
-        raise_readahead(self.mountpoint, READAHEAD_KB)  # after the reply, which sets it too
+        if self._device is not None:  # after the reply, which sets it too
+            _set_readahead(self._device, READAHEAD_KB)
 
     @contextmanager
     def _signals(self) -> Iterator[None]:
