@@ -256,8 +256,9 @@ class BlockFetcher:
     async def _read_batch(self, blobs: list[BlobRef]) -> dict[str, bytes]:
         """The blobs that arrived whole and match their ids (the rest are left out)."""
         first = blobs[0]
-        size = sum(b.size for b in blobs)
-        data = await self.remote.read_blobs(first.owner, first.name, [b.id for b in blobs], size)
+        sizes = [b.size for b in blobs]
+        size = sum(sizes)
+        data = await self.remote.read_blobs(first.owner, first.name, [b.id for b in blobs], sizes)
         if len(data) != size:
             return {}
         pieces: dict[str, bytes] = {}

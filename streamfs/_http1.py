@@ -37,6 +37,7 @@ proxy (with one set in the environment, ``Remote`` reads through httpx).
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from dataclasses import dataclass, field
 
@@ -290,6 +291,110 @@ class Http1Pool:
                 _close_now(connection)
         return answer
 
+    async def get_many(
+        self, targets: list[bytes], sizes: list[int], headers: list[tuple[bytes, bytes]]
+    ) -> bytearray:
+        """GETs of whole resources of known sizes, pipelined on one connection (the requests
+        go out in one write, the answers come back in order): their bodies one after another.
+        Any answer but a 200 of its size is an Http1Error. A server that closes the
+        connection after a whole answer (a cap on requests a connection) gets the rest on a
+        new one."""
+        if len(targets) != len(sizes):
+            raise ValueError("a size for every target")
+        out = bytearray(sum(sizes))
+        view = memoryview(out)
+        head = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+        if b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
+            raise ValueError("a header with a line break")
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        done = 0
+        while done < len(targets):
+            wire = b"".join(
+                b"GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target, self._host_header, head)
+                for target in targets[done:]
+            )
+            pieces = [view[offsets[i] : offsets[i + 1]] for i in range(done, len(targets))]
+            async with self._slots:
+                connection = self._take_idle()
+                got = None
+                if connection is not None:
+                    with contextlib.suppress(_Stale):
+                        got = await self._pipeline(connection, wire, pieces, reused=True)
+                if got is None:
+                    connection = await self._connect()
+                    got = await self._pipeline(connection, wire, pieces, reused=False)
+            if got == 0:
+                raise Http1Error("the server closed the connection before any answer")
+            done += got
+        return out
+
+    async def _pipeline(
+        self, connection: _Connection, wire: bytes, pieces: list[memoryview], *, reused: bool
+    ) -> int:
+        """Send the requests in ``wire``, read the answers' bodies into ``pieces``; returns
+        how many came before the server closed the connection (all: it stays open)."""
+        stream = connection.stream
+        pending = bytearray()  # bytes received and not yet parsed: a head, or what follows it
+        answered = 0
+        keep = False
+        try:
+            with trio.CancelScope() as timer:
+                try:
+                    timer.deadline = trio.current_time() + self.read_timeout
+                    await stream.send_all(wire)
+                    for piece in pieces:
+                        head = await self._pipelined_head(
+                            stream, pending, timer, reused and not answered
+                        )
+                        if head.status != 200 or head.length != len(piece):
+                            raise Http1Error(
+                                f"the server answered {head.status} with {head.length} bytes"
+                                f" for a blob of {len(piece)}"
+                            )
+                        await _fill(stream, piece, pending, timer, self.read_timeout)
+                        answered += 1
+                        if not head.keep_alive:
+                            break
+                    else:
+                        keep = not pending and not self._closed
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    if reused and answered == 0:
+                        raise _Stale from None
+                    raise Http1Error(f"the connection failed: {exc}") from None
+                except httptools.HttpParserError as exc:
+                    raise Http1Error(f"not an HTTP answer: {exc}") from None
+            if timer.cancelled_caught:
+                raise Http1Timeout(f"no answer within {self.read_timeout:g} s")
+        finally:
+            if keep:
+                connection.idle_since = trio.current_time()
+                self._idle.append(connection)
+            else:
+                _close_now(connection)
+        return answered
+
+    async def _pipelined_head(
+        self, stream: trio.abc.Stream, pending: bytearray, timer: trio.CancelScope, stale: bool
+    ) -> _Head:
+        """The next answer's status line and headers, taken off the front of ``pending``
+        (received into as needed); what follows them stays there."""
+        while (end := pending.find(b"\r\n\r\n")) < 0:
+            if len(pending) > MAX_HEADER_BYTES:
+                raise Http1Error("the answer's headers are too long")
+            timer.deadline = trio.current_time() + self.read_timeout
+            data = await stream.receive_some(READ_SIZE)
+            if not data:
+                if stale and not pending:
+                    raise _Stale
+                raise Http1Error("the server closed the connection in mid-answer")
+            pending += data
+        head = _Head()
+        head.parse(bytes(pending[: end + 4]))
+        del pending[: end + 4]
+        return head
+
     async def aclose(self) -> None:
         self._closed = True
         while self._idle:
@@ -317,6 +422,67 @@ async def _receive_body(
             raise Http1Error("the server closed the connection in mid-answer")
         parse.filled += n
     parse.done = True
+
+
+class _Head:
+    """An answer's status line and headers, parsed by httptools: a pipelined answer's body is
+    framed by its Content-Length, which these answers (files from a static server) carry."""
+
+    __slots__ = ("chunked", "complete", "keep_alive", "length", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.length = -1
+        self.chunked = False
+        self.keep_alive = False
+        self.complete = False
+
+    def parse(self, head: bytes) -> None:
+        parser = httptools.HttpResponseParser(self)
+        parser.feed_data(head)
+        if not self.complete:
+            raise Http1Error("an incomplete answer head")
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
+        if self.chunked or self.length < 0:
+            raise Http1Error("a pipelined answer without a Content-Length")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            self.length = int(value)  # llhttp has checked it
+        elif lowered == b"transfer-encoding":
+            self.chunked = True
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+async def _fill(
+    stream: trio.abc.Stream,
+    piece: memoryview,
+    pending: bytearray,
+    timer: trio.CancelScope,
+    timeout: float,
+) -> None:
+    """``piece`` filled with the body that comes next: first from ``pending`` (what was
+    received with the head), then straight from the socket; nothing past it is read."""
+    filled = min(len(pending), len(piece))
+    with memoryview(pending) as received:  # released before ``pending`` is cut
+        piece[:filled] = received[:filled]
+    del pending[:filled]
+    sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+    while filled < len(piece):
+        timer.deadline = trio.current_time() + timeout
+        if sock is not None:
+            n = await sock.recv_into(piece[filled:])
+        else:  # TLS: the stream decrypts into bytes of its own, copied once
+            data = await stream.receive_some(min(READ_SIZE, len(piece) - filled))
+            n = len(data)
+            piece[filled : filled + n] = data
+        if not n:
+            raise Http1Error("the server closed the connection in mid-answer")
+        filled += n
 
 
 def _close_now(connection: _Connection) -> None:

@@ -22,6 +22,8 @@ import httpx
 import trio
 
 from . import _errors as errors
+from ._blobfront import BIG_READ, MAX_IDS, BlobFront
+from ._blobfront import HEADER as FRONT_HEADER
 from ._http1 import Answer, Http1Error, Http1Pool, Http1Timeout
 from ._model import Commit, Tree, decode_commit, decode_tree, object_id
 from ._tasks import task_group
@@ -76,6 +78,8 @@ def remote_from_env(remote: str | None = None, token: str | None = None) -> tupl
 
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+# servers (by URL) that have a blob front, as their answers said: kept across Remotes and forks
+_FRONTS: dict[str, bool] = {}
 
 
 @contextlib.contextmanager
@@ -185,6 +189,15 @@ class Remote:
         self._direct = (
             None if _proxy_in_environment() else _Direct(self._client, self.retry, max_connections)
         )
+        # the server's static front for blob bytes, if it has one (_blobfront.py); not through
+        # a proxy either
+        self._front = (
+            None
+            if self._direct is None
+            else BlobFront(self.retry.connect_timeout, self.retry.read_timeout, max_connections)
+        )
+        if self._front is not None:
+            self._front.available = _FRONTS.get(self.url)
 
     async def __aenter__(self) -> Remote:
         return self
@@ -199,6 +212,8 @@ class Remote:
             await self._direct.preconnect()
 
     async def aclose(self) -> None:
+        if self._front is not None:
+            await self._front.aclose()
         if self._direct is not None:
             await self._direct.aclose()
         await self._client.aclose()
@@ -226,6 +241,10 @@ class Remote:
             lambda: self._attempt(method, url, body, kwargs), what, idempotent=idempotent, size=size
         )
         assert isinstance(response, httpx.Response)
+        if self._front is not None:
+            has = FRONT_HEADER in response.headers
+            if has is not self._front.available:
+                self._front.available = _FRONTS[self.url] = has
         return response
 
     async def _retried(
@@ -482,6 +501,10 @@ class Remote:
         self, owner: str, name: str, oid: str, start: int = 0, end: int | None = None
     ) -> bytes | bytearray:
         """Bytes [start, end) of a blob (end None: to its end). Not verified here."""
+        if end is not None and end > start and self._front is not None:
+            data = await self._range_from_front(owner, name, oid, start, end)
+            if data is not None:
+                return data
         headers = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
@@ -490,15 +513,87 @@ class Remote:
         return await self._blob_bytes("GET", path, f"blob {oid[:12]}", size, headers)
 
     async def read_blobs(
-        self, owner: str, name: str, ids: Sequence[str], size: int = 0
+        self, owner: str, name: str, ids: Sequence[str], sizes: Sequence[int] | None = None
     ) -> bytes | bytearray:
-        """Whole blobs, one after another in the order of ``ids`` (POST blobs/batch), ``size``
-        bytes in all if the caller knows. Not verified."""
+        """Whole blobs, one after another in the order of ``ids`` (POST blobs/batch, or the
+        server's front), of ``sizes`` bytes if the caller knows them. Not verified."""
+        if sizes is not None and self._front is not None:
+            data = await self._blobs_from_front(owner, name, ids, sizes)
+            if data is not None:
+                return data
         path = self._repo(owner, name) + "/blobs/batch"
         what = f"{len(ids)} blobs of {owner}/{name}"
         body = json.dumps({"ids": list(ids)}).encode()
         headers = {"Content-Type": "application/json"}
+        size = sum(sizes) if sizes is not None else 0
         return await self._blob_bytes("POST", path, what, size, headers, body)
+
+    # ------------------------------------------------------------ the blob front
+
+    async def _blobs_from_front(
+        self, owner: str, name: str, ids: Sequence[str], sizes: Sequence[int]
+    ) -> bytearray | None:
+        """The blobs from the front (see _blobfront.py), or None: read them from the API."""
+        front = self._front
+        assert front is not None
+        if not front.usable() or not await self._ask_urls(front, owner, name, ids):
+            return None
+        urls = front.known(ids)
+        if urls is None:
+            return None
+        try:
+            with trio.fail_after(self._transfer_bound(sum(sizes))):
+                return await front.get_many(urls, sizes)
+        except (Http1Error, trio.TooSlowError) as exc:
+            front.fail(ids, str(exc) or "no answer in time")
+            return None
+
+    async def _range_from_front(
+        self, owner: str, name: str, oid: str, start: int, end: int
+    ) -> bytes | bytearray | None:
+        front = self._front
+        assert front is not None
+        if not front.usable():
+            return None
+        urls = front.known([oid])
+        if urls is None:
+            if end - start < BIG_READ or not await self._ask_urls(front, owner, name, [oid]):
+                return None  # a small read without a URL: one round trip to the API
+            urls = front.known([oid])
+            if urls is None:
+                return None
+        try:
+            with trio.fail_after(self._transfer_bound(end - start)):
+                return await front.get_range(urls[0], start, end)
+        except (Http1Error, trio.TooSlowError) as exc:
+            front.fail([oid], str(exc) or "no answer in time")
+            return None
+
+    async def _ask_urls(self, front: BlobFront, owner: str, name: str, ids: Sequence[str]) -> bool:
+        """Signed URLs of those of ``ids`` that lack a fresh one; False if the front is not
+        to be used for them (none, an error: the API then answers, or says what is wrong)."""
+        lacking = front.lacking(ids)
+        for i in range(0, len(lacking), MAX_IDS):
+            part = lacking[i : i + MAX_IDS]
+            try:
+                body = await self._json(
+                    "POST",
+                    self._repo(owner, name) + "/blobs/urls",
+                    f"URLs of {len(part)} blobs of {owner}/{name}",
+                    json={"ids": part},
+                )
+                if body.get("urls") is None:
+                    return False  # the server has no front any more: its answers say so now
+                front.remember(part, body["urls"], body.get("ttl"))
+            except errors.NotFoundError:
+                return False  # a blob this repository lacks: the API says so
+            except errors.StreamfsError as exc:
+                front.fail(part, str(exc))
+                return False
+        return True
+
+    def _transfer_bound(self, size: int) -> float:
+        return self.retry.deadline + size / self.retry.transfer_floor
 
     async def _blob_bytes(
         self,

@@ -85,14 +85,84 @@ def _size(n: int) -> str:
     "--token-file", type=click.Path(dir_okay=False, exists=True), help="TOML file of tokens."
 )
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+@click.option(
+    "--blob-url",
+    metavar="URL",
+    help="Serve blob bytes from a static front at this URL (e.g. http://host:8080/blobs): "
+    "clients get signed URLs, see `streamfs nginx-location`.",
+)
+@click.option(
+    "--blob-secret-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="File holding the secret the front's URLs are signed with (with --blob-url).",
+)
+@click.option(
+    "--blob-url-ttl",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(10, 7 * 24 * 3600),
+    help="Seconds a signed blob URL stays valid.",
+)
 @click.option("--fd", type=int, hidden=True, help="Serve on an inherited listening socket.")
 def serve(
-    root: str, host: str, port: int, token_file: str | None, access_log: bool, fd: int | None
+    root: str,
+    host: str,
+    port: int,
+    token_file: str | None,
+    access_log: bool,
+    blob_url: str | None,
+    blob_secret_file: str | None,
+    blob_url_ttl: int,
+    fd: int | None,
 ) -> None:
     """Host versioned repos from a local directory."""
     from .server import serve as run_server
+    from .server._front import BlobFront, read_secret
 
-    run_server(root, host=host, port=port, token_file=token_file, access_log=access_log, fd=fd)
+    if (blob_url is None) != (blob_secret_file is None):
+        raise click.UsageError("--blob-url and --blob-secret-file go together")
+    front = None
+    if blob_url is not None and blob_secret_file is not None:
+        front = BlobFront(blob_url, read_secret(blob_secret_file), blob_url_ttl)
+    run_server(
+        root,
+        host=host,
+        port=port,
+        token_file=token_file,
+        access_log=access_log,
+        fd=fd,
+        front=front,
+    )
+
+
+@cli.command("nginx-location")
+@click.option(
+    "--root", required=True, type=click.Path(file_okay=False), help="Directory of the store."
+)
+@click.option(
+    "--blob-url",
+    required=True,
+    metavar="URL",
+    help="The URL given to `streamfs serve --blob-url`; its path is the location's.",
+)
+@click.option(
+    "--blob-secret-file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="The file given to `streamfs serve --blob-secret-file`.",
+)
+def nginx_location(root: str, blob_url: str, blob_secret_file: str) -> None:
+    """Print the nginx location block that serves the store's blobs to signed URLs.
+
+    Put it in a server block of nginx (built with secure_link, as Debian's nginx-light is)
+    that listens where --blob-url points; nginx must be able to read the store's files.
+    """
+    from .server._front import BlobFront, read_secret
+    from .server._front import nginx_location as location
+
+    secret = read_secret(blob_secret_file)
+    front = BlobFront(blob_url, secret)
+    click.echo(location(root, front.path, secret), nl=False)
 
 
 # ------------------------------------------------------------------ repos

@@ -23,9 +23,16 @@ _counter = itertools.count()
 
 
 class ServerProcess:
-    def __init__(self, root: Path, token_file: Path | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        token_file: Path | None = None,
+        log: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.root = root
         self.token_file = token_file
+        self.extra = extra  # more `streamfs serve` options
         self.log_path = log or root.with_name(root.name + ".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
@@ -50,6 +57,7 @@ class ServerProcess:
         ]
         if self.token_file is not None:
             cmd += ["--token-file", str(self.token_file)]
+        cmd += self.extra
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(cmd, pass_fds=[sock.fileno()], stdout=log, stderr=log)
         log.close()

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -26,12 +27,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _errors as errors
 from .._model import BLOCK_SIZE, check_name, check_object_id, check_ref_name
 from .._treeops import Change
 from . import _metrics as metrics
 from ._auth import Principal, TokenBook
+from ._front import BlobFront
 from ._http import RangeNotSatisfiable, etag_matches, parse_range
 from ._openapi import openapi_document
 from ._storage import Storage
@@ -43,6 +46,7 @@ T = TypeVar("T")
 IMMUTABLE = "public, max-age=31536000, immutable"
 IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
 CHUNK = 1024 * 1024
+FRONT_HEADER = (b"x-streamfs-blob-front", b"signed-urls")  # see _FrontHeader
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -87,10 +91,13 @@ def error_response(
 
 
 class Api:
-    def __init__(self, store: RepoStore, tokens: TokenBook, limits: Limits) -> None:
+    def __init__(
+        self, store: RepoStore, tokens: TokenBook, limits: Limits, front: BlobFront | None = None
+    ) -> None:
         self.store = store
         self.tokens = tokens
         self.limits = limits
+        self.front = front
         self.metrics: Counter[str] = metrics.new_counters()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -385,6 +392,27 @@ class Api:
             iterate_in_threadpool(chunks), 200, headers, media_type="application/octet-stream"
         )
 
+    async def blob_urls(self, request: Request) -> Response:
+        """Signed URLs of blobs on the front (``_front.py``), in the order asked; ``"urls":
+        null`` when this server has no front (the client then reads bytes from the API)."""
+        owner, name, _ = await self.repo(request)
+        body = await self.json_body(request)
+        ids = body.get("ids")
+        most = self.limits.max_batch_blobs
+        if not isinstance(ids, list) or not 1 <= len(ids) <= most:
+            raise errors.InvalidInputError(f"'ids' must be a list of 1 to {most} blob ids")
+        front = self.front
+        if front is None:
+            return JSONResponse({"urls": None}, headers={"Cache-Control": "no-store"})
+        await self.run(lambda: [self.store.blob_size(owner, name, oid) for oid in ids])
+        expires = int(time.time()) + front.ttl
+        self.metrics[metrics.BLOB_URLS_SIGNED] += len(ids)
+        urls = [front.url(oid, expires) for oid in ids]
+        return JSONResponse(
+            {"urls": urls, "expires": expires, "ttl": front.ttl},
+            headers={"Cache-Control": "no-store"},
+        )
+
     async def put_blob(self, request: Request) -> Response:
         owner, name, _ = await self.repo(request, write=True)
         oid = check_object_id(request.path_params["id"], "blob id")
@@ -659,8 +687,13 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal server error (see the server log)")
 
 
-def create_app(store: RepoStore, tokens: TokenBook, limits: Limits | None = None) -> Starlette:
-    api = Api(store, tokens, limits or Limits())
+def create_app(
+    store: RepoStore,
+    tokens: TokenBook,
+    limits: Limits | None = None,
+    front: BlobFront | None = None,
+) -> Starlette:
+    api = Api(store, tokens, limits or Limits(), front)
     repo = "/v1/repos/{owner}/{name}"
     routes = [
         Route("/v1/openapi.json", api.openapi),
@@ -679,6 +712,7 @@ def create_app(store: RepoStore, tokens: TokenBook, limits: Limits | None = None
         Route(repo + "/trees/{id}", api.get_tree),
         Route(repo + "/blobs/missing", api.missing_blobs, methods=["POST"]),
         Route(repo + "/blobs/batch", api.get_blobs, methods=["POST"]),
+        Route(repo + "/blobs/urls", api.blob_urls, methods=["POST"]),
         Route(repo + "/blobs/{id}", api.get_blob, methods=["GET", "HEAD"]),
         Route(repo + "/blobs/{id}", api.put_blob, methods=["PUT"]),
         Route(repo + "/blobs/{id}/blocks", api.blob_blocks),
@@ -691,4 +725,26 @@ def create_app(store: RepoStore, tokens: TokenBook, limits: Limits | None = None
     }
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.api = api
+    if front is not None:
+        app.add_middleware(_FrontHeader)
     return app
+
+
+class _FrontHeader:
+    """Marks every answer: this server hands out blob URLs (clients learn it from whatever
+    they ask first, and ask for URLs only then)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), FRONT_HEADER]
+            await send(message)
+
+        await self.app(scope, receive, marked)

@@ -277,6 +277,12 @@ def schemas() -> Json:
         "MissingRequest": obj(["ids"], ids=array(ID, maxItems=1_000_000)),
         "MissingResponse": obj(["missing"], missing=array(ID)),
         "BatchRequest": obj(["ids"], ids=array(ID, minItems=1, maxItems=1_000)),
+        "BlobUrls": obj(
+            ["urls"],
+            urls=nullable(array(typed("string", "a URL that serves the blob until it expires"))),
+            expires=typed("integer", "Unix time the URLs stop working"),
+            ttl=typed("integer", "seconds they were valid for when signed"),
+        ),
         "BlobStored": obj(["id", "stored"], id=ID, stored=BOOL, size=COUNT),
         "BlockMap": obj(
             ["block_size", "blocks"], block_size=typed("integer", "4194304"), blocks=array(ID)
@@ -430,6 +436,15 @@ def _blob_paths() -> Json:
                 "Many whole blobs, concatenated in the order asked",
                 {"200": {"description": "The blobs' bytes, one after another", "content": octets}},
                 {404: "not_found", 413: "too_large"},
+                request=body(ref("BatchRequest")),
+            )
+        },
+        "/blobs/urls": {
+            "post": repo_op(
+                "blobUrls",
+                "Signed URLs that serve these blobs from the static front (null: no front)",
+                json_ok("BlobUrls"),
+                {404: "not_found"},
                 request=body(ref("BatchRequest")),
             )
         },

@@ -19,6 +19,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._app import Limits, create_app
 from ._auth import TokenBook
+from ._front import BlobFront
 from ._storage import LocalStorage
 from ._store import RepoStore
 
@@ -85,6 +86,7 @@ def serve(
     limits: Limits | None = None,
     access_log: bool = False,
     fd: int | None = None,
+    front: BlobFront | None = None,
 ) -> None:
     """Serve the store at ``root`` until interrupted."""
     tokens = TokenBook.load(token_file)
@@ -95,7 +97,7 @@ def serve(
             file=sys.stderr,
         )
         host = "127.0.0.1"
-    app = create_app(RepoStore(LocalStorage(root)), tokens, limits)
+    app = create_app(RepoStore(LocalStorage(root)), tokens, limits, front)
     config = uvicorn.Config(
         app,
         host=host,
@@ -110,6 +112,8 @@ def serve(
         server_header=False,
     )
     mode = "open (no token file)" if tokens.is_open else f"tokens from {token_file}"
+    if front is not None:
+        mode += f"; blob bytes from {front.base}"
     where = f"inherited socket {fd}" if fd is not None else f"http://{host}:{port}"
     print(
         f"streamfs: serving {Path(root).resolve()} on {where} ({mode})", file=sys.stderr, flush=True

@@ -147,7 +147,9 @@ class SmallBlobsRemote:
         self.blobs = blobs
         self.batches: list[list[str]] = []
 
-    async def read_blobs(self, owner: str, name: str, ids: list[str], size: int = 0) -> bytes:
+    async def read_blobs(
+        self, owner: str, name: str, ids: list[str], sizes: list[int] | None = None
+    ) -> bytes:
         self.batches.append(list(ids))
         return b"".join(self.blobs[i] for i in ids)
 

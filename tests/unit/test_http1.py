@@ -346,3 +346,91 @@ async def test_https_with_the_servers_certificate() -> None:
                 await get(p)
         nursery.cancel_scope.cancel()
     assert server.connections == 2  # one for both trusted requests, one refused
+
+
+def bodies_by_target(count: int) -> dict[bytes, bytes]:
+    return {b"/b/%d" % i: os.urandom(1_000 + 37_000 * i) for i in range(count)}
+
+
+def pipelined(
+    bodies: dict[bytes, bytes], *, close_after: int | None = None, status: bytes = b"200 OK"
+) -> Handler:
+    """Read every request of a batch before answering any (a client that waited for each
+    answer before its next request would stall here), then answer them in one odd split."""
+
+    async def handler(server: Server, stream: trio.abc.Stream) -> None:
+        buffer = bytearray()
+        first = server.connections == 1
+        while True:
+            heads: list[bytes] = []
+            while not heads or buffer or (first and len(heads) < len(bodies)):
+                head = await server.request(stream, buffer)  # the whole batch, if the first
+                if head is None:
+                    return
+                heads.append(head)
+            wire = bytearray()
+            for n, head in enumerate(heads):
+                target = head.split(b" ")[1]
+                last = first and n + 1 == close_after
+                wire += answer(
+                    bodies[target],
+                    status if n == 1 else b"200 OK",
+                    b"Connection: close\r\n" if last else b"",
+                )
+                if last:
+                    break
+            for start in range(0, len(wire), 50_001):
+                await stream.send_all(wire[start : start + 50_001])
+            if close_after is not None and first:
+                await stream.aclose()
+                return
+
+    return handler
+
+
+async def test_many_gets_are_pipelined_on_one_connection_into_one_buffer() -> None:
+    bodies = bodies_by_target(6)
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, pipelined(bodies))
+        async with pool(server.port) as p:
+            targets = list(bodies)
+            got = await p.get_many(targets, [len(bodies[t]) for t in targets], [(b"X-A", b"1")])
+        nursery.cancel_scope.cancel()
+    assert got == b"".join(bodies.values())
+    assert server.connections == 1
+    assert all(b"X-A: 1" in head.split(b"\r\n") for head in server.heads)
+
+
+async def test_a_server_that_closes_midway_gets_the_rest_on_a_new_connection() -> None:
+    bodies = bodies_by_target(7)
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, pipelined(bodies, close_after=3))
+        async with pool(server.port) as p:
+            targets = list(bodies)
+            got = await p.get_many(targets, [len(bodies[t]) for t in targets], [])
+        nursery.cancel_scope.cancel()
+    assert got == b"".join(bodies.values())
+    assert server.connections == 2
+    assert len(server.heads) == 7 + 4  # the four unanswered requests were sent again
+
+
+@pytest.mark.parametrize("status", [b"403 Forbidden", b"206 Partial Content"])
+async def test_an_answer_that_is_not_the_whole_resource_is_an_error(status: bytes) -> None:
+    bodies = bodies_by_target(3)
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, pipelined(bodies, status=status))
+        async with pool(server.port) as p:
+            targets = list(bodies)
+            with pytest.raises(Http1Error, match=status.split()[0].decode()):
+                await p.get_many(targets, [len(bodies[t]) for t in targets], [])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pipelined_answer_of_another_size_is_an_error() -> None:
+    bodies = bodies_by_target(2)
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, pipelined(bodies))
+        async with pool(server.port) as p:
+            with pytest.raises(Http1Error, match="bytes for a blob of"):
+                await p.get_many(list(bodies), [len(b) + 1 for b in bodies.values()], [])
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,199 @@
+"""Blob bytes from the server's static front, through signed URLs the API hands out.
+
+A server started with ``--blob-url`` (``server/_front.py``) answers ``POST blobs/urls`` with a
+short-lived URL per blob that a static server (nginx) reads from the store, so the Python
+server carries metadata only. ``Remote`` uses them this way:
+
+- A batch of whole blobs (the prefetcher's): URLs are asked for the blobs that lack one, in one
+  request to the API, and the blobs are fetched by GETs pipelined on one connection to the front
+  (one write for the requests, the answers read in order straight into one buffer).
+- A range of a blob: on the front when the blob's URL is known, or when the range is big
+  (``BIG_READ``): then the URL is asked first, a round trip the blob's later ranges do not pay.
+  A small range of a blob without one (a reader waiting on a small file it had no prefetch
+  for) goes to the API as before, where a second round trip would double its wait.
+- The API's bearer token never goes to the front: a URL carries its own authority.
+- Failure: an answer that is not the bytes asked (403 for a bad signature, 410 expired, 404,
+  5xx), a connection that fails or stalls: the URLs involved are forgotten, the front rests for
+  ``REST`` seconds, and the read goes to the API. Whichever way bytes come, the fetcher checks
+  them against their hashes.
+- Nothing from the server is trusted: a URL must be http(s) with a host and a path, printable
+  ASCII of at most ``MAX_URL`` bytes; at most ``MAX_URLS`` are kept (oldest dropped first) and
+  connections are kept to at most ``MAX_ORIGINS`` origins.
+
+Whether the server has a front, the client learns from any answer of the API: a server with
+one marks them all (``HEADER``). It is remembered for the process and the processes it forks
+(DataLoader workers, which may read blobs before they ask the API anything); until then, and
+with a server that has none, bytes come from the API.
+
+URLs are kept until 90 % of their lifetime has passed, by this process's clock (the server's
+``ttl``, so the two clocks need not agree).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from ._errors import RemoteError
+from ._http1 import Http1Error, Http1Pool
+
+log = logging.getLogger("streamfs.remote")
+
+HEADER = "x-streamfs-blob-front"  # on every API answer of a server that has a front
+BIG_READ = 1024 * 1024  # a range at least this big is worth a round trip for its URL
+REST = 30.0  # seconds the front is left alone after it failed
+MAX_URL = 2048
+MAX_URLS = 100_000
+MAX_ORIGINS = 4
+MAX_IDS = 1_000  # ids in one ``blobs/urls`` request (the server's bound)
+_PRINTABLE = re.compile(rb"[!-~]+")
+
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+@dataclass(frozen=True, slots=True)
+class BlobUrl:
+    origin: Origin
+    target: bytes  # path and query, as sent on the request line
+    fresh_until: float  # trio.current_time() past which it is asked again
+
+
+def parse_url(url: object) -> tuple[Origin, bytes]:
+    """A signed URL from the server, checked: its origin and its request target."""
+    if not isinstance(url, str) or not 0 < len(url) <= MAX_URL:
+        raise RemoteError("the server sent a blob URL that is not a string of at most 2 KiB")
+    if not url.isascii() or _PRINTABLE.fullmatch(url.encode("ascii")) is None:
+        raise RemoteError("the server sent a blob URL that is not printable ASCII without spaces")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise RemoteError(f"the server sent a malformed blob URL: {url[:100]!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        raise RemoteError(f"the server sent a blob URL that is not http(s): {url[:100]!r}")
+    if not parts.path.startswith("/") or parts.username or parts.password:
+        raise RemoteError(f"the server sent a blob URL without a plain path: {url[:100]!r}")
+    default = 443 if parts.scheme == "https" else 80
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    return (parts.scheme, parts.hostname, port or default), target.encode("ascii")
+
+
+class BlobFront:
+    """The URLs this process holds and the connections to the front. Used on one trio loop."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
+        # whether the server has a front: its answers say (HEADER); None until one came
+        self.available: bool | None = None
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_connections = max_connections
+        self._urls: OrderedDict[str, BlobUrl] = OrderedDict()
+        self._pools: dict[Origin, Http1Pool] = {}
+        self._rest_until = 0.0
+        self._headers = [(b"User-Agent", b"streamfs")]
+
+    def usable(self) -> bool:
+        return self.available is True and trio.current_time() >= self._rest_until
+
+    def known(self, ids: Sequence[str]) -> list[BlobUrl] | None:
+        """URLs of all of ``ids`` that are still fresh, or None."""
+        now = trio.current_time()
+        found = []
+        for oid in ids:
+            url = self._urls.get(oid)
+            if url is None or url.fresh_until <= now:
+                return None
+            found.append(url)
+        return found
+
+    def lacking(self, ids: Sequence[str]) -> list[str]:
+        now = trio.current_time()
+        return [
+            oid
+            for oid in dict.fromkeys(ids)
+            if (url := self._urls.get(oid)) is None or url.fresh_until <= now
+        ]
+
+    def remember(self, ids: Sequence[str], urls: object, ttl: object) -> None:
+        """What ``blobs/urls`` answered for ``ids``, checked (RemoteError if malformed)."""
+        if not isinstance(urls, list) or len(urls) != len(ids):
+            raise RemoteError("the server sent a list of blob URLs that does not match the ids")
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 10 <= ttl <= 7 * 24 * 3600:
+            raise RemoteError("the server sent blob URLs without a lifetime of 10 s to 7 days")
+        fresh_until = trio.current_time() + ttl * 0.9
+        parsed = [parse_url(url) for url in urls]
+        origins = set(self._pools) | {origin for origin, _ in parsed}
+        if len(origins) > MAX_ORIGINS:
+            raise RemoteError(f"the server's blob URLs point at more than {MAX_ORIGINS} origins")
+        for oid, (origin, target) in zip(ids, parsed, strict=True):
+            self._urls[oid] = BlobUrl(origin, target, fresh_until)
+            self._urls.move_to_end(oid)
+        while len(self._urls) > MAX_URLS:
+            self._urls.popitem(last=False)
+
+    def fail(self, ids: Sequence[str], why: str) -> None:
+        """The front did not deliver: forget these URLs and rest a while."""
+        for oid in ids:
+            self._urls.pop(oid, None)
+        if trio.current_time() >= self._rest_until:
+            log.warning("blob front failed (%s): reading from the API for %g s", why, REST)
+        self._rest_until = trio.current_time() + REST
+
+    def _pool(self, origin: Origin) -> Http1Pool:
+        pool = self._pools.get(origin)
+        if pool is None:
+            scheme, host, port = origin
+            pool = self._pools[origin] = Http1Pool(
+                scheme,
+                host,
+                port,
+                max_connections=self._max_connections,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                ssl_context=_tls() if scheme == "https" else None,
+            )
+        return pool
+
+    async def get_many(self, urls: Sequence[BlobUrl], sizes: Sequence[int]) -> bytearray:
+        """Whole blobs one after another (Http1Error if the front fails): pipelined, one
+        connection for each run of URLs on one origin."""
+        if len({url.origin for url in urls}) == 1:
+            return await self._pool(urls[0].origin).get_many(
+                [url.target for url in urls], list(sizes), self._headers
+            )
+        out = bytearray()
+        start = 0
+        while start < len(urls):
+            end = start
+            while end < len(urls) and urls[end].origin == urls[start].origin:
+                end += 1
+            out += await self._pool(urls[start].origin).get_many(
+                [url.target for url in urls[start:end]], list(sizes[start:end]), self._headers
+            )
+            start = end
+        return out
+
+    async def get_range(self, url: BlobUrl, start: int, end: int) -> bytes | bytearray:
+        """Bytes [start, end) of one blob (Http1Error if the front fails)."""
+        headers = [*self._headers, (b"Range", b"bytes=%d-%d" % (start, end - 1))]
+        limit = max(end - start, 64 * 1024)  # room for an error's page
+        answer = await self._pool(url.origin).request(b"GET", url.target, headers, None, limit)
+        if answer.status_code != 206 or len(answer.content) != end - start:
+            raise Http1Error(f"the front answered {answer.status_code} to a range")
+        return answer.content
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
+
+
+def _tls() -> ssl.SSLContext:
+    return httpx.create_ssl_context()  # the API client's trust store

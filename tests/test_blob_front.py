@@ -1,0 +1,306 @@
+"""Blob bytes from a static front: `streamfs serve --blob-url` signing URLs that a real nginx,
+configured by `streamfs nginx-location`, serves from the store (server/_front.py,
+_blobfront.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+import streamfs
+from streamfs._model import BLOCK_SIZE
+from streamfs._remote import Remote
+from streamfs.server._front import sign
+
+from .conftest import ServerProcess, run_cli
+
+SECRET = "front-secret-0123456789abcdef"
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log {work}/access.log;
+    keepalive_requests {keepalive_requests};
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+{location}
+    }}
+}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class Nginx:
+    """nginx serving the store's blobs at /blobs/, configured by `streamfs nginx-location`."""
+
+    def __init__(self, work: Path, store: Path, secret: str, keepalive_requests: int) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        assert os.path.exists(nginx), "nginx is missing (make install installs nginx-light)"
+        work.mkdir(parents=True, exist_ok=True)
+        self.work = work
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/blobs"
+        secret_file = work / "secret"
+        secret_file.write_text(secret + "\n")
+        location = subprocess.run(
+            [
+                *(sys.executable, "-m", "streamfs", "nginx-location", "--root", str(store)),
+                *("--blob-url", self.url, "--blob-secret-file", str(secret_file)),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        conf = work / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(
+                user="user root;" if os.geteuid() == 0 else "",
+                work=work,
+                port=self.port,
+                keepalive_requests=keepalive_requests,
+                location=location,
+            )
+        )
+        log = open(work / "nginx.out", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)], stderr=log)
+        log.close()
+        deadline = time.monotonic() + 30
+        while not _accepts(self.port):
+            assert self.proc.poll() is None, (work / "nginx.out").read_text()
+            assert time.monotonic() < deadline, "nginx did not start listening in 30 s"
+            time.sleep(0.01)  # polling an outside process's port: it has no event to wait on
+
+    def statuses(self) -> list[int]:
+        """The status of every request nginx has logged (combined format)."""
+        lines = (self.work / "access.log").read_text().splitlines()
+        return [int(line.split('" ')[1].split()[0]) for line in lines]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def front(tmp_path: Path) -> Iterator[tuple[ServerProcess, Nginx]]:
+    """A server whose blobs nginx serves (nginx closes a connection after 5 requests, so
+    pipelined batches must go on over new ones)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    nginx = Nginx(tmp_path / "nginx", store, SECRET, keepalive_requests=5)
+    extra = ("--blob-url", nginx.url, "--blob-secret-file", str(nginx.work / "secret"))
+    server = ServerProcess(store, extra=extra).start()
+    try:
+        yield server, nginx
+    finally:
+        server.stop()
+        nginx.stop()
+
+
+def publish(server: ServerProcess, repo: str, files: dict[str, bytes], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    run_cli(server, "repo", "create", repo)
+    run_cli(server, "upload", repo, str(src), "-m", "data")
+
+
+def small_files(n: int) -> dict[str, bytes]:
+    rng = random.Random(n)
+    return {f"images/{i:03}.jpg": rng.randbytes(rng.randint(5_000, 90_000)) for i in range(n)}
+
+
+def blob_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_big_file_and_a_folder_come_from_the_front_and_the_api_only_signs(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
+) -> None:
+    server, nginx = front
+    big = random.Random(1).randbytes(2 * BLOCK_SIZE + 777)
+    files = {"big.bin": big, **small_files(40)}
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    before = server.metrics()
+    repo = streamfs.Repo(f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c")
+    assert repo.read_bytes("big.bin") == big
+    after_big = server.metrics()
+    assert after_big["blob_bytes_sent"] == before["blob_bytes_sent"]  # not a byte from the API
+    assert after_big["blob_urls_signed"] > before["blob_urls_signed"]
+    for rel, data in files.items():
+        if rel.startswith("images/"):
+            assert repo.read_bytes(rel) == data
+    after = server.metrics()
+    assert after["blob_batch_requests"] == before["blob_batch_requests"]  # batches: the front's
+    assert 200 in nginx.statuses() and 206 in nginx.statuses()
+    assert set(nginx.statuses()) <= {200, 206}
+
+
+def test_batches_and_ranges_through_the_remote(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
+) -> None:
+    server, nginx = front
+    files = small_files(12)
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    ids = [blob_id(data) for data in files.values()]
+    sizes = [len(data) for data in files.values()]
+    first = next(iter(files.values()))
+
+    async def reads() -> tuple[bytes, bytes, dict[str, int], bytes, dict[str, int]]:
+        async with Remote(server.url) as remote:
+            await remote.resolve("alice", repo_name, "main")  # its answer tells of the front
+            small = bytes(await remote.read_blob("alice", repo_name, ids[0], 10, 1010))
+            after_small = server.metrics()  # no URL yet: a small range went to the API
+            batch = bytes(await remote.read_blobs("alice", repo_name, ids, sizes))
+            again = bytes(await remote.read_blob("alice", repo_name, ids[0], 10, 1010))
+            return small, batch, after_small, again, server.metrics()
+
+    before = server.metrics()
+    small, batch, after_small, again, after = trio.run(reads)
+    assert small == again == first[10:1010]
+    assert batch == b"".join(files.values())  # 12 pipelined GETs over 3 connections
+    assert after_small["blob_get_requests"] == before["blob_get_requests"] + 1
+    assert after["blob_get_requests"] == after_small["blob_get_requests"]  # the URL was known
+    assert after["blob_batch_requests"] == before["blob_batch_requests"]
+    assert nginx.statuses().count(200) == 12 and nginx.statuses().count(206) == 1
+
+
+def test_signed_urls_grant_one_blob_until_they_expire(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
+) -> None:
+    server, nginx = front
+    files = small_files(2)
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    (a, data_a), (b, _) = ((blob_id(d), d) for d in files.values())
+    asked = httpx.post(
+        f"{server.url}/v1/repos/alice/{repo_name}/blobs/urls", json={"ids": [a]}, timeout=10
+    )
+    assert asked.status_code == 200 and asked.headers["cache-control"] == "no-store"
+    body = asked.json()
+    assert body["ttl"] == 3600 and body["expires"] >= time.time() + 3000
+    url = body["urls"][0]
+    assert url.startswith(nginx.url + f"/{a[:2]}/{a[2:]}?")
+    assert httpx.get(url, timeout=10).content == data_a
+    other_blob = url.replace(f"/{a[:2]}/{a[2:]}?", f"/{b[:2]}/{b[2:]}?")
+    assert httpx.get(other_blob, timeout=10).status_code == 403
+    later = url.replace(f"expires={body['expires']}", f"expires={body['expires'] + 1}")
+    assert httpx.get(later, timeout=10).status_code == 403
+    path = f"/blobs/{a[:2]}/{a[2:]}"
+    past = int(time.time()) - 1
+    expired = f"{nginx.url}/{a[:2]}/{a[2:]}?md5={sign(SECRET, path, past)}&expires={past}"
+    assert httpx.get(expired, timeout=10).status_code == 410
+    unsigned = f"{nginx.url}/{a[:2]}/{a[2:]}"
+    assert httpx.get(unsigned, timeout=10).status_code == 403
+
+
+def test_blob_urls_are_checked_like_every_read(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
+) -> None:
+    server, _ = front
+    publish(server, f"alice/{repo_name}", small_files(1), tmp_path)
+    base = f"{server.url}/v1/repos/alice/{repo_name}/blobs/urls"
+    missing = httpx.post(base, json={"ids": ["ab" * 32]}, timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    for bad in ({"ids": []}, {"ids": ["../x"]}, {"ids": "ab"}, {"ids": ["ab" * 32] * 1001}):
+        answer = httpx.post(base, json=bad, timeout=10)
+        assert answer.status_code == 400, (bad, answer.text)
+    unknown = httpx.post(server.url + "/v1/repos/alice/nope/blobs/urls", json={"ids": ["ab" * 32]})
+    assert unknown.status_code == 404
+
+
+def test_a_server_without_a_front_says_so_and_serves_bytes_itself(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    files = small_files(8)
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    ids = [blob_id(d) for d in files.values()]
+    answer = httpx.post(
+        f"{server.url}/v1/repos/alice/{repo_name}/blobs/urls", json={"ids": ids}, timeout=10
+    )
+    assert answer.status_code == 200 and answer.json() == {"urls": None}
+    repo = streamfs.Repo(f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c")
+    for rel, data in files.items():
+        assert repo.read_bytes(rel) == data
+    assert server.metrics()["blob_bytes_sent"] >= sum(len(d) for d in files.values())
+
+
+@pytest.mark.parametrize("fault", ["wrong secret", "front down"])
+def test_a_front_that_fails_leaves_the_reads_to_the_api(
+    fault: str, repo_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    nginx = Nginx(tmp_path / "nginx", store, SECRET, keepalive_requests=100)
+    secret = tmp_path / "server-secret"
+    secret.write_text("another-secret-0123456789" if fault == "wrong secret" else SECRET)
+    if fault == "front down":
+        nginx.stop()
+    extra = ("--blob-url", nginx.url, "--blob-secret-file", str(secret))
+    server = ServerProcess(store, extra=extra).start()
+    try:
+        big = random.Random(2).randbytes(BLOCK_SIZE + 5)
+        files = {"big.bin": big, **small_files(10)}
+        publish(server, f"alice/{repo_name}", files, tmp_path)
+        repo = streamfs.Repo(f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c")
+        with caplog.at_level("WARNING", logger="streamfs.remote"):
+            for rel, data in files.items():
+                assert repo.read_bytes(rel) == data
+        assert server.metrics()["blob_bytes_sent"] >= len(big)
+        assert "blob front failed" in caplog.text
+        if fault == "wrong secret":
+            assert set(nginx.statuses()) == {403}
+    finally:
+        server.stop()
+        if fault != "front down":
+            nginx.stop()
+
+
+def test_serve_wants_the_url_and_the_secret_together(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "streamfs", "serve", "--root", str(tmp_path / "s")]
+    alone = subprocess.run(
+        [*cmd, "--blob-url", "http://127.0.0.1:1/blobs"], capture_output=True, text=True
+    )
+    assert alone.returncode == 2 and "go together" in alone.stderr
+    weak = tmp_path / "weak"
+    weak.write_text("short")
+    bad = subprocess.run(
+        [*cmd, "--blob-url", "http://127.0.0.1:1/blobs", "--blob-secret-file", str(weak)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "16 to 256" in bad.stderr

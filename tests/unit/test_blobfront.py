@@ -1,0 +1,114 @@
+"""The client's checks of what a server says about its blob front (streamfs/_blobfront.py)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from streamfs._blobfront import MAX_ORIGINS, MAX_URLS, BlobFront, parse_url
+from streamfs._errors import RemoteError
+
+
+def test_a_signed_url_becomes_an_origin_and_a_request_target() -> None:
+    assert parse_url("http://127.0.0.1:8080/blobs/ab/cd?md5=x-y_z&expires=9") == (
+        ("http", "127.0.0.1", 8080),
+        b"/blobs/ab/cd?md5=x-y_z&expires=9",
+    )
+    assert parse_url("https://cdn.example/b/ab") == (("https", "cdn.example", 443), b"/b/ab")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://host/blob",
+        "file:///etc/passwd",
+        "http:///no-host",
+        "http://host",  # no path
+        "http://user:pw@host/blob",
+        "http://host/blob#frag",
+        "http://host/bl ob",
+        "http://host/blob\r\nX-Injected: 1",
+        "http://host/bl\x00ob",
+        "http://host/blöb",
+        "http://host:99999/blob",
+        "http://host/" + "a" * 2048,
+        "",
+        42,
+        None,
+    ],
+)
+def test_a_url_that_is_not_a_plain_http_one_is_refused(url: object) -> None:
+    with pytest.raises(RemoteError):
+        parse_url(url)
+
+
+def run(fn: object) -> None:
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))  # type: ignore[arg-type]
+
+
+def test_urls_are_kept_for_90_percent_of_their_lifetime_and_bounded() -> None:
+    async def main() -> None:
+        front = BlobFront(1.0, 1.0, 4)
+        ids = [f"{i:064x}" for i in range(3)]
+        front.remember(ids, [f"http://h/b/{oid}" for oid in ids], 100)
+        assert front.lacking(ids) == []
+        assert [u.target for u in front.known(ids) or []] == [f"/b/{oid}".encode() for oid in ids]
+        await trio.sleep(89)
+        assert front.known(ids) is not None
+        await trio.sleep(2)
+        assert front.known(ids) is None and front.lacking(ids) == ids
+        front.remember(ids[:1], ["http://h/b/x"], 100)
+        front.fail(ids[:1], "a test")
+        assert front.lacking(ids[:1]) == ids[:1]  # forgotten
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("urls", "ttl"),
+    [
+        (["http://h/a"], 100),  # one URL for two ids
+        (["http://h/a", "http://h/b", "http://h/c"], 100),
+        (["http://h/a", "http://h/b"], 5),  # a lifetime under 10 s
+        (["http://h/a", "http://h/b"], True),
+        (["http://h/a", "http://h/b"], None),
+        ("http://h/a", 100),
+        (["http://h/a", "gopher://h/b"], 100),
+    ],
+)
+def test_a_malformed_answer_is_refused_whole(urls: object, ttl: object) -> None:
+    async def main() -> None:
+        front = BlobFront(1.0, 1.0, 4)
+        with pytest.raises(RemoteError):
+            front.remember(["a" * 64, "b" * 64], urls, ttl)
+        assert front.lacking(["a" * 64, "b" * 64]) == ["a" * 64, "b" * 64]
+
+    run(main)
+
+
+def test_urls_on_too_many_origins_are_refused_and_the_oldest_urls_dropped() -> None:
+    async def main() -> None:
+        front = BlobFront(1.0, 1.0, 4)
+        hosts = [f"http://h{i}/b" for i in range(MAX_ORIGINS + 1)]
+        with pytest.raises(RemoteError, match="origins"):
+            front.remember([f"{i:064x}" for i in range(len(hosts))], hosts, 100)
+        many = [f"{i:064x}" for i in range(MAX_URLS + 10)]
+        front.remember(many, ["http://h/b"] * len(many), 100)
+        assert front.lacking(many) == many[:10]
+
+    run(main)
+
+
+def test_a_front_is_used_only_once_the_server_said_it_has_one_and_rests_after_a_failure() -> None:
+    async def main() -> None:
+        front = BlobFront(1.0, 1.0, 4)
+        assert not front.usable()
+        front.available = True
+        assert front.usable()
+        front.fail([], "a test")
+        assert not front.usable()
+        await trio.sleep(31)
+        assert front.usable()
+
+    run(main)
