@@ -46,14 +46,17 @@ os.environ.setdefault("STREAMFS_STATE_DIR", str(WORK / "state"))
 import bench_data as data  # noqa: E402
 import bench_report as report  # noqa: E402
 from bench_infra import (  # noqa: E402
+    BLOB_FRONT_PATH,
     PY,
     Proxy,
     RcloneMount,
     StreamfsMount,
     force_unmount,
+    free_port,
     has_journal,
     scratch_disk,
     server_metrics,
+    start_blob_front,
     start_file_server,
     start_server,
     streamfs_cli,
@@ -85,6 +88,7 @@ class Run:
     rtt_ms: float = 0.0
     sf: Proxy | None = None
     http: Proxy | None = None
+    front: Proxy | None = None  # in front of nginx serving signed blob URLs (--blob-front)
     records: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     small_bytes: int = 0
@@ -102,7 +106,7 @@ class Run:
 
     def counters(self) -> dict[str, int]:
         out = {"down": 0, "up": 0}
-        for proxy in (self.sf, self.http):
+        for proxy in (self.sf, self.http, self.front):
             if proxy is not None:
                 stats = proxy.stats()
                 out["down"] += stats["bytes_down"]
@@ -370,6 +374,7 @@ def w_epoch(ctx: Run, run: int, workload: str = "epoch", procs: int = 0) -> None
         systems += [] if ctx.quick else [(report.DL_HTTPX, download("download_httpx"))]
         systems += [(report.DL_CURL, download("download_curl"))]
     systems += [(report.DL_BATCH, download("download_curl_batches"))]  # the fastest, always
+    systems += [(report.DL_FRONT, download("download_curl_signed"))] if ctx.front else []
     systems += [(report.LOCAL, local)] + ([(report.RCLONE, rclone)] if ctx.rclone else [])
     for name, fn in in_turn(systems, run):
         record = ctx.measure(workload, name, run, fn)
@@ -430,6 +435,7 @@ def w_seq(ctx: Run, run: int) -> None:
         (report.DL_HTTPX, download("download_httpx", 16)),
         (report.DL_CURL, download("download_curl", 1)),
     ]
+    systems += [(report.DL_FRONT, download("download_curl_signed", 1))] if ctx.front else []
     systems += [(report.LOCAL, local)] + ([(report.RCLONE, rclone)] if ctx.rclone else [])
     for name, fn in in_turn(systems, run):
         add_fetched(ctx.measure("seq", name, run, fn), ctx.big_bytes)
@@ -687,6 +693,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-rclone", action="store_true", help="leave rclone out")
     p.add_argument(
+        "--blob-front",
+        choices=("nginx", "off"),
+        default="nginx",
+        help="blob bytes from nginx through signed URLs (`streamfs serve --blob-url`), or "
+        "from the Python server",
+    )
+    p.add_argument(
         "--scratch",
         choices=("ext4", "here"),
         default="ext4",
@@ -738,8 +751,27 @@ def main(argv: list[str] | None = None) -> None:
         notes.append("quick: hooks measured on small files only (full size: every workload)")
     store = WORK / "store"
     shutil.rmtree(store, ignore_errors=True)
-    server, server_url = start_server(store, logs / "server.log")
-    background: list[Any] = [server]
+    background: list[Any] = []
+    front = None
+    front_port = free_port()  # the latency proxy before nginx listens here at every RTT
+    if args.blob_front == "nginx":
+        front = start_blob_front(store, WORK / "front", logs / "front.log", front_port)
+        if front is None:
+            notes.append("blob front off: nginx did not start (see logs/front.log)")
+        else:
+            background.append(front[0])
+            notes.append(
+                "blob bytes from nginx through signed URLs (`streamfs serve --blob-url`); "
+                "`--blob-front off` for the Python server's"
+            )
+    else:
+        notes.append("blob bytes from the Python server (`--blob-front off`)")
+    extra = []
+    if front is not None:
+        front_url = f"http://127.0.0.1:{front_port}{BLOB_FRONT_PATH}"
+        extra = ["--blob-url", front_url, "--blob-secret-file", str(front[2])]
+    server, server_url = start_server(store, logs / "server.log", *extra)
+    background.append(server)
     file_server = None
     if args.no_rclone:
         notes.append("rclone left out (--no-rclone)")
@@ -787,12 +819,17 @@ def main(argv: list[str] | None = None) -> None:
                 if file_server
                 else None
             )
+            ctx.front = (
+                Proxy(front[1], rtt, args.bandwidth, logs / "proxy.log", listen_port=front_port)
+                if front
+                else None
+            )
             try:
                 for workload in only:
                     for run in range(sizes.runs):
                         RUNNERS[workload](ctx, run)
             finally:
-                for proxy in (ctx.sf, ctx.http):
+                for proxy in (ctx.sf, ctx.http, ctx.front):
                     if proxy is not None:
                         proxy.stop()
     finally:

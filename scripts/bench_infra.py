@@ -77,14 +77,16 @@ def streamfs_cli(
 # --------------------------------------------------------------------------- servers
 
 
-def start_server(store: Path, log: Path) -> tuple[Background, str]:
-    """``streamfs serve`` on an inherited loopback socket (as tests/conftest.py does)."""
+def start_server(store: Path, log: Path, *extra: str) -> tuple[Background, str]:
+    """``streamfs serve`` on an inherited loopback socket (as tests/conftest.py does), with
+    ``extra`` options."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     cmd = [PY, "-m", "streamfs", "serve", "--root", str(store), "--fd", str(sock.fileno())]
+    cmd += extra
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, pass_fds=[sock.fileno()], stdout=out, stderr=out)
     sock.close()
@@ -107,12 +109,21 @@ def server_metrics(url: str) -> dict[str, int]:
 class Proxy:
     """scripts/latency_proxy.py in a process of its own, in front of ``target_port``."""
 
-    def __init__(self, target_port: int, rtt_ms: float, bandwidth: str | None, log: Path) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        rtt_ms: float,
+        bandwidth: str | None,
+        log: Path,
+        listen_port: int = 0,
+    ) -> None:
         cmd = [
             PY,
             str(SCRIPTS / "latency_proxy.py"),
             "--target",
             f"127.0.0.1:{target_port}",
+            "--listen",
+            f"127.0.0.1:{listen_port}",
             "--rtt",
             f"{rtt_ms}ms",
         ]
@@ -164,6 +175,48 @@ http {{
     }}
 }}
 """
+
+
+BLOB_FRONT_PATH = "/blobs"
+
+
+def start_blob_front(
+    store: Path, work: Path, log: Path, public_port: int
+) -> tuple[Background, int, Path] | None:
+    """nginx serving the store's blobs to URLs the server signs (``streamfs serve
+    --blob-url``), configured by ``streamfs nginx-location``; the URLs name ``public_port``
+    (the latency proxy in front of it). Returns nginx, its port and the secret's file."""
+    if not shutil.which("nginx"):
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    secret = work / "blob.secret"
+    secret.write_text(os.urandom(24).hex())
+    url = f"http://127.0.0.1:{public_port}{BLOB_FRONT_PATH}"
+    location = subprocess.run(
+        [
+            *(PY, "-m", "streamfs", "nginx-location", "--root", str(store)),
+            *("--blob-url", url, "--blob-secret-file", str(secret)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    port = free_port()
+    (work / "empty").mkdir(exist_ok=True)  # nothing but the blobs' location is served
+    conf = NGINX_CONF.format(work=work, port=port, root=work / "empty").replace(
+        "        autoindex on;\n        autoindex_exact_size on;\n", location
+    )
+    (work / "nginx.conf").write_text(conf)
+    cmd = ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out)
+    bg = Background("nginx (blob front)", proc)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/"), 30, "nginx (blob front)")
+    except RuntimeError:
+        bg.stop()
+        return None
+    return bg, port, secret
 
 
 def start_file_server(root: Path, work: Path, log: Path) -> tuple[Background, int, str] | None:

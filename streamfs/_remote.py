@@ -587,6 +587,8 @@ class Remote:
                 front.remember(part, body["urls"], body.get("ttl"))
             except errors.NotFoundError:
                 return False  # a blob this repository lacks: the API says so
+            except errors.RemoteUnavailableError:
+                raise  # the API is down or silent: reading from it would fail as well
             except errors.StreamfsError as exc:
                 front.fail(part, str(exc))
                 return False
