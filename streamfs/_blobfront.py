@@ -11,6 +11,12 @@ server carries metadata only. ``Remote`` uses them this way:
   (``BIG_READ``): then the URL is asked first, a round trip the blob's later ranges do not pay.
   A small range of a blob without one (a reader waiting on a small file it had no prefetch
   for) goes to the API as before, where a second round trip would double its wait.
+- A folder the sibling planner starts to prefetch has the URLs of all its small files asked
+  at once (``Remote.sign_ahead``, up to 1,000): its batches, and the files read before a batch
+  holds them, then go to the front without a round trip to the API first. (A cold epoch of
+  20,000 files in 100 folders at RTT 0: the server's CPU 10 s with no front, 5.5 s with URLs
+  asked a batch at a time, 3 s with them asked a folder at a time.) Two tasks never ask for
+  the same URL at once: the second waits for the first.
 - The API's bearer token never goes to the front: a URL carries its own authority.
 - Failure: an answer that is not the bytes asked (403 for a bad signature, 410 expired, 404,
   5xx), a connection that fails or stalls: the URLs involved are forgotten, the front rests for
@@ -31,12 +37,13 @@ URLs are kept until 90 % of their lifetime has passed, by this process's clock (
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import ssl
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -96,6 +103,7 @@ class BlobFront:
         self._read_timeout = read_timeout
         self._max_connections = max_connections
         self._urls: OrderedDict[str, BlobUrl] = OrderedDict()
+        self._asking: dict[str, trio.Event] = {}  # blob id -> set once its URL was asked
         self._pools: dict[Origin, Http1Pool] = {}
         self._rest_until = 0.0
         self._headers = [(b"User-Agent", b"streamfs")]
@@ -115,12 +123,32 @@ class BlobFront:
         return found
 
     def lacking(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` without a fresh URL that no task is asking for now."""
         now = trio.current_time()
         return [
             oid
             for oid in dict.fromkeys(ids)
-            if (url := self._urls.get(oid)) is None or url.fresh_until <= now
+            if ((url := self._urls.get(oid)) is None or url.fresh_until <= now)
+            and oid not in self._asking
         ]
+
+    def being_asked(self, ids: Sequence[str]) -> list[trio.Event]:
+        """What to wait on for those of ``ids`` another task is asking URLs for."""
+        return list({id(e): e for oid in ids if (e := self._asking.get(oid)) is not None}.values())
+
+    @contextlib.contextmanager
+    def asking(self, ids: Sequence[str]) -> Iterator[None]:
+        """This task asks for ``ids``' URLs: others wait for it instead of asking too."""
+        done = trio.Event()
+        for oid in ids:
+            self._asking[oid] = done
+        try:
+            yield
+        finally:
+            for oid in ids:
+                if self._asking.get(oid) is done:
+                    del self._asking[oid]
+            done.set()
 
     def remember(self, ids: Sequence[str], urls: object, ttl: object) -> None:
         """What ``blobs/urls`` answered for ``ids``, checked (RemoteError if malformed)."""

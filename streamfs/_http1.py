@@ -45,6 +45,7 @@ import httptools
 import trio
 
 READ_SIZE = 1024 * 1024  # bytes asked of the socket at once: what the kernel holds
+HEAD_READ = 4096  # ... when a pipelined answer's head is next: its body goes straight into place
 MAX_HEADER_BYTES = 64 * 1024
 
 
@@ -384,7 +385,7 @@ class Http1Pool:
             if len(pending) > MAX_HEADER_BYTES:
                 raise Http1Error("the answer's headers are too long")
             timer.deadline = trio.current_time() + self.read_timeout
-            data = await stream.receive_some(READ_SIZE)
+            data = await stream.receive_some(HEAD_READ)
             if not data:
                 if stale and not pending:
                     raise _Stale

@@ -569,30 +569,60 @@ class Remote:
             front.fail([oid], str(exc) or "no answer in time")
             return None
 
+    async def sign_ahead(self, owner: str, name: str, ids: Sequence[str]) -> None:
+        """Signed URLs of blobs likely read soon (a folder about to be prefetched), when the
+        server has a front: the prefetch batches, and the files read before a batch holds
+        them, then skip a round trip to the API."""
+        front = self._front
+        if front is not None and front.usable() and ids:
+            await self._ask_urls(front, owner, name, ids[:MAX_IDS])
+
     async def _ask_urls(self, front: BlobFront, owner: str, name: str, ids: Sequence[str]) -> bool:
-        """Signed URLs of those of ``ids`` that lack a fresh one; False if the front is not
-        to be used for them (none, an error: the API then answers, or says what is wrong)."""
-        lacking = front.lacking(ids)
-        for i in range(0, len(lacking), MAX_IDS):
-            part = lacking[i : i + MAX_IDS]
-            try:
-                body = await self._json(
-                    "POST",
-                    self._repo(owner, name) + "/blobs/urls",
-                    f"URLs of {len(part)} blobs of {owner}/{name}",
-                    json={"ids": part},
-                )
-                if body.get("urls") is None:
-                    return False  # the server has no front any more: its answers say so now
-                front.remember(part, body["urls"], body.get("ttl"))
-            except errors.NotFoundError:
-                return False  # a blob this repository lacks: the API says so
-            except errors.RemoteUnavailableError:
-                raise  # the API is down or silent: reading from it would fail as well
-            except errors.StreamfsError as exc:
-                front.fail(part, str(exc))
-                return False
+        """Signed URLs of those of ``ids`` that lack a fresh one (waiting for those another
+        task is asking for); False if the front is not to be used for them (none, an error:
+        the API then answers, or says what is wrong)."""
+        lacking, asked_elsewhere = front.lacking(ids), front.being_asked(ids)
+        with front.asking(lacking):
+            for i in range(0, len(lacking), MAX_IDS):
+                part = lacking[i : i + MAX_IDS]
+                try:
+                    body = await self._signed_urls(owner, name, part)
+                    if body.get("urls") is None:
+                        return False  # the server has no front any more: its answers say so now
+                    front.remember(part, body["urls"], body.get("ttl"))
+                except errors.NotFoundError:
+                    return False  # a blob this repository lacks: the API says so
+                except errors.RemoteUnavailableError:
+                    raise  # the API is down or silent: reading from it would fail as well
+                except errors.StreamfsError as exc:
+                    front.fail(part, str(exc))
+                    return False
+        for event in asked_elsewhere:
+            await event.wait()
         return True
+
+    async def _signed_urls(self, owner: str, name: str, ids: list[str]) -> dict[str, Any]:
+        """``POST blobs/urls`` on the blob connections (a front is used only with them): a
+        request a prefetch batch, which through httpx would cost as much CPU as the batch."""
+        direct = self._direct
+        assert direct is not None
+        what = f"URLs of {len(ids)} blobs of {owner}/{name}"
+        path = self._repo(owner, name) + "/blobs/urls"
+        content = json.dumps({"ids": ids}).encode()
+        headers = {"Content-Type": "application/json"}
+        answer = await self._retried(
+            lambda: direct.request(b"POST", path, headers, content, MIN_BODY_LIMIT),
+            what,
+            idempotent=True,  # signing changes nothing
+            size=0,
+        )
+        try:
+            body = json.loads(answer.content)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise errors.RemoteError(f"{what}: the server sent malformed JSON")
+        return body
 
     def _transfer_bound(self, size: int) -> float:
         return self.retry.deadline + size / self.retry.transfer_floor

@@ -304,3 +304,28 @@ def test_serve_wants_the_url_and_the_secret_together(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode != 0 and "16 to 256" in bad.stderr
+
+
+def test_a_folder_signed_ahead_is_read_from_the_front_and_signed_once(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
+) -> None:
+    server, nginx = front
+    files = small_files(30)
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    ids = [blob_id(data) for data in files.values()]
+
+    async def reads() -> list[bytes]:
+        async with Remote(server.url) as remote:
+            await remote.resolve("alice", repo_name, "main")
+            async with trio.open_nursery() as nursery:  # two tasks, one request
+                nursery.start_soon(remote.sign_ahead, "alice", repo_name, ids)
+                nursery.start_soon(remote.sign_ahead, "alice", repo_name, ids[:10])
+            return [bytes(await remote.read_blob("alice", repo_name, oid, 0, 100)) for oid in ids]
+
+    before = server.metrics()
+    heads = trio.run(reads)
+    after = server.metrics()
+    assert heads == [data[:100] for data in files.values()]
+    assert after["blob_urls_signed"] - before["blob_urls_signed"] == len(ids)
+    assert after["blob_get_requests"] == before["blob_get_requests"]  # all from the front
+    assert nginx.statuses().count(206) == len(ids)
