@@ -38,6 +38,7 @@ URLs are kept until 90 % of their lifetime has passed, by this process's clock (
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import ssl
@@ -111,13 +112,17 @@ class BlobFront:
     def usable(self) -> bool:
         return self.available is True and trio.current_time() >= self._rest_until
 
+    def _fresh(self, oid: str, now: float) -> BlobUrl | None:
+        url = self._urls.get(oid)
+        return url if url is not None and url.fresh_until > now else None
+
     def known(self, ids: Sequence[str]) -> list[BlobUrl] | None:
         """URLs of all of ``ids`` that are still fresh, or None."""
         now = trio.current_time()
         found = []
         for oid in ids:
-            url = self._urls.get(oid)
-            if url is None or url.fresh_until <= now:
+            url = self._fresh(oid, now)
+            if url is None:
                 return None
             found.append(url)
         return found
@@ -128,8 +133,7 @@ class BlobFront:
         return [
             oid
             for oid in dict.fromkeys(ids)
-            if ((url := self._urls.get(oid)) is None or url.fresh_until <= now)
-            and oid not in self._asking
+            if self._fresh(oid, now) is None and oid not in self._asking
         ]
 
     def being_asked(self, ids: Sequence[str]) -> list[trio.Event]:
@@ -193,21 +197,14 @@ class BlobFront:
     async def get_many(self, urls: Sequence[BlobUrl], sizes: Sequence[int]) -> bytearray:
         """Whole blobs one after another (Http1Error if the front fails): pipelined, one
         connection for each run of URLs on one origin."""
-        if len({url.origin for url in urls}) == 1:
-            return await self._pool(urls[0].origin).get_many(
-                [url.target for url in urls], list(sizes), self._headers
+        parts = []
+        for origin, run in itertools.groupby(zip(urls, sizes, strict=True), lambda p: p[0].origin):
+            pairs = list(run)
+            targets = [url.target for url, _ in pairs]
+            parts.append(
+                await self._pool(origin).get_many(targets, [n for _, n in pairs], self._headers)
             )
-        out = bytearray()
-        start = 0
-        while start < len(urls):
-            end = start
-            while end < len(urls) and urls[end].origin == urls[start].origin:
-                end += 1
-            out += await self._pool(urls[start].origin).get_many(
-                [url.target for url in urls[start:end]], list(sizes[start:end]), self._headers
-            )
-            start = end
-        return out
+        return parts[0] if len(parts) == 1 else bytearray().join(parts)
 
     async def get_range(self, url: BlobUrl, start: int, end: int) -> bytes | bytearray:
         """Bytes [start, end) of one blob (Http1Error if the front fails)."""

@@ -177,14 +177,8 @@ class Http1Pool:
         limit: int,
     ) -> Answer:
         """One request; the answer's body must fit in ``limit`` bytes."""
-        head = [method + b" " + target + b" HTTP/1.1", b"Host: " + self._host_header]
-        for name, value in headers:
-            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
-                raise ValueError(f"a header with a line break: {name!r}")
-            head.append(name + b": " + value)
-        if body is not None:
-            head.append(b"Content-Length: %d" % len(body))
-        wire = b"\r\n".join(head) + b"\r\n\r\n" + (body or b"")
+        length = [] if body is None else [(b"Content-Length", b"%d" % len(body))]
+        wire = self._head(method, target, _header_lines([*headers, *length])) + (body or b"")
         async with self._slots:
             connection = self._take_idle()
             if connection is not None:
@@ -194,6 +188,10 @@ class Http1Pool:
                     pass
             connection = await self._connect()
             return await self._exchange(connection, wire, limit, reused=False)
+
+    def _head(self, method: bytes, target: bytes, lines: bytes) -> bytes:
+        """A request's head: its line, Host, the header ``lines`` (see _header_lines)."""
+        return b"%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (method, target, self._host_header, lines)
 
     async def preconnect(self) -> None:
         """Open a connection ahead of the first request, which then pays no handshake."""
@@ -268,12 +266,8 @@ class Http1Pool:
                             raise Http1Error("the answer's headers are too long")
                         if parse.size > limit:
                             raise Http1Error(f"the answer is longer than the {limit} bytes asked")
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    if reused and received == 0:
-                        raise _Stale from None
-                    raise Http1Error(f"the connection failed: {exc}") from None
-                except httptools.HttpParserError as exc:
-                    raise Http1Error(f"not an HTTP answer: {exc}") from None
+                except _FAILURES as exc:
+                    raise _failure(exc, stale=reused and received == 0) from None
             if timer.cancelled_caught:
                 raise Http1Timeout(f"no answer within {self.read_timeout:g} s")
             content: bytes | bytearray
@@ -285,11 +279,7 @@ class Http1Pool:
             clean = parse.messages == 1 and parse.keep_alive and not self._closed
         finally:
             parse.parser = None  # no cycle left for the garbage collector
-            if clean:
-                connection.idle_since = trio.current_time()
-                self._idle.append(connection)
-            else:
-                _close_now(connection)
+            self._release(connection, keep=clean)
         return answer
 
     async def get_many(
@@ -304,18 +294,13 @@ class Http1Pool:
             raise ValueError("a size for every target")
         out = bytearray(sum(sizes))
         view = memoryview(out)
-        head = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
-        if b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
-            raise ValueError("a header with a line break")
+        lines = _header_lines(headers)
         offsets = [0]
         for size in sizes:
             offsets.append(offsets[-1] + size)
         done = 0
         while done < len(targets):
-            wire = b"".join(
-                b"GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target, self._host_header, head)
-                for target in targets[done:]
-            )
+            wire = b"".join(self._head(b"GET", target, lines) for target in targets[done:])
             pieces = [view[offsets[i] : offsets[i + 1]] for i in range(done, len(targets))]
             async with self._slots:
                 connection = self._take_idle()
@@ -360,21 +345,21 @@ class Http1Pool:
                             break
                     else:
                         keep = not pending and not self._closed
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    if reused and answered == 0:
-                        raise _Stale from None
-                    raise Http1Error(f"the connection failed: {exc}") from None
-                except httptools.HttpParserError as exc:
-                    raise Http1Error(f"not an HTTP answer: {exc}") from None
+                except _FAILURES as exc:
+                    raise _failure(exc, stale=reused and answered == 0) from None
             if timer.cancelled_caught:
                 raise Http1Timeout(f"no answer within {self.read_timeout:g} s")
         finally:
-            if keep:
-                connection.idle_since = trio.current_time()
-                self._idle.append(connection)
-            else:
-                _close_now(connection)
+            self._release(connection, keep=keep)
         return answered
+
+    def _release(self, connection: _Connection, *, keep: bool) -> None:
+        """Back to the idle list after a whole, clean exchange (``keep``), else closed."""
+        if keep:
+            connection.idle_since = trio.current_time()
+            self._idle.append(connection)
+        else:
+            _close_now(connection)
 
     async def _pipelined_head(
         self, stream: trio.abc.Stream, pending: bytearray, timer: trio.CancelScope, stale: bool
@@ -423,6 +408,27 @@ async def _receive_body(
             raise Http1Error("the server closed the connection in mid-answer")
         parse.filled += n
     parse.done = True
+
+
+_FAILURES = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, httptools.HttpParserError)
+
+
+def _failure(exc: BaseException, *, stale: bool) -> Exception:
+    """What a failed exchange raises: _Stale for a reused connection that closed before any
+    byte of an answer (sent again on a new one), else an Http1Error."""
+    if isinstance(exc, httptools.HttpParserError):
+        return Http1Error(f"not an HTTP answer: {exc}")
+    if stale:
+        return _Stale()
+    return Http1Error(f"the connection failed: {exc}")
+
+
+def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """``Name: value`` lines, each ending in CRLF; a line break inside one is refused."""
+    for name, value in headers:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
+            raise ValueError(f"a header with a line break: {name!r}")
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
 
 
 class _Head:

@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 import trio
@@ -76,6 +76,8 @@ def remote_from_env(remote: str | None = None, token: str | None = None) -> tupl
     url = remote or os.environ.get("STREAMFS_REMOTE") or DEFAULT_REMOTE
     return url.rstrip("/"), token if token is not None else os.environ.get("STREAMFS_TOKEN") or None
 
+
+T = TypeVar("T")
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 # servers (by URL) that have a blob front, as their answers said: kept across Remotes and forks
@@ -541,12 +543,7 @@ class Remote:
         urls = front.known(ids)
         if urls is None:
             return None
-        try:
-            with trio.fail_after(self._transfer_bound(sum(sizes))):
-                return await front.get_many(urls, sizes)
-        except (Http1Error, trio.TooSlowError) as exc:
-            front.fail(ids, str(exc) or "no answer in time")
-            return None
+        return await self._from_front(front, ids, sum(sizes), lambda: front.get_many(urls, sizes))
 
     async def _range_from_front(
         self, owner: str, name: str, oid: str, start: int, end: int
@@ -562,11 +559,20 @@ class Remote:
             urls = front.known([oid])
             if urls is None:
                 return None
+        return await self._from_front(
+            front, [oid], end - start, lambda: front.get_range(urls[0], start, end)
+        )
+
+    async def _from_front(
+        self, front: BlobFront, ids: Sequence[str], size: int, fetch: Callable[[], Awaitable[T]]
+    ) -> T | None:
+        """``fetch`` (bytes of ``ids`` on the front) within the time its size allows, or None
+        when the front failed: its URLs are forgotten and the front rests (BlobFront.fail)."""
         try:
-            with trio.fail_after(self._transfer_bound(end - start)):
-                return await front.get_range(urls[0], start, end)
+            with trio.fail_after(self._transfer_bound(size)):
+                return await fetch()
         except (Http1Error, trio.TooSlowError) as exc:
-            front.fail([oid], str(exc) or "no answer in time")
+            front.fail(ids, str(exc) or "no answer in time")
             return None
 
     async def sign_ahead(self, owner: str, name: str, ids: Sequence[str]) -> None:

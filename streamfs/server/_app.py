@@ -367,14 +367,20 @@ class Api:
             _read_range(self.store.storage, object_key("blob", oid), start, end - start),
         )
 
-    async def get_blobs(self, request: Request) -> Response:
-        """Many whole blobs in one response, one after another in the order asked."""
+    async def _batch(self, request: Request) -> tuple[str, str, list[Any]]:
+        """The repository (read access checked) and the ``ids`` of a batch request's body
+        (``blobs/batch``, ``blobs/urls``): a list of 1 to ``max_batch_blobs``, unchecked."""
         owner, name, _ = await self.repo(request)
         body = await self.json_body(request)
         ids = body.get("ids")
         most = self.limits.max_batch_blobs
         if not isinstance(ids, list) or not 1 <= len(ids) <= most:
             raise errors.InvalidInputError(f"'ids' must be a list of 1 to {most} blob ids")
+        return owner, name, ids
+
+    async def get_blobs(self, request: Request) -> Response:
+        """Many whole blobs in one response, one after another in the order asked."""
+        owner, name, ids = await self._batch(request)
         sizes = await self.run(lambda: [self.store.blob_size(owner, name, oid) for oid in ids])
         total = sum(sizes)
         if total > self.limits.max_batch_bytes:
@@ -395,12 +401,7 @@ class Api:
     async def blob_urls(self, request: Request) -> Response:
         """Signed URLs of blobs on the front (``_front.py``), in the order asked; ``"urls":
         null`` when this server has no front (the client then reads bytes from the API)."""
-        owner, name, _ = await self.repo(request)
-        body = await self.json_body(request)
-        ids = body.get("ids")
-        most = self.limits.max_batch_blobs
-        if not isinstance(ids, list) or not 1 <= len(ids) <= most:
-            raise errors.InvalidInputError(f"'ids' must be a list of 1 to {most} blob ids")
+        owner, name, ids = await self._batch(request)
         front = self.front
         if front is None:
             return JSONResponse({"urls": None}, headers={"Cache-Control": "no-store"})

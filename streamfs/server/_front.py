@@ -19,6 +19,7 @@ Without a front the server keeps serving bytes itself (``GET blobs/ID``,
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import urllib.parse
@@ -47,22 +48,23 @@ class BlobFront:
             raise InvalidInputError(
                 f"--blob-url must be an origin and a path, like http://host:8080/blobs: {self.base!r}"
             )
-        if SECRET_RE.fullmatch(self.secret) is None:
-            raise InvalidInputError(
-                "the blob URL secret must be 16 to 256 letters, digits, '-' or '_'"
-            )
+        check_secret(self.secret)
         if not 10 <= self.ttl <= 7 * 24 * 3600:
             raise InvalidInputError("a blob URL's lifetime must be 10 s to 7 days")
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         """The URL path blobs are under, without a trailing slash."""
         return urllib.parse.urlsplit(self.base).path.rstrip("/")
 
+    @functools.cached_property
+    def _origin(self) -> str:
+        return self.base.rstrip("/").removesuffix(self.path)
+
     def url(self, oid: str, expires: int) -> str:
         """The signed URL of blob ``oid`` (an id already checked), valid until ``expires``."""
         path = f"{self.path}/{oid[:2]}/{oid[2:]}"
-        return f"{self.base.rstrip('/')}/{oid[:2]}/{oid[2:]}?md5={sign(self.secret, path, expires)}&expires={expires}"
+        return f"{self._origin}{path}?md5={sign(self.secret, path, expires)}&expires={expires}"
 
 
 def sign(secret: str, path: str, expires: int) -> str:
@@ -73,10 +75,13 @@ def sign(secret: str, path: str, expires: int) -> str:
 
 def read_secret(path: str | Path) -> str:
     """The secret in a file (surrounding whitespace ignored), checked."""
-    secret = Path(path).read_text().strip()
+    return check_secret(Path(path).read_text().strip(), f"{path}: ")
+
+
+def check_secret(secret: str, where: str = "") -> str:
     if SECRET_RE.fullmatch(secret) is None:
         raise InvalidInputError(
-            f"{path}: the blob URL secret must be 16 to 256 letters, digits, '-' or '_'"
+            f"{where}the blob URL secret must be 16 to 256 letters, digits, '-' or '_'"
         )
     return secret
 
@@ -85,8 +90,7 @@ def nginx_location(store_root: str | Path, path: str, secret: str) -> str:
     """An nginx ``location`` block that serves the blobs of the store at ``store_root`` under
     URL ``path`` to holders of URLs that ``BlobFront(..., secret)`` signed. nginx must run as a
     user who can read the store's files (the server writes them for its own user only)."""
-    if SECRET_RE.fullmatch(secret) is None:
-        raise InvalidInputError("the blob URL secret must be 16 to 256 letters, digits, '-' or '_'")
+    check_secret(secret)
     path = "/" + path.strip("/")
     if not re.fullmatch(r"[A-Za-z0-9/_.-]+", path) or "/../" in path + "/":
         raise InvalidInputError(f"not a plain URL path: {path!r}")
