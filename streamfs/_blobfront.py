@@ -21,7 +21,7 @@ server carries metadata only. ``Remote`` uses them this way:
 - Failure: an answer that is not the bytes asked (403 for a bad signature, 410 expired, 404,
   5xx), a connection that fails or stalls: the URLs involved are forgotten, the front rests for
   ``REST`` seconds, and the read goes to the API. Whichever way bytes come, the fetcher checks
-  them against their hashes.
+  them against their hashes; a block that does not match is fetched again from the API.
 - Nothing from the server is trusted: a URL must be http(s) with a host and a path, printable
   ASCII of at most ``MAX_URL`` bytes; at most ``MAX_URLS`` are kept (oldest dropped first) and
   connections are kept to at most ``MAX_ORIGINS`` origins.

@@ -5,7 +5,9 @@ Invariants (all state here is touched only by the loop thread, so no locks):
 - A block is stored in the cache and handed to a reader only after its
   sha256 matched: the blob id for a one-block blob, else the per-block hash
   the server published (``/blobs/ID/blocks``). A bad block is fetched once
-  more; if it is bad again the read fails with IntegrityError (EIO).
+  more, from the API even if the server has a front (a static server that
+  serves other bytes than the store's); if it is bad again the read fails
+  with IntegrityError (EIO).
 - Two readers of one block cause one request: the in-flight table maps
   (blob, index) to a pending fetch that later readers wait on.
 - Contiguous missing blocks are fetched in range requests of at most
@@ -343,8 +345,10 @@ class BlockFetcher:
         for attempt in range(2):
             start, _ = block_span(first, blob.size, BLOCK_SIZE)
             _, end = block_span(last, blob.size, BLOCK_SIZE)
-            async with self._limiter:
-                data = await self.remote.read_blob(blob.owner, blob.name, blob.id, start, end)
+            async with self._limiter:  # a second try skips the server's front, if it has one
+                data = await self.remote.read_blob(
+                    blob.owner, blob.name, blob.id, start, end, front=attempt == 0
+                )
             if len(data) != end - start:
                 raise RemoteError(
                     f"blob {blob.id[:12]}: asked for {end - start} bytes, got {len(data)}"
@@ -367,6 +371,11 @@ class BlockFetcher:
                 raise IntegrityError(
                     f"block {bad[0]} of blob {blob.id[:12]} does not match its hash, twice"
                 )
+            log.warning(
+                "block %d of blob %s does not match its hash: fetching it again from the API",
+                bad[0],
+                blob.id[:12],
+            )
         raise AssertionError("unreachable")
 
     async def _block_hashes(self, blob: BlobRef) -> list[str]:

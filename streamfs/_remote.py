@@ -500,10 +500,19 @@ class Remote:
         await self._request("PUT", url, f"upload blob {oid[:12]}", content=data, size=len(data))
 
     async def read_blob(
-        self, owner: str, name: str, oid: str, start: int = 0, end: int | None = None
+        self,
+        owner: str,
+        name: str,
+        oid: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        front: bool = True,
     ) -> bytes | bytearray:
-        """Bytes [start, end) of a blob (end None: to its end). Not verified here."""
-        if end is not None and end > start and self._front is not None:
+        """Bytes [start, end) of a blob (end None: to its end). Not verified here.
+        ``front=False``: from the API even when the server has a front (a second try after
+        bytes that did not match their hash)."""
+        if front and end is not None and end > start and self._front is not None:
             data = await self._range_from_front(owner, name, oid, start, end)
             if data is not None:
                 return data

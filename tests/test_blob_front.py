@@ -329,3 +329,36 @@ def test_a_folder_signed_ahead_is_read_from_the_front_and_signed_once(
     assert after["blob_urls_signed"] - before["blob_urls_signed"] == len(ids)
     assert after["blob_get_requests"] == before["blob_get_requests"]  # all from the front
     assert nginx.statuses().count(206) == len(ids)
+
+
+def test_bytes_from_the_front_that_do_not_match_are_read_again_from_the_api(
+    repo_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nginx serves a copy of the store whose blobs were overwritten (a front pointed at a
+    stale or damaged copy): every read still returns the right bytes, from the API."""
+    store, copy = tmp_path / "store", tmp_path / "copy"
+    store.mkdir()
+    nginx = Nginx(tmp_path / "nginx", copy, SECRET, keepalive_requests=100)
+    extra = ("--blob-url", nginx.url, "--blob-secret-file", str(nginx.work / "secret"))
+    server = ServerProcess(store, extra=extra).start()
+    try:
+        big = random.Random(3).randbytes(BLOCK_SIZE + 9)
+        files = {"big.bin": big, **small_files(6)}
+        publish(server, f"alice/{repo_name}", files, tmp_path)
+        shutil.copytree(store, copy)
+        damaged = [p for p in (copy / "data/objects/blob").rglob("*") if p.is_file()]
+        assert len(damaged) == len(files)
+        for path in damaged:  # the same sizes, other bytes
+            path.write_bytes(bytes(path.stat().st_size))
+        before = server.metrics()
+        repo = streamfs.Repo(f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c")
+        with caplog.at_level("WARNING", logger="streamfs.fetch"):
+            for rel, data in files.items():
+                assert repo.read_bytes(rel) == data
+        sent = server.metrics()["blob_bytes_sent"] - before["blob_bytes_sent"]
+        assert sent >= sum(len(d) for d in files.values())
+        assert 200 in nginx.statuses() or 206 in nginx.statuses()  # the front was asked first
+        assert "fetching it again from the API" in caplog.text
+    finally:
+        server.stop()
+        nginx.stop()

@@ -29,13 +29,30 @@ class MemoryRemote:
     def __init__(self) -> None:
         self.ranges: list[tuple[int, int]] = []
 
-    async def read_blob(self, owner: str, name: str, oid: str, start: int, end: int) -> bytes:
+    async def read_blob(
+        self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
+    ) -> bytes:
         self.ranges.append((start, end))
         return DATA[start:end]
 
     async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, list[str]]:
         blocks = [DATA[i : i + BLOCK_SIZE] for i in range(0, len(DATA), BLOCK_SIZE)]
         return BLOCK_SIZE, [hashlib.sha256(b).hexdigest() for b in blocks]
+
+
+class BadFrontRemote(MemoryRemote):
+    """A server whose front serves other bytes than its API (a stale copy of the store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fronts: list[bool] = []
+
+    async def read_blob(
+        self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
+    ) -> bytes:
+        self.fronts.append(front)
+        data = await super().read_blob(owner, name, oid, start, end)
+        return bytes(len(data)) if front else data
 
 
 class GatedWrites:
@@ -179,3 +196,20 @@ async def test_a_prefetch_leaves_out_what_is_cached_or_claimed_by_another_proces
     assert sorted(left_out) == sorted(expected)
     assert remote.batches == [[i for i in ids if i not in expected]]
     assert all(cache.get(oid, 0) == d for oid, d in zip(ids[2:], data[2:], strict=True))
+
+
+@pytest.mark.trio
+async def test_a_block_that_does_not_match_is_fetched_again_from_the_api(
+    cache: BlockCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    remote = BadFrontRemote()
+    fetcher = BlockFetcher(remote, cache)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        with caplog.at_level("WARNING", logger="streamfs.fetch"):
+            got = await fetcher.blocks(BLOB, [2])
+        await fetcher.settled()
+    assert got == {2: DATA[2 * BLOCK_SIZE :]}
+    assert remote.fronts == [True, False]
+    assert cache.get(OID, 2) == DATA[2 * BLOCK_SIZE :]
+    assert "does not match its hash: fetching it again from the API" in caplog.text
