@@ -405,7 +405,9 @@ class Api:
         front = self.front
         if front is None:
             return JSONResponse({"urls": None}, headers={"Cache-Control": "no-store"})
-        await self.run(lambda: [self.store.blob_size(owner, name, oid) for oid in ids])
+        missing = await self.run(self.store.missing_blobs, owner, name, ids)
+        if missing:
+            raise errors.NotFoundError(f"no blob {missing[0]} in {owner}/{name}")
         expires = int(time.time()) + front.ttl
         self.metrics[metrics.BLOB_URLS_SIGNED] += len(ids)
         urls = [front.url(oid, expires) for oid in ids]

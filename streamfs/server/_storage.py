@@ -83,6 +83,7 @@ class LocalStorage:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self._locks_dir = self.root / "locks"
+        self._data = str(self.root / "data")
         for d in (self.root, self.root / "tmp", self._locks_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._tmp, self._tmp_lock = self._claim_tmp_dir()
@@ -120,7 +121,12 @@ class LocalStorage:
     # ------------------------------------------------------------- objects
 
     def _path(self, key: str) -> Path:
-        return self.root / "data" / check_key(key)
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
+        # a str, not a Path: a blob read or a signed URL stats 1-2 files, and building
+        # and statting a Path costs 3x what os.stat of a str does (~13 against ~4 us)
+        return f"{self._data}/{check_key(key)}"
 
     def read(self, key: str) -> bytes | None:
         try:
@@ -130,13 +136,13 @@ class LocalStorage:
 
     def size(self, key: str) -> int | None:
         try:
-            return self._path(key).stat().st_size
+            return os.stat(self._file(key)).st_size
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def iter_range(self, key: str, start: int, length: int, chunk: int) -> Iterator[bytes]:
         # one open and a pread a piece: a blob of at most ``chunk`` is two system calls
-        fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
         try:
             while length > 0:
                 data = os.pread(fd, min(chunk, length), start)
