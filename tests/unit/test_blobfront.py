@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import trio
 import trio.testing
 
-from streamfs._blobfront import MAX_ORIGINS, MAX_URLS, BlobFront, parse_url
+from streamfs._blobfront import MAX_ORIGINS, MAX_URLS, BlobFront, Origin, parse_url
 from streamfs._errors import RemoteError
 
 
@@ -41,6 +43,20 @@ def test_a_signed_url_becomes_an_origin_and_a_request_target() -> None:
 def test_a_url_that_is_not_a_plain_http_one_is_refused(url: object) -> None:
     with pytest.raises(RemoteError):
         parse_url(url)
+    prefixes: dict[str, Origin] = {}
+    for good in ("http://host/b/ab?md5=1", "http://user:pw@host/b", "http://host:99999/b"):
+        with contextlib.suppress(RemoteError):
+            parse_url(good, prefixes)
+    assert prefixes == {"http://host": ("http", "host", 80)}  # only what was checked whole
+    with pytest.raises(RemoteError):  # a known origin spares the URL none of its checks
+        parse_url(url, prefixes)
+
+
+def test_urls_on_a_known_origin_are_read_as_if_checked_whole() -> None:
+    prefixes: dict[str, Origin] = {}
+    urls = [f"https://cdn.example:8443/b/{i:02x}/x?md5=a-b_c&expires={i}" for i in range(20)]
+    assert [parse_url(u, prefixes) for u in urls] == [parse_url(u) for u in urls]
+    assert list(prefixes) == ["https://cdn.example:8443"]
 
 
 def run(fn: object) -> None:
