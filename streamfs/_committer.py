@@ -20,7 +20,7 @@ import trio
 
 from ._errors import StreamfsError
 from ._model import Entry
-from ._overlay import Overlay, Staged
+from ._overlay import Overlay, Staged, is_fuse_hidden
 from ._remote import Remote
 from ._tasks import task_group
 from ._view import RepoView
@@ -112,7 +112,7 @@ class Committer:
             puts = {
                 p: Staged(**vars(s))
                 for p, s in o.files.items()
-                if s.blob is not None and s.writers == 0
+                if s.blob is not None and s.writers == 0 and not is_fuse_hidden(p)
             }
             deleted = set(o.deleted)
             dirs = set(o.dirs)

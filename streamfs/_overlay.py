@@ -64,6 +64,13 @@ log = logging.getLogger("streamfs.overlay")
 JOURNAL = "journal.json"
 JOURNAL_LOG = "journal.log"  # changes since journal.json was written, a line each
 JOURNAL_LOG_MIN = 1024  # lines the log may have before it is folded into journal.json
+# libfuse (without hard_remove) renames a file unlinked while open to .fuse_hiddenNNNN in its
+# folder and unlinks that name after the last release: a file the user deleted, never a change
+FUSE_HIDDEN = ".fuse_hidden"
+
+
+def is_fuse_hidden(path: str) -> bool:
+    return path.rpartition("/")[2].startswith(FUSE_HIDDEN)
 
 
 @dataclass
@@ -189,6 +196,11 @@ class Overlay:
             (dirs.add if line.get("d") else dirs.discard)(p)
         for p, item in files.items():
             check_path(p)
+            if is_fuse_hidden(p):  # deleted while open, under the daemon that is gone
+                local = item.get("local")
+                if isinstance(local, str) and local and "/" not in local and local[0] != ".":
+                    (self.staging / local).unlink(missing_ok=True)
+                continue
             staged = Staged(item["local"], item["blob"], int(item["size"]), int(item["mtime"]))
             if staged.local is not None:
                 local = self.staging / staged.local
@@ -291,8 +303,9 @@ class Overlay:
 
     @property
     def pending(self) -> int:
+        """Changes a commit would take (not libfuse's names of files deleted while open)."""
         with self._lock:
-            return len(self.files) + len(self.deleted)
+            return sum(not is_fuse_hidden(p) for p in self.files) + len(self.deleted)
 
     # ------------------------------------------------------------ lookups
 

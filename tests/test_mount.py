@@ -476,6 +476,28 @@ def test_a_file_saved_by_rename_right_after_close_is_committed(
     assert not (point / "doomed.bin").exists() and not (point / "whole.txt").exists()
 
 
+def test_a_file_deleted_while_open_is_never_committed_under_libfuses_hidden_name(
+    mounts: Mounts, repo_name: str
+) -> None:
+    # libfuse renames a file unlinked while open to .fuse_hiddenNNNN and unlinks that name
+    # after the last release: a commit meanwhile (or the commit timer) must not upload it
+    repo = f"alice/{repo_name}"
+    publish(mounts, repo, {"a.txt": b"a", "b.txt": b"b"})
+    point = mounts.mount(f"{repo}@main", "--commit-delay", "3600")
+    with open(point / "a.txt", "rb") as reader, open(point / "new.bin", "wb") as writer:
+        writer.write(b"new")
+        os.unlink(point / "a.txt")
+        os.unlink(point / "new.bin")
+        hidden = [n for n in os.listdir(point) if n.startswith(".fuse_hidden")]
+        assert len(hidden) == 2  # what libfuse did with them
+        assert mounts.commit_now(point, "a.txt deleted")
+        assert mounts.status(point)["pending"] == 0
+        assert reader.read() == b"a"  # still readable by the process that holds it
+    listed = run_cli(mounts.server, "ls", repo).stdout
+    assert "b.txt" in listed and "a.txt" not in listed and ".fuse_hidden" not in listed
+    assert not mounts.commit_now(point, "nothing left")  # whether libfuse unlinked them yet
+
+
 def test_umount_with_a_reader_inside_does_not_hang(mounts: Mounts, repo_name: str) -> None:
     publish(mounts, f"alice/{repo_name}", {"a.txt": b"a" * 1000})
     point = mounts.mount(f"alice/{repo_name}@main", "--read-only")

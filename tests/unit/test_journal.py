@@ -98,3 +98,19 @@ def test_recovery_hashes_the_staged_bytes_it_finds(tmp_path: Path) -> None:
         == hashlib.sha256(b"written after the last journal line").hexdigest()
     )
     assert "gone.bin" not in again.files
+
+
+def test_a_file_libfuse_hid_when_it_was_deleted_while_open_is_not_recovered(
+    tmp_path: Path,
+) -> None:
+    overlay = _overlay_at(tmp_path)
+    _write(overlay, "kept.bin", b"kept")
+    _write(overlay, "d.bin", b"deleted while open")
+    overlay.rename("d.bin", ".fuse_hidden0000000200000001")  # what libfuse does on unlink
+    assert overlay.pending == 1
+    hidden = overlay.files[".fuse_hidden0000000200000001"].local
+    assert hidden is not None and (overlay.staging / hidden).exists()
+    again = Overlay(overlay.view, "main", tmp_path / "state")  # the daemon died meanwhile
+    assert again.load_journal() == overlay.view.commit_id
+    assert list(again.files) == ["kept.bin"]
+    assert not (overlay.staging / hidden).exists()
