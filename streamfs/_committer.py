@@ -73,8 +73,9 @@ class Committer:
 
     def _ready(self) -> bool:
         o = self.overlay
-        return any(s.blob is not None and s.writers == 0 for s in o.files.values()) or bool(
-            o.deleted
+        return bool(o.deleted) or any(
+            s.blob is not None and s.writers == 0 and not is_fuse_hidden(p)
+            for p, s in o.files.items()
         )
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from streamfs import _overlay
 from streamfs._client import Client
+from streamfs._committer import Committer
 from streamfs._model import EMPTY_TREE, Commit, encode_tree, object_id
 from streamfs._overlay import JOURNAL, JOURNAL_LOG, Overlay
 from streamfs._view import RepoView
@@ -114,3 +115,12 @@ def test_a_file_libfuse_hid_when_it_was_deleted_while_open_is_not_recovered(
     assert again.load_journal() == overlay.view.commit_id
     assert list(again.files) == ["kept.bin"]
     assert not (overlay.staging / hidden).exists()
+
+
+def test_the_commit_timer_is_not_woken_by_a_file_libfuse_hid(tmp_path: Path) -> None:
+    overlay = _overlay_at(tmp_path)
+    _write(overlay, "d.bin", b"deleted while open")
+    timer = Committer(overlay)  # not started: only asked whether it has work
+    assert timer._ready()
+    overlay.rename("d.bin", ".fuse_hidden0000000300000001")
+    assert not timer._ready() and overlay.pending == 0
