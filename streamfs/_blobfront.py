@@ -82,17 +82,16 @@ def parse_url(url: object, prefixes: dict[str, Origin] | None = None) -> tuple[O
     ``prefixes``: the ``scheme://host:port`` spellings of URLs checked before, and their
     origins: a URL that starts with one needs only its target checked (a folder's answer is
     hundreds of URLs on one origin; urlsplit costs ~15 us each)."""
-    if isinstance(url, str) and prefixes is not None and len(url) <= MAX_URL:
-        cut = url.find("/", url.find("://") + 3)
-        origin = prefixes.get(url[:cut]) if cut > 0 else None
-        if origin is not None and _TARGET.fullmatch(url, cut) is not None:
-            return origin, url[cut:].encode("ascii")
+    if prefixes is None or not isinstance(url, str) or len(url) > MAX_URL:
+        return _parse_url(url)
+    cut = url.find("/", url.find("://") + 3)
+    plain = cut > 0 and _TARGET.fullmatch(url, cut) is not None
+    origin = prefixes.get(url[:cut]) if plain else None
+    if origin is not None:
+        return origin, url[cut:].encode("ascii")
     checked = _parse_url(url)
-    if prefixes is not None and len(prefixes) < MAX_PREFIXES:
-        assert isinstance(url, str)
-        cut = url.find("/", url.find("://") + 3)
-        if cut > 0 and _TARGET.fullmatch(url, cut) is not None:
-            prefixes[url[:cut]] = checked[0]
+    if plain and len(prefixes) < MAX_PREFIXES:
+        prefixes[url[:cut]] = checked[0]
     return checked
 
 

@@ -73,10 +73,7 @@ class Committer:
 
     def _ready(self) -> bool:
         o = self.overlay
-        return bool(o.deleted) or any(
-            s.blob is not None and s.writers == 0 and not is_fuse_hidden(p)
-            for p, s in o.files.items()
-        )
+        return bool(o.deleted) or any(_committable(p, s) for p, s in o.files.items())
 
     def stop(self) -> None:
         with self.overlay.changed:
@@ -110,11 +107,7 @@ class Committer:
     def _snapshot(self) -> _Snapshot:
         o = self.overlay
         with o._lock:
-            puts = {
-                p: Staged(**vars(s))
-                for p, s in o.files.items()
-                if s.blob is not None and s.writers == 0 and not is_fuse_hidden(p)
-            }
+            puts = {p: Staged(**vars(s)) for p, s in o.files.items() if _committable(p, s)}
             deleted = set(o.deleted)
             dirs = set(o.dirs)
             locals_ = {s.local for s in puts.values() if s.local is not None}
@@ -204,6 +197,11 @@ class Committer:
             o.deleted |= gone  # the new base has them: the next commit deletes them
             o.dirs = {d for d in o.dirs if not _exists_in(new_view, d)}
         o.save_journal()
+
+
+def _committable(path: str, staged: Staged) -> bool:
+    """Closed, hashed, and not libfuse's name for a file deleted while open."""
+    return staged.blob is not None and staged.writers == 0 and not is_fuse_hidden(path)
 
 
 def _base_files(view: RepoView, path: str) -> list[str]:

@@ -197,9 +197,8 @@ class Overlay:
         for p, item in files.items():
             check_path(p)
             if is_fuse_hidden(p):  # deleted while open, under the daemon that is gone
-                local = item.get("local")
-                if isinstance(local, str) and local and "/" not in local and local[0] != ".":
-                    (self.staging / local).unlink(missing_ok=True)
+                if item["local"] is not None:
+                    self._delete_local(item["local"])
                 continue
             staged = Staged(item["local"], item["blob"], int(item["size"]), int(item["mtime"]))
             if staged.local is not None:
