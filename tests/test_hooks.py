@@ -544,6 +544,10 @@ def test_pool_workers_read_and_hash(
     assert (root / "top.txt").read_bytes() == files["top.txt"]  # the parent's engine runs
     with multiprocessing.get_context(method).Pool(2) as pool:
         results = pool.map(_hash_file, [str(root / n) for n in names], chunksize=1)
+        # workers that leave normally finish their cache writes (a read is served before its
+        # block is written); the with block's exit would terminate them: SIGTERM, no wait
+        pool.close()
+        pool.join()
     assert [r[0] for r in results] == [hashlib.sha256(files[n]).hexdigest() for n in names]
     assert [r[1] for r in results] == [len(files[n]) for n in names]
     assert os.getpid() not in {r[2] for r in results}
