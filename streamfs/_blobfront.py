@@ -215,17 +215,17 @@ class BlobFront:
             )
         return pool
 
-    async def get_many(self, urls: Sequence[BlobUrl], sizes: Sequence[int]) -> bytearray:
-        """Whole blobs one after another (Http1Error if the front fails): pipelined, one
-        connection for each run of URLs on one origin."""
-        parts = []
+    async def get_many(self, urls: Sequence[BlobUrl], sizes: Sequence[int]) -> list[bytes]:
+        """Whole blobs, in order (Http1Error if the front fails): pipelined, one connection
+        for each run of URLs on one origin."""
+        blobs: list[bytes] = []
         for origin, run in itertools.groupby(zip(urls, sizes, strict=True), lambda p: p[0].origin):
             pairs = list(run)
             targets = [url.target for url, _ in pairs]
-            parts.append(
-                await self._pool(origin).get_many(targets, [n for _, n in pairs], self._headers)
+            blobs += await self._pool(origin).get_many(
+                targets, [n for _, n in pairs], self._headers
             )
-        return parts[0] if len(parts) == 1 else bytearray().join(parts)
+        return blobs
 
     async def get_range(self, url: BlobUrl, start: int, end: int) -> bytes | bytearray:
         """Bytes [start, end) of one blob (Http1Error if the front fails)."""

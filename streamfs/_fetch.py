@@ -258,17 +258,11 @@ class BlockFetcher:
     async def _read_batch(self, blobs: list[BlobRef]) -> dict[str, bytes]:
         """The blobs that arrived whole and match their ids (the rest are left out)."""
         first = blobs[0]
-        sizes = [b.size for b in blobs]
-        size = sum(sizes)
-        data = await self.remote.read_blobs(first.owner, first.name, [b.id for b in blobs], sizes)
-        if len(data) != size:
+        ids, sizes = [b.id for b in blobs], [b.size for b in blobs]
+        data = await self.remote.read_blobs(first.owner, first.name, ids, sizes)
+        if len(data) != len(blobs):
             return {}
-        pieces: dict[str, bytes] = {}
-        view, offset = memoryview(data), 0
-        for blob in blobs:
-            pieces[blob.id] = bytes(view[offset : offset + blob.size])
-            offset += blob.size
-        return await trio.to_thread.run_sync(_verified_whole, pieces)
+        return await trio.to_thread.run_sync(_verified_whole, dict(zip(ids, data, strict=True)))
 
     def _claim_uncached(self, blobs: list[BlobRef]) -> list[BlobRef]:
         """Those of ``blobs`` not in the cache that no other process is prefetching now,

@@ -524,26 +524,33 @@ class Remote:
         return await self._blob_bytes("GET", path, f"blob {oid[:12]}", size, headers)
 
     async def read_blobs(
-        self, owner: str, name: str, ids: Sequence[str], sizes: Sequence[int] | None = None
-    ) -> bytes | bytearray:
-        """Whole blobs, one after another in the order of ``ids`` (POST blobs/batch, or the
-        server's front), of ``sizes`` bytes if the caller knows them. Not verified."""
-        if sizes is not None and self._front is not None:
-            data = await self._blobs_from_front(owner, name, ids, sizes)
-            if data is not None:
-                return data
+        self, owner: str, name: str, ids: Sequence[str], sizes: Sequence[int]
+    ) -> list[bytes]:
+        """Whole blobs of ``sizes`` bytes, in the order of ``ids`` (POST blobs/batch, or the
+        server's front). Not verified. An answer of another length than the sizes add up
+        to gives none (the caller fetches them again, alone)."""
+        if self._front is not None:
+            blobs = await self._blobs_from_front(owner, name, ids, sizes)
+            if blobs is not None:
+                return blobs
         path = self._repo(owner, name) + "/blobs/batch"
         what = f"{len(ids)} blobs of {owner}/{name}"
         body = json.dumps({"ids": list(ids)}).encode()
         headers = {"Content-Type": "application/json"}
-        size = sum(sizes) if sizes is not None else 0
-        return await self._blob_bytes("POST", path, what, size, headers, body)
+        data = await self._blob_bytes("POST", path, what, sum(sizes), headers, body)
+        if len(data) != sum(sizes):
+            return []
+        view, offset, blobs = memoryview(data), 0, []
+        for size in sizes:
+            blobs.append(bytes(view[offset : offset + size]))
+            offset += size
+        return blobs
 
     # ------------------------------------------------------------ the blob front
 
     async def _blobs_from_front(
         self, owner: str, name: str, ids: Sequence[str], sizes: Sequence[int]
-    ) -> bytearray | None:
+    ) -> list[bytes] | None:
         """The blobs from the front (see _blobfront.py), or None: read them from the API."""
         front = self._front
         assert front is not None

@@ -186,7 +186,7 @@ def test_batches_and_ranges_through_the_remote(
             await remote.resolve("alice", repo_name, "main")  # its answer tells of the front
             small = bytes(await remote.read_blob("alice", repo_name, ids[0], 10, 1010))
             after_small = server.metrics()  # no URL yet: a small range went to the API
-            batch = bytes(await remote.read_blobs("alice", repo_name, ids, sizes))
+            batch = b"".join(await remote.read_blobs("alice", repo_name, ids, sizes))
             again = bytes(await remote.read_blob("alice", repo_name, ids[0], 10, 1010))
             return small, batch, after_small, again, server.metrics()
 

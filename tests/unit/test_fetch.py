@@ -165,10 +165,10 @@ class SmallBlobsRemote:
         self.batches: list[list[str]] = []
 
     async def read_blobs(
-        self, owner: str, name: str, ids: list[str], sizes: list[int] | None = None
-    ) -> bytes:
+        self, owner: str, name: str, ids: list[str], sizes: list[int]
+    ) -> list[bytes]:
         self.batches.append(list(ids))
-        return b"".join(self.blobs[i] for i in ids)
+        return [self.blobs[i] for i in ids]
 
 
 @pytest.mark.parametrize("claims", [True, False])

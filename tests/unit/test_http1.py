@@ -15,7 +15,7 @@ import pytest
 import trio
 import trustme
 
-from streamfs._http1 import Http1Error, Http1Pool, Http1Timeout
+from streamfs._http1 import Http1Error, Http1Pool, Http1Timeout, MiB, _Buffers
 
 pytestmark = pytest.mark.trio
 
@@ -355,8 +355,8 @@ def bodies_by_target(count: int) -> dict[bytes, bytes]:
 def pipelined(
     bodies: dict[bytes, bytes], *, close_after: int | None = None, status: bytes = b"200 OK"
 ) -> Handler:
-    """Read every request of a batch before answering any (a client that waited for each
-    answer before its next request would stall here), then answer them in one odd split."""
+    """Read every request of the first batch before answering any (a client that waited for
+    each answer before its next request would stall here), then answer them in one odd split."""
 
     async def handler(server: Server, stream: trio.abc.Stream) -> None:
         buffer = bytearray()
@@ -384,11 +384,12 @@ def pipelined(
             if close_after is not None and first:
                 await stream.aclose()
                 return
+            first = False  # later batches on this connection are answered as they come
 
     return handler
 
 
-async def test_many_gets_are_pipelined_on_one_connection_into_one_buffer() -> None:
+async def test_many_gets_are_pipelined_on_one_connection() -> None:
     bodies = bodies_by_target(6)
     async with trio.open_nursery() as nursery:
         server = await serve(nursery, pipelined(bodies))
@@ -396,7 +397,7 @@ async def test_many_gets_are_pipelined_on_one_connection_into_one_buffer() -> No
             targets = list(bodies)
             got = await p.get_many(targets, [len(bodies[t]) for t in targets], [(b"X-A", b"1")])
         nursery.cancel_scope.cancel()
-    assert got == b"".join(bodies.values())
+    assert got == list(bodies.values())
     assert server.connections == 1
     assert all(b"X-A: 1" in head.split(b"\r\n") for head in server.heads)
 
@@ -409,9 +410,41 @@ async def test_a_server_that_closes_midway_gets_the_rest_on_a_new_connection() -
             targets = list(bodies)
             got = await p.get_many(targets, [len(bodies[t]) for t in targets], [])
         nursery.cancel_scope.cancel()
-    assert got == b"".join(bodies.values())
+    assert got == list(bodies.values())
     assert server.connections == 2
     assert len(server.heads) == 7 + 4  # the four unanswered requests were sent again
+
+
+async def test_batches_reuse_one_receive_buffer_and_never_return_an_earlier_batchs_bytes() -> None:
+    small = {b"/s/%d" % i: os.urandom(500 + i) for i in range(3)}
+    every = {**bodies_by_target(5), **small}  # the first batch: the server waits for all
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, pipelined(every))
+        async with pool(server.port) as p:
+            first = await p.get_many(list(every), [len(b) for b in every.values()], [])
+            kept = p._buffers._free[:]
+            second = await p.get_many(list(small), [len(b) for b in small.values()], [])
+            with pytest.raises(Http1Error):  # a batch that fails midway gives its buffer back
+                await p.get_many(list(small), [len(b) + 1 for b in small.values()], [])
+            third = await p.get_many(list(small), [len(b) for b in small.values()], [])
+        nursery.cancel_scope.cancel()
+    assert first == list(every.values())
+    assert second == third == list(small.values())  # not the start of the first batch's bytes
+    assert len(kept) == 1 and p._buffers._free == kept  # the same buffer each time
+
+
+async def test_receive_buffers_are_whole_mebibytes_and_bounded() -> None:
+    buffers = _Buffers(keep=2, largest=4 * MiB)
+    one = buffers.take(100)
+    assert len(one) == MiB
+    buffers.give(one)
+    assert buffers.take(MiB) is one  # big enough: reused
+    buffers.give(one)
+    bigger = buffers.take(MiB + 1)  # too small: a new one (the old one is dropped)
+    assert len(bigger) == 2 * MiB and bigger is not one
+    for buffer in (bigger, bytearray(MiB), bytearray(MiB), bytearray(5 * MiB)):
+        buffers.give(buffer)
+    assert [len(b) for b in buffers._free] == [2 * MiB, MiB]  # at most two, none over 4 MiB
 
 
 @pytest.mark.parametrize("status", [b"403 Forbidden", b"206 Partial Content"])

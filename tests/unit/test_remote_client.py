@@ -196,7 +196,8 @@ async def test_blob_reads_skip_httpx_and_keep_its_headers_and_retries() -> None:
         async with Remote(url + "/prefix", token="secret", retry=policy) as remote:
             assert remote._direct is not None
             assert await remote.read_blob("alice", "data", "ab" * 32, 10, 100_010) == data
-            assert await remote.read_blobs("alice", "data", ["ab" * 32, "cd" * 32]) == data + data
+            ids, sizes = ["ab" * 32, "cd" * 32], [len(data)] * 2
+            assert await remote.read_blobs("alice", "data", ids, sizes) == [data, data]
         nursery.cancel_scope.cancel()
     first, again, batch = (head.decode().split("\r\n") for head in seen)
     assert first == again  # the 503 was retried, the same request
@@ -279,7 +280,7 @@ async def test_a_blob_read_from_a_closed_port_is_unavailable() -> None:
     with trio.fail_after(20):
         async with Remote(f"http://127.0.0.1:{port}", retry=policy) as remote:
             with pytest.raises(errors.RemoteUnavailableError, match="cannot reach the server"):
-                await remote.read_blobs("alice", "data", ["ab" * 32])
+                await remote.read_blobs("alice", "data", ["ab" * 32], [1])
 
 
 async def test_with_a_proxy_in_the_environment_blob_reads_go_through_httpx(
@@ -295,7 +296,7 @@ async def test_with_a_proxy_in_the_environment_blob_reads_go_through_httpx(
         async with Remote(url) as remote:
             assert remote._direct is None
             assert await remote.read_blob("alice", "data", "ab" * 32, 0, 1000) == data
-            assert await remote.read_blobs("alice", "data", ["ab" * 32]) == data
+            assert await remote.read_blobs("alice", "data", ["ab" * 32], [len(data)]) == [data]
         nursery.cancel_scope.cancel()
     assert [head.split(b"\r\n")[0] for head in seen] == [
         b"GET /v1/repos/alice/data/blobs/" + b"ab" * 32 + b" HTTP/1.1",
