@@ -6,17 +6,18 @@ server carries metadata only. ``Remote`` uses them this way:
 
 - A batch of whole blobs (the prefetcher's): URLs are asked for the blobs that lack one, in one
   request to the API, and the blobs are fetched by GETs pipelined on one connection to the front
-  (one write for the requests, the answers read in order straight into one buffer).
+  (one write for the requests, the answers read in order into a kept buffer).
 - A range of a blob: on the front when the blob's URL is known, or when the range is big
   (``BIG_READ``): then the URL is asked first, a round trip the blob's later ranges do not pay.
   A small range of a blob without one (a reader waiting on a small file it had no prefetch
   for) goes to the API as before, where a second round trip would double its wait.
-- A folder the sibling planner starts to prefetch has the URLs of all its small files asked
-  at once (``Remote.sign_ahead``, up to 1,000): its batches, and the files read before a batch
-  holds them, then go to the front without a round trip to the API first. (A cold epoch of
-  20,000 files in 100 folders at RTT 0: the server's CPU 10 s with no front, 5.5 s with URLs
-  asked a batch at a time, 3 s with them asked a folder at a time.) Two tasks never ask for
-  the same URL at once: the second waits for the first.
+- A folder has the URLs of all its small files asked at once (``Remote.sign_ahead``, up to
+  1,000) at its first cold open or when the sibling planner starts to prefetch it: its batches,
+  and the files read before a batch holds them, then go to the front without a round trip to
+  the API first; such a file is fetched by the reading thread itself (_directget.py). (A cold
+  epoch of 20,000 files in 100 folders at RTT 0: the server's CPU 10 s with no front, 5.5 s
+  with URLs asked a batch at a time, 3 s with them asked a folder at a time.) Two tasks never
+  ask for the same URL at once: the second waits for the first.
 - The API's bearer token never goes to the front: a URL carries its own authority.
 - Failure: an answer that is not the bytes asked (403 for a bad signature, 410 expired, 404,
   5xx), a connection that fails or stalls: the URLs involved are forgotten, the front rests for
@@ -148,6 +149,10 @@ class BlobFront:
             found.append(url)
         return found
 
+    def url_of(self, oid: str) -> BlobUrl | None:
+        """The URL kept for ``oid``, from any thread (no clock: an expired one gets a 410)."""
+        return self._urls.get(oid)
+
     def lacking(self, ids: Sequence[str]) -> list[str]:
         """Those of ``ids`` without a fresh URL that no task is asking for now."""
         now = trio.current_time()
@@ -211,7 +216,7 @@ class BlobFront:
                 max_connections=self._max_connections,
                 connect_timeout=self._connect_timeout,
                 read_timeout=self._read_timeout,
-                ssl_context=_tls() if scheme == "https" else None,
+                ssl_context=tls_context() if scheme == "https" else None,
             )
         return pool
 
@@ -241,5 +246,5 @@ class BlobFront:
             await pool.aclose()
 
 
-def _tls() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()  # the API client's trust store

@@ -96,5 +96,10 @@ class Client:
         fetcher = engine.fetcher if engine is not None else None
         return fetcher.fresh.take((blob, index)) if fetcher is not None else None
 
+    def get_direct(self, blob: str, size: int) -> bytes | None:
+        """A small blob fetched in this thread, if the running engine can (Engine.get_direct)."""
+        engine = self.running_engine
+        return engine.get_direct(blob, size) if engine is not None else None
+
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self.engine.call(fn, *args)

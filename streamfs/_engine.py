@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import trio
 
 from ._cache import BlockCache
+from ._directget import DirectGets
 from ._errors import RemoteUnavailableError
 from ._fetch import BlockFetcher
 from ._remote import Remote, RetryPolicy
@@ -53,6 +54,7 @@ class Engine:
         self._ready = threading.Event()
         self._failed: BaseException | None = None
         self.remote: Remote | None = None
+        self._direct: DirectGets | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._stop: trio.Event | None = None
@@ -76,6 +78,9 @@ class Engine:
     async def _main(self) -> None:
         remote = Remote(self.url, self._token_value, retry=self._retry)
         fetcher = BlockFetcher(remote, self.cache, claims=_worker_process())
+        retry, front = self._retry, remote.front
+        if front is not None:
+            self._direct = DirectGets(front, retry.connect_timeout, retry.read_timeout)
         try:
             async with remote, trio.open_nursery() as nursery:
                 self.remote = remote
@@ -89,6 +94,8 @@ class Engine:
                 nursery.cancel_scope.cancel()
         finally:
             fetcher.fresh.clear()  # nobody takes them now (see _fresh.held_anywhere)
+            if self._direct is not None:
+                self._direct.close()
 
     # ------------------------------------------------------------ from other threads
 
@@ -101,6 +108,30 @@ class Engine:
         if not self.alive:
             raise RemoteUnavailableError("the streamfs engine is not running")
         return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
+
+    def get_direct(self, oid: str, size: int) -> bytes | None:
+        """The verified bytes of a one-block blob, fetched in the caller's thread from the
+        blob front (see _directget.py) and handed to the loop to cache; None: fetch it
+        through the engine (no URL known, in flight there already, a failure)."""
+        direct, fetcher, token = self._direct, self.fetcher, self._trio_token
+        if direct is None or fetcher is None or token is None or not self.alive:
+            return None
+        busy = fetcher.reader_fetches
+        if oid in busy:
+            return None  # another reader's thread is fetching it
+        busy.add(oid)  # before the look at the loop's fetches: a batch then leaves it out
+        # In flight on the loop (a prefetch batch holds it): wait for it there. Fetching it
+        # here as well was faster for that reader, but readers that never wait outran the
+        # prefetcher and fetched most files one by one (1,240 against 2,000 files/s).
+        data = None if fetcher.in_flight(oid, 0) else direct.get(oid, size)
+        if data is None:
+            busy.discard(oid)
+            return None
+        try:  # before any later settle(): the loop runs these in the order they came
+            token.run_sync_soon(fetcher.adopt, oid, data)
+        except trio.RunFinishedError:  # closing: served, not cached
+            busy.discard(oid)
+        return data
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
         """Start ``fn(*args)`` in the engine's nursery; errors are logged, not raised."""

@@ -144,6 +144,13 @@ class _Parse:
         self.done = True
 
 
+def host_header(scheme: str, host: str, port: int) -> bytes:
+    """The Host header's value for an origin (its port left out when it is the default)."""
+    default = 443 if scheme == "https" else 80
+    name = f"[{host}]" if ":" in host else host
+    return (name if port == default else f"{name}:{port}").encode("ascii")
+
+
 class _Buffers:
     """Receive buffers of pipelined batches, kept for the next ones.
 
@@ -191,11 +198,7 @@ class Http1Pool:
     def __post_init__(self) -> None:
         if self.scheme not in ("http", "https"):
             raise ValueError(f"not an http(s) origin: {self.scheme}")
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self._host_header = (host if self.port == default else f"{host}:{self.port}").encode(
-            "ascii"
-        )
+        self._host_header = host_header(self.scheme, self.host, self.port)
         self._slots = trio.Semaphore(self.max_connections)
 
     async def request(
@@ -399,7 +402,7 @@ class Http1Pool:
 
     async def _pipelined_head(
         self, stream: trio.abc.Stream, pending: bytearray, timer: trio.CancelScope, stale: bool
-    ) -> _Head:
+    ) -> Head:
         """The next answer's status line and headers, taken off the front of ``pending``
         (received into as needed); what follows them stays there."""
         while (end := pending.find(b"\r\n\r\n")) < 0:
@@ -412,7 +415,7 @@ class Http1Pool:
                     raise _Stale
                 raise Http1Error("the server closed the connection in mid-answer")
             pending += data
-        head = _Head()
+        head = Head()
         head.parse(bytes(pending[: end + 4]))
         del pending[: end + 4]
         return head
@@ -467,7 +470,7 @@ def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
 
 
-class _Head:
+class Head:
     """An answer's status line and headers, parsed by httptools: a pipelined answer's body is
     framed by its Content-Length, which these answers (files from a static server) carry."""
 

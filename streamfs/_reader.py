@@ -178,6 +178,10 @@ class BlobReader:
         return data if data is not None and len(data) == end - start else None
 
     def _fetch(self, indices: list[int]) -> dict[int, bytes]:
+        if indices == [0] and 0 < self.blob.size <= BLOCK_SIZE:  # a small file: see _directget
+            data = self.client.get_direct(self.blob.id, self.blob.size)
+            if data is not None:
+                return {0: data}
         engine = self.client.engine
         try:
             return engine.call(_fetch_blocks, engine, self.blob, indices)

@@ -523,6 +523,11 @@ class Remote:
         size = 0 if end is None else end - start
         return await self._blob_bytes("GET", path, f"blob {oid[:12]}", size, headers)
 
+    @property
+    def front(self) -> BlobFront | None:
+        """The blob front's client, unless a proxy is set (see _blobfront.py)."""
+        return self._front
+
     async def read_blobs(
         self, owner: str, name: str, ids: Sequence[str], sizes: Sequence[int]
     ) -> list[bytes]:

@@ -323,9 +323,10 @@ class RepoView:
             if complete:
                 with self._plan_lock:
                     self._recalled[folder] = KNOWN
-        if picks and folder not in self._signed:
-            # The folder's URLs on the server's blob front (if it has one) in one request: its
-            # prefetch batches and the files read before them then skip a round trip to the API.
+        if (picks or missed) and folder not in self._signed:
+            # The folder's URLs on the server's blob front (if it has one) in one request, at
+            # its first cold open: its prefetch batches, and the files read before them (each
+            # a GET of the reader's own, _directget.py), then skip a round trip to the API.
             if len(self._signed) >= MAX_RECALLED:
                 self._signed.clear()
             self._signed.add(folder)

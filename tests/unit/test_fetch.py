@@ -137,7 +137,9 @@ async def test_past_the_bound_a_block_waits_for_its_write(
 
 
 @pytest.mark.trio
-async def test_a_prefetched_block_is_written_before_it_is_handed_over(cache: BlockCache) -> None:
+async def test_a_prefetched_block_a_reader_waits_for_is_served_before_its_write(
+    cache: BlockCache,
+) -> None:
     log: list[str] = []
     writes = GatedWrites(cache, log)
     fetcher = BlockFetcher(MemoryRemote(), cache)  # type: ignore[arg-type]
@@ -148,13 +150,34 @@ async def test_a_prefetched_block_is_written_before_it_is_handed_over(cache: Blo
 
     async with trio.open_nursery() as nursery:
         fetcher.nursery = nursery
-        await fetcher.prefetch(BLOB, [2])  # readahead: other processes find it once it is served
+        await fetcher.prefetch(BLOB, [2])  # readahead the reader then catches up with
         nursery.start_soon(read, 2)
         await trio.testing.wait_all_tasks_blocked()
-        assert log == []
+        assert log == ["read 2"]  # its write waits at the gate; the reader did not
+        assert not cache.contains(OID, 2)
         writes.gate.set()
-    assert log == ["written 2", "read 2"]
-    assert len(fetcher.fresh) == 0  # the reader caught up with it: not kept twice
+        await fetcher.settled()
+        assert cache.contains(OID, 2)
+    assert log == ["read 2", "written 2"]
+    assert len(fetcher.fresh) == 0  # served to its reader: not kept for another
+
+
+@pytest.mark.trio
+async def test_a_prefetched_block_nobody_waits_for_is_written_before_it_is_kept(
+    cache: BlockCache,
+) -> None:
+    log: list[str] = []
+    writes = GatedWrites(cache, log)
+    fetcher = BlockFetcher(MemoryRemote(), cache)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        await fetcher.prefetch(BLOB, [2])
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(fetcher.fresh) == 0  # not held before it is in the cache
+        writes.gate.set()
+        await fetcher.quiet()
+    assert log == ["written 2"]
+    assert cache.contains(OID, 2) and fetcher.fresh.take((OID, 2)) is not None
 
 
 class SmallBlobsRemote:
