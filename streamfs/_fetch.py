@@ -70,6 +70,7 @@ HASH_IN_THREAD = 1024 * 1024  # pieces at least this big are hashed off the loop
 BATCH_FILES = 64  # blobs in one prefetch batch ...
 BATCH_BYTES = 8 * 1024 * 1024  # ... and bytes
 EARLY_BYTES = 32 * 1024 * 1024  # served to a waiting reader before they were cached
+UNWRITTEN_BYTES = 64 * 1024 * 1024  # a prefetch batch waits while more than this awaits the writer
 
 
 class _Gauge:
@@ -250,6 +251,7 @@ class BlockFetcher:
                 self._inflight[(blob.id, 0)] = _Pending()
             if not todo:
                 return
+            await self._writes.room(UNWRITTEN_BYTES)  # fetch no faster than the cache writes
             try:
                 pieces = await self._read_batch(todo)
             except BaseException as exc:  # every claim is resolved, whatever happened
@@ -293,6 +295,10 @@ class BlockFetcher:
                 raise
             return
         await self._deliver({(blob.id, i): data for i, data in blocks.items()}, keep)
+
+    def writer_behind(self) -> bool:
+        """Whether more than UNWRITTEN_BYTES wait for the cache's writer (from any thread)."""
+        return self._writes.unwritten > UNWRITTEN_BYTES
 
     def in_flight(self, oid: str, index: int) -> bool:
         """Whether a block is being fetched now (from any thread: a dict lookup)."""

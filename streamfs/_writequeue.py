@@ -10,7 +10,12 @@ hand-off between two of them (a thread hop, and a wake-up of the loop under
 a busy interpreter lock) left the writer idle a third of the time while
 deliveries queued behind it for 1.3-1.8 s (median).
 
-State (``_queue``, ``_running``) is touched only on the loop thread. The
+Fetches can outrun the writer (a cold epoch at RTT 0 once queued 340-500 MB for it, all
+held in memory). ``unwritten`` counts the bytes queued or being written, and a
+prefetch waits for ``room`` before it fetches more (see BlockFetcher).
+
+State (``_queue``, ``_running``, ``unwritten``) is changed only on the loop thread;
+``unwritten`` is read from others too (an int, read whole). The
 writer task runs while there is something to write, in the nursery the
 owner passes in; cancelling it leaves queued deliveries unwritten and their
 writers cancelled with it (the engine closes only after the blocks it served
@@ -48,16 +53,24 @@ class WriteQueue:
         self.max_bytes = max_bytes
         self._queue: deque[_Delivery] = deque()
         self._running = False
+        self.unwritten = 0  # bytes queued or being written
+        self._written = trio.Event()  # set after each transaction, then replaced
         self.transactions = 0  # groups written so far (for tests and benchmarks)
 
     async def write(self, blocks: Blocks, nursery: trio.Nursery) -> None:
         """Return once ``blocks`` are written (or their write failed and was logged)."""
         delivery = _Delivery(blocks, sum(len(b) for b in blocks.values()))
         self._queue.append(delivery)
+        self.unwritten += delivery.size
         if not self._running:  # the writer ends when the queue is empty: a nursery can close
             self._running = True
             nursery.start_soon(self._run)
         await delivery.done.wait()
+
+    async def room(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes wait for the writer."""
+        while self.unwritten > limit:
+            await self._written.wait()
 
     def _take(self) -> list[_Delivery]:
         """The oldest queued deliveries, ``max_bytes`` of them (at least one)."""
@@ -82,6 +95,9 @@ class WriteQueue:
                 finally:
                     self.transactions += 1
                     for delivery in group:
+                        self.unwritten -= delivery.size
                         delivery.done.set()
+                    self._written.set()
+                    self._written = trio.Event()
         finally:
             self._running = False

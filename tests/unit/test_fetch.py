@@ -236,3 +236,40 @@ async def test_a_block_that_does_not_match_is_fetched_again_from_the_api(
     assert remote.fronts == [True, False]
     assert cache.get(OID, 2) == DATA[2 * BLOCK_SIZE :]
     assert "does not match its hash: fetching it again from the API" in caplog.text
+
+
+@pytest.mark.trio
+async def test_a_prefetch_batch_waits_while_the_cache_writer_is_behind(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_fetch, "BATCH_FILES", 2)
+    monkeypatch.setattr(_fetch, "UNWRITTEN_BYTES", 1000)  # less than one batch
+    data = [random.Random(i).randbytes(2000) for i in range(6)]
+    ids = [hashlib.sha256(d).hexdigest() for d in data]
+    remote = SmallBlobsRemote(dict(zip(ids, data, strict=True)))
+    writes = GatedWrites(cache, [])
+    fetcher = BlockFetcher(remote, cache, parallel_batches=1)  # type: ignore[arg-type]
+    asked, second_asks = 0, trio.Event()
+    room = fetcher._writes.room
+
+    async def counted_room(limit: int) -> None:
+        nonlocal asked
+        asked += 1
+        if asked == 2:
+            second_asks.set()
+        await room(limit)
+
+    fetcher._writes.room = counted_room  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        await fetcher.prefetch_whole([BlobRef("alice", "data", oid, 2000) for oid in ids])
+        with trio.fail_after(10):
+            await second_asks.wait()  # the first batch is fetched; the second asks for room
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(remote.batches) == 1  # its 4,000 bytes wait for the writer: no more fetched
+        assert fetcher.writer_behind()
+        writes.gate.set()
+        await fetcher.quiet()
+    assert len(remote.batches) == 3
+    assert sorted(oid for batch in remote.batches for oid in batch) == sorted(ids)
+    assert all(cache.contains(oid, 0) for oid in ids) and not fetcher.writer_behind()

@@ -94,3 +94,25 @@ async def test_the_writer_ends_when_the_queue_is_empty() -> None:
     async with trio.open_nursery() as nursery:  # and starts again in another
         await queue.write(blocks(1), nursery)
     assert put.transactions == [[("blob", 0)], [("blob", 1)]]
+
+
+async def test_room_waits_until_the_writer_has_caught_up() -> None:
+    put = GatedPutMany()
+    queue = WriteQueue(put, max_bytes=25)
+    roomy: list[int] = []
+
+    async def wait_for_room(limit: int) -> None:
+        await queue.room(limit)
+        roomy.append(queue.unwritten)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):  # 50 bytes: the first group (10) is at the gate, then two of 20
+            nursery.start_soon(queue.write, blocks(i), nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        assert queue.unwritten == 50
+        nursery.start_soon(wait_for_room, 25)
+        await trio.testing.wait_all_tasks_blocked()
+        assert roomy == []  # 50 bytes wait for the writer
+        put.gate.set()
+    assert roomy and roomy[0] <= 25
+    assert queue.unwritten == 0
