@@ -116,8 +116,8 @@ class Engine:
         direct, fetcher, token = self._direct, self.fetcher, self._trio_token
         if direct is None or fetcher is None or token is None or not self.alive:
             return None
-        if fetcher.writer_behind():  # through the engine, which waits for the writer
-            return None
+        if fetcher.writer_behind() or fetcher.cache.known(oid, 0):
+            return None  # the engine waits for the writer / reads what was written meanwhile
         busy = fetcher.reader_fetches
         if oid in busy:
             return None  # another reader's thread is fetching it

@@ -134,12 +134,23 @@ class BlockFetcher:
         self.reader_fetches: set[str] = set()
 
     async def blocks(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, bytes]:
-        """The verified bytes of the given blocks (fetching what is not in flight)."""
-        pending = self._start(blob, indices)
+        """The verified bytes of the given blocks (fetching what is not in flight).
+
+        The caller looked in the cache first, but a fetch in flight then may have been
+        written and left the in-flight table before this runs: a block this process now
+        knows is cached is read from there, not fetched again."""
         result: dict[int, bytes] = {}
+        written = [
+            i
+            for i in indices
+            if (blob.id, i) not in self._inflight and self.cache.known(blob.id, i)
+        ]
+        if written:
+            result = await trio.to_thread.run_sync(self._cached_blocks, blob, written)
+        pending = self._start(blob, [i for i in indices if i not in result])
         for waiting in pending.values():
             waiting.waited = True
-        for index in indices:
+        for index in pending:
             p = pending[index]
             await p.done.wait()
             if p.error is not None:
@@ -148,6 +159,16 @@ class BlockFetcher:
             result[index] = p.data
             self.fresh.take((blob.id, index))  # a readahead this read caught up with
         return result
+
+    def _cached_blocks(self, blob: BlobRef, indices: list[int]) -> dict[int, bytes]:
+        """Those of the given blocks that the cache holds whole (its SQLite: off the loop)."""
+        found = {}
+        for index in indices:
+            start, end = block_span(index, blob.size, BLOCK_SIZE)
+            data = self.cache.get_block(blob.id, index, 0, end - start)
+            if data is not None and len(data) == end - start:
+                found[index] = data
+        return found
 
     async def prefetch(self, blob: BlobRef, indices: Sequence[int]) -> None:
         """Fetch blocks into the cache in the background (readahead). Blocks other processes

@@ -273,3 +273,20 @@ async def test_a_prefetch_batch_waits_while_the_cache_writer_is_behind(
     assert len(remote.batches) == 3
     assert sorted(oid for batch in remote.batches for oid in batch) == sorted(ids)
     assert all(cache.contains(oid, 0) for oid in ids) and not fetcher.writer_behind()
+
+
+@pytest.mark.trio
+async def test_a_block_written_since_the_reader_looked_is_read_from_the_cache(
+    cache: BlockCache,
+) -> None:
+    remote = MemoryRemote()
+    fetcher = BlockFetcher(remote, cache)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        await fetcher.prefetch(BLOB, [2])  # a reader looks in the cache meanwhile: not there
+        await fetcher.quiet()  # ... then the readahead is written and leaves the in-flight table
+        assert await fetcher.blocks(BLOB, [1, 2]) == {
+            1: DATA[BLOCK_SIZE : 2 * BLOCK_SIZE],
+            2: DATA[2 * BLOCK_SIZE : 3 * BLOCK_SIZE],
+        }
+    assert remote.ranges == [(2 * BLOCK_SIZE, 3 * BLOCK_SIZE), (BLOCK_SIZE, 2 * BLOCK_SIZE)]
