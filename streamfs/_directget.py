@@ -21,7 +21,8 @@ errors: no URL known, the front not in use or resting, the blob already in
 flight on the engine (the reader waits for that fetch there), an answer that
 is not the whole blob (an expired URL's 410, a 403), a failed or stalled
 connection (the front then rests ``REST`` seconds here), bytes that do not
-match. Blobs being fetched here are skipped by the prefetcher's batches.
+match. Blobs being fetched here are skipped by the prefetcher's batches
+(``BlockFetcher.reader_fetches``, kept by ``Engine.get_direct``).
 
 Thread safety: any number of reader threads; one lock, held only to take or
 give back an idle connection.
@@ -38,7 +39,7 @@ import threading
 import time
 
 from ._blobfront import REST, BlobFront, Origin, tls_context
-from ._http1 import MAX_HEADER_BYTES, Head, Http1Error, host_header
+from ._http1 import Head, Http1Error, host_header, take_head
 
 log = logging.getLogger("streamfs.remote")
 
@@ -64,8 +65,6 @@ class DirectGets:
         self._lock = threading.Lock()
         self._idle: dict[Origin, list[_Connection]] = {}  # guarded by _lock
         self._resting_until = 0.0  # time.monotonic(); a float, written whole
-        # blob ids being fetched by reader threads: the prefetcher's batches leave them out
-        self.fetching: set[str] = set()
 
     def get(self, oid: str, size: int) -> bytes | None:
         """The verified bytes of the one-block blob ``oid`` of ``size`` bytes, or None."""
@@ -186,18 +185,14 @@ class _Stale(Exception):
 def _receive_head(sock: socket.socket, *, stale: bool) -> tuple[Head, bytes]:
     """An answer's head, parsed, and the bytes of its body that came with it."""
     received = bytearray()
-    while (end := received.find(b"\r\n\r\n")) < 0:
-        if len(received) > MAX_HEADER_BYTES:
-            raise Http1Error("the answer's headers are too long")
+    while (head := take_head(received)) is None:
         data = sock.recv(HEAD_READ)
         if not data:
             if stale and not received:
                 raise _Stale
             raise Http1Error("the front closed the connection in mid-answer")
         received += data
-    head = Head()
-    head.parse(bytes(received[: end + 4]))
-    return head, bytes(received[end + 4 :])
+    return head, bytes(received)
 
 
 def _close(sock: socket.socket) -> None:

@@ -199,7 +199,11 @@ class BlockFetcher:
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         self._tasks.add(1)
-        self._nursery.start_soon(self._tracked, fn, args)
+        try:
+            self._nursery.start_soon(self._tracked, fn, args)
+        except RuntimeError:  # the nursery is closing: nothing started
+            self._tasks.sub(1)
+            raise
 
     async def _tracked(self, fn: Callable[..., Awaitable[None]], args: tuple[object, ...]) -> None:
         try:
@@ -332,7 +336,6 @@ class BlockFetcher:
         try:
             self._spawn(self._write_adopted, oid, data)
         except RuntimeError:  # the engine is closing: served, not cached
-            self._tasks.sub(1)
             self.reader_fetches.discard(oid)
             return
         self._early.add(len(data))

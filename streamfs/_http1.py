@@ -405,9 +405,7 @@ class Http1Pool:
     ) -> Head:
         """The next answer's status line and headers, taken off the front of ``pending``
         (received into as needed); what follows them stays there."""
-        while (end := pending.find(b"\r\n\r\n")) < 0:
-            if len(pending) > MAX_HEADER_BYTES:
-                raise Http1Error("the answer's headers are too long")
+        while (head := take_head(pending)) is None:
             timer.deadline = trio.current_time() + self.read_timeout
             data = await stream.receive_some(HEAD_READ)
             if not data:
@@ -415,9 +413,6 @@ class Http1Pool:
                     raise _Stale
                 raise Http1Error("the server closed the connection in mid-answer")
             pending += data
-        head = Head()
-        head.parse(bytes(pending[: end + 4]))
-        del pending[: end + 4]
         return head
 
     async def aclose(self) -> None:
@@ -468,6 +463,20 @@ def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
         if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
             raise ValueError(f"a header with a line break: {name!r}")
     return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+
+
+def take_head(received: bytearray) -> Head | None:
+    """The answer head at the front of ``received``, parsed and cut off it (what follows stays);
+    None while it is incomplete. Http1Error past ``MAX_HEADER_BYTES``."""
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        if len(received) > MAX_HEADER_BYTES:
+            raise Http1Error("the answer's headers are too long")
+        return None
+    head = Head()
+    head.parse(bytes(received[: end + 4]))
+    del received[: end + 4]
+    return head
 
 
 class Head:

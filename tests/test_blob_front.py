@@ -364,6 +364,20 @@ def test_bytes_from_the_front_that_do_not_match_are_read_again_from_the_api(
         nginx.stop()
 
 
+def signed_repo(
+    server: ServerProcess, repo_name: str, files: dict[str, bytes], tmp_path: Path
+) -> streamfs.Repo:
+    """``files`` published, and a Repo (no prefetching) whose engine holds their blob URLs."""
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    repo = streamfs.Repo(
+        f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c", prefetch=False
+    )
+    engine = repo.client.engine
+    assert engine.remote is not None
+    engine.call(engine.remote.sign_ahead, "alice", repo_name, [blob_id(d) for d in files.values()])
+    return repo
+
+
 def test_a_small_file_with_a_known_url_is_one_get_of_the_readers_own_and_cached(
     front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
 ) -> None:
@@ -372,21 +386,16 @@ def test_a_small_file_with_a_known_url_is_one_get_of_the_readers_own_and_cached(
     caches it: another reader of the same cache asks nothing."""
     server, nginx = front
     files = small_files(12)
-    publish(server, f"alice/{repo_name}", files, tmp_path)
-    spec, cache = f"alice/{repo_name}@main", tmp_path / "c"
-    repo = streamfs.Repo(spec, remote=server.url, cache_dir=cache, prefetch=False)
-    engine = repo.client.engine
-    assert engine.remote is not None
-    ids = [blob_id(data) for data in files.values()]
-    engine.call(engine.remote.sign_ahead, "alice", repo_name, ids)
+    repo = signed_repo(server, repo_name, files, tmp_path)
     before = server.metrics()
     for rel, data in files.items():
         assert repo.read_bytes(rel) == data
-    engine.settle()
+    repo.client.engine.settle()
     after = server.metrics()
     assert after["blob_get_requests"] == before["blob_get_requests"]  # none from the API
     assert after.get("blob_bytes_sent", 0) == before.get("blob_bytes_sent", 0)
     assert nginx.statuses() == [200] * len(files)  # whole GETs, not the engine's ranges (206)
+    spec, cache = f"alice/{repo_name}@main", tmp_path / "c"
     again = streamfs.Repo(spec, remote=server.url, cache_dir=cache, prefetch=False)
     assert [again.read_bytes(rel) for rel in files] == list(files.values())
     assert len(nginx.statuses()) == len(files)  # all from the cache
@@ -397,13 +406,7 @@ def test_when_the_front_goes_down_a_reader_falls_back_to_the_engine(
 ) -> None:
     server, nginx = front
     files = small_files(6)
-    publish(server, f"alice/{repo_name}", files, tmp_path)
-    repo = streamfs.Repo(
-        f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c", prefetch=False
-    )
-    engine = repo.client.engine
-    assert engine.remote is not None
-    engine.call(engine.remote.sign_ahead, "alice", repo_name, [blob_id(d) for d in files.values()])
+    repo = signed_repo(server, repo_name, files, tmp_path)
     nginx.stop()  # the URLs are known, the front is gone
     before = server.metrics()
     for rel, data in files.items():
