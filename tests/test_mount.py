@@ -508,12 +508,14 @@ def test_umount_with_a_reader_inside_does_not_hang(mounts: Mounts, repo_name: st
 
 
 def _serving_threads(pid: int) -> set[int]:
-    """The daemon's threads, but trio's workers (named by trio; they come and go with the
-    cache writes they run)."""
+    """The daemon's threads but trio's workers, which come and go with the cache writes they
+    run: trio renames a worker ("Trio thread N", or its job's name while it runs one, a write
+    that may still run after the reads it served returned), the others keep the process's."""
+    own = Path(f"/proc/{pid}/comm").read_text()
     tids = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            if not (task / "comm").read_text().startswith("Trio thread"):
+            if (task / "comm").read_text() == own:
                 tids.add(int(task.name))
     return tids
 
