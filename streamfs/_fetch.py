@@ -18,7 +18,8 @@ Invariants (all state here is touched only by the loop thread, so no locks):
   a queue of prefetches: what is not in flight yet, it fetches itself. It
   leaves out what is cached, and in a worker process (``claims``) what
   another process sharing the cache is prefetching (see BlockCache.claim).
-- The loop only moves bytes. Hashing big pieces and writing the cache run in
+- The loop moves bytes and hashes small pieces (a batch's blobs, one at a time).
+  Hashing pieces of ``HASH_IN_THREAD`` or more and writing the cache run in
   worker threads, the writes through one writer (SQLite has one write lock;
   racing writers sleep in its busy handler) that takes every delivery queued
   meanwhile into one transaction (``_writequeue``).
@@ -296,7 +297,14 @@ class BlockFetcher:
         data = await self.remote.read_blobs(first.owner, first.name, ids, sizes)
         if len(data) != len(blobs):
             return {}
-        return await trio.to_thread.run_sync(_verified_whole, dict(zip(ids, data, strict=True)))
+        pieces = dict(zip(ids, data, strict=True))
+        if max(sizes) < HASH_IN_THREAD:
+            # Hashed here, like a small blob fetched alone: ~4 ms for a batch of 64, the
+            # interpreter lock let go for each blob. A worker thread for it cost more in lock
+            # hand-offs among busy readers than it freed the loop for (docs/benchmarks.md,
+            # session 31).
+            return _verified_whole(pieces)
+        return await trio.to_thread.run_sync(_verified_whole, pieces)
 
     def _claim_uncached(self, blobs: list[BlobRef]) -> list[BlobRef]:
         """Those of ``blobs`` not in the cache that no other process is prefetching now,

@@ -290,3 +290,43 @@ async def test_a_block_written_since_the_reader_looked_is_read_from_the_cache(
             2: DATA[2 * BLOCK_SIZE : 3 * BLOCK_SIZE],
         }
     assert remote.ranges == [(2 * BLOCK_SIZE, 3 * BLOCK_SIZE), (BLOCK_SIZE, 2 * BLOCK_SIZE)]
+
+
+class CorruptBatchRemote(SmallBlobsRemote):
+    """Batches serve other bytes for one blob; a fetch of it alone serves the right ones."""
+
+    def __init__(self, blobs: dict[str, bytes], bad: str) -> None:
+        super().__init__(blobs)
+        self.bad = bad
+        self.alone: list[str] = []
+
+    async def read_blobs(
+        self, owner: str, name: str, ids: list[str], sizes: list[int]
+    ) -> list[bytes]:
+        data = await super().read_blobs(owner, name, ids, sizes)
+        return [bytes(len(d)) if i == self.bad else d for i, d in zip(ids, data, strict=True)]
+
+    async def read_blob(
+        self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
+    ) -> bytes:
+        self.alone.append(oid)
+        return self.blobs[oid][start:end]
+
+
+@pytest.mark.parametrize("hash_in_thread", [1 << 40, 1000])  # on the loop; in a worker thread
+@pytest.mark.trio
+async def test_a_batch_caches_only_blobs_that_match_their_ids_and_fetches_the_rest_alone(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch, hash_in_thread: int
+) -> None:
+    monkeypatch.setattr(_fetch, "HASH_IN_THREAD", hash_in_thread)
+    data = [random.Random(i).randbytes(2000) for i in range(4)]
+    ids = [hashlib.sha256(d).hexdigest() for d in data]
+    remote = CorruptBatchRemote(dict(zip(ids, data, strict=True)), bad=ids[2])
+    fetcher = BlockFetcher(remote, cache)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = nursery
+        await fetcher.prefetch_whole([BlobRef("alice", "data", oid, 2000) for oid in ids])
+        await fetcher.quiet()
+    assert remote.batches == [ids]
+    assert remote.alone == [ids[2]]
+    assert all(cache.get(oid, 0) == d for oid, d in zip(ids, data, strict=True))
