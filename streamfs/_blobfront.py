@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import re
 import ssl
@@ -66,6 +67,7 @@ MAX_IDS = 1_000  # ids in one ``blobs/urls`` request (the server's bound)
 _PRINTABLE = re.compile(rb"[!-~]+")
 _TARGET = re.compile(r"/[!-\"$-~]*")  # a path and query of printable ASCII, no fragment ('#')
 MAX_PREFIXES = 16  # origins' spellings remembered by parse_url's callers
+SHARE_MARGIN = 60  # seconds: URLs another process shared are taken only with this much left
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -197,6 +199,15 @@ class BlobFront:
         while len(self._urls) > MAX_URLS:
             self._urls.popitem(last=False)
 
+    def export(self, ids: Sequence[str]) -> tuple[list[str], float] | None:
+        """The fresh URLs of all of ``ids``, spelled out, and the seconds they all stay
+        fresh (for another process: see pack_shared); None if any lacks one."""
+        urls = self.known(ids)
+        if not urls:
+            return None
+        left = min(url.fresh_until for url in urls) - trio.current_time()
+        return [_spelled(url) for url in urls], left
+
     def fail(self, ids: Sequence[str], why: str) -> None:
         """The front did not deliver: forget these URLs and rest a while."""
         for oid in ids:
@@ -244,6 +255,39 @@ class BlobFront:
     async def aclose(self) -> None:
         for pool in self._pools.values():
             await pool.aclose()
+
+
+def _spelled(url: BlobUrl) -> str:
+    scheme, host, port = url.origin
+    name = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{name}:{port}{url.target.decode('ascii')}"
+
+
+def pack_shared(urls: list[str], seconds: float, now: float) -> bytes:
+    """A folder's signed URLs for other processes sharing the cache (DataLoader workers),
+    fresh for ``seconds`` from ``now`` (wall-clock time: processes share no other clock)."""
+    return json.dumps({"until": now + seconds, "urls": urls}).encode()
+
+
+def unpack_shared(record: bytes, count: int, now: float) -> tuple[list[str], int] | None:
+    """The ``count`` URLs of a record pack_shared made, and the whole seconds they stay
+    fresh; None if the record is malformed, of another length, or (almost) expired. The
+    URLs are checked like the server's when remembered (BlobFront.remember)."""
+    try:
+        value = json.loads(record)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    urls, until = value.get("urls"), value.get("until")
+    if not isinstance(urls, list) or len(urls) != count or not urls:
+        return None
+    if not isinstance(until, int | float) or isinstance(until, bool):
+        return None
+    seconds = until - now
+    if not SHARE_MARGIN <= seconds <= 7 * 24 * 3600:
+        return None
+    return urls, int(seconds)
 
 
 def tls_context() -> ssl.SSLContext:

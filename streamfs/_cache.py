@@ -759,6 +759,14 @@ class BlockCache:
         except _DISK_ERRORS as exc:
             log.warning("%s not cached: %s", key, exc)
 
+    def put_expiring(self, key: str, data: bytes, seconds: float) -> None:
+        """Metadata that is not returned after ``seconds`` and that a newer value replaces
+        (signed URLs shared between processes, _view._sign_ahead)."""
+        try:
+            self._meta.set(key, bytes(data), expire=seconds)
+        except _DISK_ERRORS as exc:
+            log.warning("%s not cached: %s", key, exc)
+
     # ----------------------------------------------------------------- upkeep
 
     def stats(self) -> dict[str, int]:

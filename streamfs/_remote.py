@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import httpx
 import trio
 
 from . import _errors as errors
-from ._blobfront import BIG_READ, MAX_IDS, BlobFront
+from ._blobfront import BIG_READ, MAX_IDS, SHARE_MARGIN, BlobFront, pack_shared, unpack_shared
 from ._blobfront import HEADER as FRONT_HEADER
 from ._http1 import Answer, Http1Error, Http1Pool, Http1Timeout
 from ._model import Commit, Tree, decode_commit, decode_tree, object_id
@@ -603,6 +604,35 @@ class Remote:
         front = self._front
         if front is not None and front.usable() and ids:
             await self._ask_urls(front, owner, name, ids[:MAX_IDS])
+
+    def signs_urls(self) -> bool:
+        """Whether blob reads go to the server's front now (its URLs are worth asking)."""
+        return self._front is not None and self._front.usable()
+
+    def shared_urls(self, ids: Sequence[str]) -> tuple[bytes, float] | None:
+        """The fresh URLs this process holds for all of ``ids``, packed for other processes
+        (pack_shared), and the seconds they stay fresh; None if it lacks any."""
+        front = self._front
+        got = None if front is None else front.export(ids)
+        if got is None or got[1] <= SHARE_MARGIN:
+            return None
+        urls, seconds = got
+        return pack_shared(urls, seconds, time.time()), seconds
+
+    def adopt_urls(self, ids: Sequence[str], record: bytes) -> bool:
+        """Take the URLs of ``ids`` another process shared (shared_urls); False if the front
+        is not in use or the record will not do (then they are asked as usual)."""
+        front = self._front
+        if front is None or not front.usable():
+            return False
+        got = unpack_shared(record, len(ids), time.time())
+        if got is None:
+            return False
+        try:
+            front.remember(ids, *got)
+        except errors.RemoteError:
+            return False
+        return True
 
     async def _ask_urls(self, front: BlobFront, owner: str, name: str, ids: Sequence[str]) -> bool:
         """Signed URLs of those of ``ids`` that lack a fresh one (waiting for those another

@@ -20,6 +20,7 @@ import pytest
 import trio
 
 import streamfs
+from streamfs import _view
 from streamfs._model import BLOCK_SIZE
 from streamfs._remote import Remote
 from streamfs.server._front import sign
@@ -374,7 +375,7 @@ def signed_repo(
     )
     engine = repo.client.engine
     assert engine.remote is not None
-    engine.call(engine.remote.sign_ahead, "alice", repo_name, [blob_id(d) for d in files.values()])
+    engine.call(_view._sign_ahead, engine, "alice", repo_name, [blob_id(d) for d in files.values()])
     return repo
 
 
@@ -412,3 +413,48 @@ def test_when_the_front_goes_down_a_reader_falls_back_to_the_engine(
     for rel, data in files.items():
         assert repo.read_bytes(rel) == data
     assert server.metrics()["blob_get_requests"] == before["blob_get_requests"] + len(files)
+
+
+_SHARED_URLS_READER = """
+import sys
+import streamfs
+from streamfs import _view
+
+url, cache, name, *pairs = sys.argv[1:]
+rels, ids = zip(*(pair.split("=") for pair in pairs))
+repo = streamfs.Repo(f"alice/{name}@main", remote=url, cache_dir=cache, prefetch=False)
+engine = repo.client.engine
+engine.call(_view._sign_ahead, engine, "alice", name, list(ids))
+for rel in rels:
+    sys.stdout.buffer.write(repo.read_bytes(rel))
+engine.settle()
+"""
+
+
+def test_a_folders_urls_signed_for_one_process_serve_another_sharing_its_cache(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
+) -> None:
+    """DataLoader workers share one cache: the first to sign a folder's URLs ahead leaves
+    them there, and another process takes them instead of asking the server again; its
+    reads are GETs of the front (no blob bytes from the API)."""
+    server, nginx = front
+    files = small_files(10)
+    signed_repo(server, repo_name, files, tmp_path)  # this process asks for the folder's URLs
+    signed = server.metrics()["blob_urls_signed"]
+    assert signed >= len(files)
+    before = server.metrics()
+    rels = list(files)
+    pairs = [f"{rel}={blob_id(data)}" for rel, data in files.items()]
+    cache = str(tmp_path / "c")
+    got = subprocess.run(
+        [sys.executable, "-c", _SHARED_URLS_READER, server.url, cache, repo_name, *pairs],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert got.stdout == b"".join(files[rel] for rel in rels)
+    after = server.metrics()
+    assert after["blob_urls_signed"] == signed  # taken from the cache, not asked again
+    assert after["blob_get_requests"] == before["blob_get_requests"]
+    assert after.get("blob_bytes_sent", 0) == before.get("blob_bytes_sent", 0)
+    assert nginx.statuses()[-len(files) :] == [200] * len(files)

@@ -8,7 +8,16 @@ import pytest
 import trio
 import trio.testing
 
-from streamfs._blobfront import MAX_ORIGINS, MAX_URLS, BlobFront, Origin, parse_url
+from streamfs._blobfront import (
+    MAX_ORIGINS,
+    MAX_URLS,
+    SHARE_MARGIN,
+    BlobFront,
+    Origin,
+    pack_shared,
+    parse_url,
+    unpack_shared,
+)
 from streamfs._errors import RemoteError
 
 
@@ -128,3 +137,44 @@ def test_a_front_is_used_only_once_the_server_said_it_has_one_and_rests_after_a_
         assert front.usable()
 
     run(main)
+
+
+def test_urls_shared_with_another_process_come_back_as_spelled_and_with_the_time_left() -> None:
+    async def main() -> None:
+        front = BlobFront(1.0, 1.0, 4)
+        ids = [f"{i:064x}" for i in range(3)]
+        urls = [f"http://h/b/{oid}?md5=x&expires=9" for oid in ids] + ["http://[::1]:81/b/c"]
+        front.remember([*ids, "c" * 64], urls, 1000)
+        await trio.sleep(100)
+        exported = front.export([*ids, "c" * 64])
+        assert exported is not None
+        spelled, left = exported
+        assert left == pytest.approx(800)  # kept for 90 % of the lifetime, 100 s gone
+        other = BlobFront(1.0, 1.0, 4)  # another process
+        got = unpack_shared(pack_shared(spelled, left, 5_000.0), 4, 5_010.0)
+        assert got == (spelled, 790)
+        other.remember([*ids, "c" * 64], *got)
+        theirs, ours = other.known([*ids, "c" * 64]), front.known([*ids, "c" * 64])
+        assert theirs is not None and ours is not None
+        assert [(u.origin, u.target) for u in theirs] == [(u.origin, u.target) for u in ours]
+        assert front.export([*ids, "d" * 64]) is None  # one lacks a URL
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("record", "count"),
+    [
+        (b"not json", 1),
+        (b"[]", 1),
+        (b'{"until": 10000, "urls": ["http://h/a"]}', 2),  # not as many as asked
+        (b'{"until": 10000, "urls": []}', 0),
+        (b'{"until": true, "urls": ["http://h/a"]}', 1),
+        (b'{"until": "10000", "urls": ["http://h/a"]}', 1),
+        (b'{"urls": ["http://h/a"]}', 1),
+        (b'{"until": %d, "urls": ["http://h/a"]}' % (1000 + SHARE_MARGIN - 1), 1),  # nearly gone
+        (b'{"until": 1e12, "urls": ["http://h/a"]}', 1),  # beyond any URL's lifetime
+    ],
+)
+def test_a_shared_record_that_will_not_do_is_ignored(record: bytes, count: int) -> None:
+    assert unpack_shared(record, count, 1000.0) is None
