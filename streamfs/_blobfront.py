@@ -53,7 +53,7 @@ import httpx
 import trio
 
 from ._errors import RemoteError
-from ._http1 import Http1Error, Http1Pool
+from ._http1 import Http1Error, Http1Pool, host_header
 
 log = logging.getLogger("streamfs.remote")
 
@@ -259,8 +259,7 @@ class BlobFront:
 
 def _spelled(url: BlobUrl) -> str:
     scheme, host, port = url.origin
-    name = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{name}:{port}{url.target.decode('ascii')}"
+    return f"{scheme}://{host_header(scheme, host, port).decode()}{url.target.decode()}"
 
 
 def pack_shared(urls: list[str], seconds: float, now: float) -> bytes:

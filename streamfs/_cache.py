@@ -753,17 +753,15 @@ class BlockCache:
             return None
         return value if isinstance(value, bytes) else None
 
-    def put_meta(self, key: str, data: bytes) -> None:
+    def put_meta(self, key: str, data: bytes, expire: float | None = None) -> None:
+        """An immutable object by key (the first one stored stays); with ``expire``, a value
+        not returned after that many seconds, which a newer one replaces (signed URLs shared
+        between processes, _view._sign_ahead)."""
         try:
-            self._meta.add(key, bytes(data))
-        except _DISK_ERRORS as exc:
-            log.warning("%s not cached: %s", key, exc)
-
-    def put_expiring(self, key: str, data: bytes, seconds: float) -> None:
-        """Metadata that is not returned after ``seconds`` and that a newer value replaces
-        (signed URLs shared between processes, _view._sign_ahead)."""
-        try:
-            self._meta.set(key, bytes(data), expire=seconds)
+            if expire is None:
+                self._meta.add(key, bytes(data))
+            else:
+                self._meta.set(key, bytes(data), expire=expire)
         except _DISK_ERRORS as exc:
             log.warning("%s not cached: %s", key, exc)
 

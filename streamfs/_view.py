@@ -397,7 +397,7 @@ async def _sign_ahead(engine: Engine, owner: str, name: str, ids: list[str]) -> 
     shared = remote.shared_urls(ids)
     if shared is not None:
         packed, seconds = shared
-        await trio.to_thread.run_sync(engine.cache.put_expiring, key, packed, seconds)
+        await trio.to_thread.run_sync(engine.cache.put_meta, key, packed, seconds)
 
 
 async def _prefetch_whole(
