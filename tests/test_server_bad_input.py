@@ -965,6 +965,37 @@ def test_a_request_head_over_64_kib_is_400_and_the_server_carries_on(
     assert just_under.status_code == 200
 
 
+def test_the_400_for_a_head_over_64_kib_reaches_a_client_that_is_still_sending(
+    srv: ServerProcess, repo: Repo
+) -> None:
+    # Half a megabyte follows the oversized head in the same write: a server that closed with
+    # those bytes unread would reset the connection before the client could read its answer.
+    headers = {f"X-Pad-{i}": "v" * 1000 for i in range(70)}
+    for _ in range(3):
+        response = raw(srv, "GET", f"/v1{repo.path}", headers, body=b"\0" * (512 * 1024))
+        assert response.status_code == 400
+    assert call(srv, "GET", repo.path).status_code == 200
+
+
+def test_a_client_that_goes_on_sending_after_the_400_is_cut_off(
+    srv: ServerProcess, repo: Repo
+) -> None:
+    address = urlsplit(srv.url)
+    assert address.hostname is not None and address.port is not None
+    head = b"GET /v1%s HTTP/1.1\r\n%s\r\n" % (
+        repo.path.encode(),
+        b"".join(b"X-Pad-%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)),
+    )
+    sent = 0
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(head)
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            while sent < 64 * 1024 * 1024:
+                sent += sock.send(b"\0" * 65536)
+    assert sent < 64 * 1024 * 1024  # the server read some of it, then hung up
+    assert call(srv, "GET", repo.path).status_code == 200
+
+
 def test_unknown_routes_are_404_json(srv: ServerProcess, repo: Repo) -> None:
     for target in [
         "/",

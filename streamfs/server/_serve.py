@@ -26,6 +26,8 @@ from ._store import RepoStore
 log = logging.getLogger("streamfs.server")
 
 MAX_HEAD = 64 * 1024  # bytes of a request's target and headers; past it, 400 and the end
+LINGER_SECONDS = 2.0  # after a 400 for a bad head, what the client still sends is read this long
+LINGER_BYTES = 1024 * 1024  # ... and up to this much of it; past either, the connection is cut
 GRACEFUL_SECONDS = 5  # on SIGTERM or SIGINT, requests in flight get this long to finish
 
 
@@ -34,9 +36,19 @@ class HeadTooLarge(Exception):
 
 
 class _BoundedHttpTools(HttpToolsProtocol):
-    """Uvicorn's httptools protocol with a bound on the request head (URL and headers)."""
+    """Uvicorn's httptools protocol with a bound on the request head (URL and headers), and a
+    lingering close after a 400 for a head it could not take.
+
+    Uvicorn answers an unparsable head with a 400 and closes at once. When the client is still
+    sending (the rest of an oversized head, a body), the unread bytes make the kernel reset the
+    connection, and a reset can reach the client before it has read the 400: it sees only
+    "connection reset". So the answer is followed by a FIN (``write_eof``), and the client's
+    remaining bytes are read and dropped until it closes its side, for at most
+    ``LINGER_SECONDS`` and ``LINGER_BYTES`` (what nginx's ``lingering_close`` does).
+    """
 
     _head_bytes = 0
+    _linger_left: int | None = None  # bytes still taken while lingering; None: not lingering
 
     def on_message_begin(self) -> None:
         self._head_bytes = 0
@@ -54,6 +66,33 @@ class _BoundedHttpTools(HttpToolsProtocol):
         self._head_bytes += n
         if self._head_bytes > MAX_HEAD:  # the parser turns this into a 400 and a closed connection
             raise HeadTooLarge(f"request head over {MAX_HEAD} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        body = msg.encode("ascii")
+        head += [
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._linger_left = LINGER_BYTES
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger_left is None:
+            super().data_received(data)
+            return
+        self._linger_left -= len(data)
+        if self._linger_left < 0:
+            self.transport.close()
+        # The client's end of file closes the transport (eof_received returns None).
 
 
 class _Server(uvicorn.Server):
