@@ -249,6 +249,13 @@ def epoch_metrics(result: dict[str, Any], rss: float, fetched: int | None = None
     }
     if len(passes) > 1:  # warm: the median of the passes after the first (short, so noisy)
         out["epoch2_files_s"] = statistics.median(p["files"] / p["elapsed"] for p in passes[1:])
+    local = result.get("local_passes")
+    if local:  # local disk's warm epochs, each read just before one of these (same order)
+        rates = [p["files"] / p["elapsed"] for p in local]
+        out["epoch2_local_files_s"] = statistics.median(rates)
+        out["epoch2_vs_local"] = statistics.median(
+            p["files"] / p["elapsed"] / rate for p, rate in zip(passes[1:], rates, strict=True)
+        )
     return out
 
 
@@ -328,18 +335,20 @@ def w_epoch(ctx: Run, run: int, workload: str = "epoch", procs: int = 0) -> None
         "seed": run,
     }
     spec = "bench/small@v1"
+    # streamfs's warm epochs alternate with local disk's, in the same process (epoch_metrics)
+    paired = {**common, "local_root": str(ctx.sets.root / "small")}
 
     def mount() -> dict[str, Any]:
         with sf_mount(ctx, spec) as m:
-            r = worker("fs_epochs", root=str(m.point), **common)
+            r = worker("fs_epochs", root=str(m.point), **paired)
             return epoch_metrics(r, m.rss_mb())
 
     def api() -> dict[str, Any]:
-        r = client_worker(ctx, "api_epochs", spec, **common)
+        r = client_worker(ctx, "api_epochs", spec, **paired)
         return epoch_metrics(r, r["rss_mb"])
 
     def hooks() -> dict[str, Any]:
-        r = hooks_worker(ctx, "hooks_epochs", spec, **common)
+        r = hooks_worker(ctx, "hooks_epochs", spec, **paired)
         return epoch_metrics(r, r["rss_mb"])
 
     def download(fn: str) -> Callable[[], dict[str, Any]]:

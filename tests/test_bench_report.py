@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -104,3 +105,86 @@ def test_the_reader_processes_targets_compare_within_their_own_workload(
     assert lines[0] == f"#### {report.TITLES['loader']}"
     (api_line,) = [line for line in lines if line.startswith(f"| {report.API} |")]
     assert "| 0.30x |" in api_line
+
+
+def test_a_warm_epoch_paired_with_local_disk_in_its_worker_is_the_ratio_used(
+    report: ModuleType,
+) -> None:
+    # local disk's own row was fast in its own minutes (0.5x); the epochs read between the
+    # API's warm epochs say 0.7x, and that is the figure
+    records = [
+        {
+            "rtt_ms": 0.0,
+            "workload": "epoch",
+            "system": report.LOCAL,
+            "run": 0,
+            "epoch2_files_s": 2000.0,
+        },
+        {
+            "rtt_ms": 0.0,
+            "workload": "epoch",
+            "system": report.API,
+            "run": 0,
+            "epoch2_files_s": 1000.0,
+            "epoch2_local_files_s": 1400.0,
+            report.PAIRED_LOCAL: 0.7,
+        },
+        {
+            "rtt_ms": 0.0,
+            "workload": "epoch",
+            "system": report.HOOKS,
+            "run": 0,
+            "epoch2_files_s": 1100.0,
+        },
+    ]
+    summary = report.summarize(records)
+    rows = report.evaluate(summary, records)
+    api = _row(rows, "epoch 2 files/s >= 0.6x local disk", report.API)
+    hooks = _row(rows, "epoch 2 files/s >= 0.6x local disk", report.HOOKS)
+    assert (api["measured"], api["result"]) == (pytest.approx(0.7), "PASS")
+    assert (hooks["measured"], hooks["result"]) == (pytest.approx(0.55), "MISS")  # no pairs
+    lines = report.workload_table(summary, 0.0, "epoch", report.by_run(records))
+    (api_line,) = [line for line in lines if line.startswith(f"| {report.API} |")]
+    assert "| 0.70x |" in api_line and "| 1,400 |" in api_line and "0.50x" not in api_line
+
+
+@pytest.fixture(scope="module")
+def workers() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_workers.py"
+    spec = importlib.util.spec_from_file_location("bench_workers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_warm_epoch_follows_one_over_local_disk_in_the_same_order(
+    workers: ModuleType, tmp_path: Path
+) -> None:
+    names = [f"d/f{i:02}" for i in range(40)]
+    (tmp_path / "d").mkdir()
+    for name in names:
+        (tmp_path / name).write_bytes(b"x" * 3)
+    local = [str(tmp_path / n) for n in names]
+    log: list[str] = []
+
+    def read(path: str) -> int:
+        log.append(path)
+        return 5
+
+    result = workers._epochs(read, names, 1, 3, seed=7, local_paths=local)
+    assert [p["bytes"] for p in result["passes"]] == [200, 200, 200]
+    assert [p["bytes"] for p in result["local_passes"]] == [120, 120]  # read from disk
+    epochs = [log[:40], log[40:80], log[80:]]
+    assert all(sorted(e) == names for e in epochs) and epochs[0] != epochs[1] != epochs[2]
+
+    def epoch(fn: Any, order: list[str]) -> dict[str, Any]:
+        if fn is workers._read_local:
+            return {"local": True, "order": [os.path.relpath(p, tmp_path) for p in order]}
+        return {"local": False, "order": order}
+
+    seen = workers._run_passes(epoch, read, names, local, 3, 7)
+    passes, between = seen["passes"], seen["local_passes"]
+    assert [p["local"] for p in passes + between] == [False] * 3 + [True] * 2
+    assert [p["order"] for p in between] == [p["order"] for p in passes[1:]]
+    assert "local_passes" not in workers._epochs(read, names, 1, 2, seed=7)
