@@ -39,6 +39,15 @@ Invariants and choices:
   on SQLite's single writer lock. Training reads every block once an epoch,
   so once a dataset exceeds the cache LRU and FIFO evict alike; the cost of
   FIFO is re-fetching, once per cache turnover, a block that stayed hot.
+- **Spent prefetches go first.** A small file prefetched for a shuffled epoch
+  waits in the cache for a reader who may come late in the epoch; with a
+  cache smaller than the data, plain store order evicted many before their
+  reader came, and they were fetched twice. Once one is read, the reader
+  marks it spent (``spent``; the mark is written with the next batch that
+  is stored) and its store time moves back by ``SPENT_SHIFT``: eviction
+  takes spent blocks first, in their own order, then the rest. A prefetch
+  window is at most half the cache (_view.py), so what waits for a reader
+  is not evicted while spent blocks are there to go.
 - **Hit and miss counts** are kept in memory per process and added to
   shared counters (diskcache ``incr``, atomic across processes) at most once
   a second and on ``stats()``, ``close()`` and exit, for the same reason:
@@ -61,6 +70,7 @@ Invariants and choices:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -95,6 +105,9 @@ RECALL_LIMIT = 4096  # blocks one recall looks up (a bigger folder is recalled i
 RECALL_CHUNK = 500  # keys a query: SQLite allowed 999 variables before 3.32
 STATS_FLUSH_SECONDS = 1.0
 CLAIM_SECONDS = 60.0  # a prefetch claim lasts this long (a batch lands in well under that)
+SPENT_SHIFT = 1e9  # seconds a spent block's store time moves back (to before 2002: evicted first)
+SPENT_LIMIT = 8192  # spent blocks waiting for the next write to mark them; older ones are dropped
+SPENT_TRIES = 4  # writes a spent block not cached yet (its reader's own fetch) is looked for in
 
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4, "p": 1024**5}
 _SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(?:i?b)?|b)?", re.IGNORECASE)
@@ -358,6 +371,24 @@ def _add_many(cache: diskcache.Cache, values: dict[str, bytes]) -> None:
         raise
 
 
+def _mark_spent(cache: diskcache.Cache, keys: list[str]) -> set[str]:
+    """Move the store time of these blocks (the cached ones not moved yet) SPENT_SHIFT back, in
+    the caller's transaction: least-recently-stored eviction then takes them before any block
+    stored since 2001, and in their own store order. Returns the keys found in the cache."""
+    query = "SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})"
+    found = {key for (key,) in _rows_for_keys(cache, query, keys)}
+    update = (
+        "UPDATE Cache SET store_time = store_time - ?"
+        " WHERE store_time > ? AND raw = 1 AND key IN ({marks})"
+    )
+    present = list(found)
+    for start in range(0, len(present), RECALL_CHUNK):
+        chunk = present[start : start + RECALL_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        cache._con.execute(update.format(marks=marks), (SPENT_SHIFT, SPENT_SHIFT, *chunk))
+    return found
+
+
 class _PerOsThread:
     """Where diskcache keeps its SQLite connection for a thread, for threads Python did not start.
 
@@ -566,6 +597,8 @@ class BlockCache:
         # a block small enough to be kept in SQLite itself (known to be cached, read from there)
         self._where: dict[str, str] = {}
         self._blocks._cache.disk.remember = self._remember
+        # (block key, writes it was looked for in) of blocks read and not yet marked spent
+        self._spent: collections.deque[tuple[str, int]] = collections.deque(maxlen=SPENT_LIMIT)
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
 
     def _open(self, name: str, limit: int, eviction_policy: str = EVICTION_POLICY) -> Any:
@@ -704,13 +737,30 @@ class BlockCache:
         guard.enter()
         try:
             cache = self._blocks._cache
+            spent = self._take_spent()
             with cache.transact(retry=True):
                 _add_many(cache, {_block_key(b, i): data for (b, i), data in blocks.items()})
+                found = _mark_spent(cache, [key for key, _ in spent])
             cache.cull(retry=True)
+            # a block read before it was stored (fetched by its reader, written after this)
+            self._spent.extend(
+                (k, n + 1) for k, n in spent if k not in found and n + 1 < SPENT_TRIES
+            )
         except _DISK_ERRORS as exc:
             log.warning("%d blocks not cached: %s", len(blocks), exc)
         finally:
             guard.leave()
+
+    def spent(self, blobs: Iterable[str]) -> None:
+        """Small blobs that were prefetched and have now been read: they go first when the
+        cache evicts, before blocks still waiting for their reader. Marked in the next
+        ``put_many`` (a write transaction anyway); a process that writes nothing more leaves
+        them in plain store order, which is only what they had before."""
+        self._spent.extend((_block_key(b, 0), 0) for b in blobs)
+
+    def _take_spent(self) -> list[tuple[str, int]]:
+        spent = self._spent
+        return [spent.popleft() for _ in range(len(spent))]
 
     def contains(self, blob: str, index: int) -> bool:
         """Whether a block is cached (not counted as a hit or a miss)."""

@@ -110,6 +110,7 @@ class SiblingPlanner:
         self.outstanding_bytes = 0
         self.opened_bytes = 0
         self.useful_bytes = 0  # opened after being prefetched
+        self._opened: list[str] = []  # small files opened since take_opened, in passes that missed
 
     def allowance(self) -> int:
         """How many bytes may be prefetched and not yet opened, now."""
@@ -142,10 +143,20 @@ class SiblingPlanner:
             self.useful_bytes += entry.size
         state.opened.add(entry.name)
         state.missed = state.missed or missed
+        if state.missed:  # a pass that fetches: what it read may go before what it prefetched
+            self._opened.append(entry.id)
         if not state.active and state.missed and len(state.opened) >= 2:
             state.active = True
             self._active.append(folder)
         return self._pick()
+
+    def take_opened(self) -> list[str]:
+        """The ids of the small files opened since the last call in folders whose current
+        pass missed the cache (a warm pass has nothing waiting to protect). They have been
+        read, so the cache may evict them before the prefetched files that still wait for
+        their reader (BlockCache.spent): in a shuffled epoch each is read once."""
+        opened, self._opened = self._opened, []
+        return opened
 
     def pass_number(self, folder: str) -> int:
         """Which pass over ``folder`` this is: 0 for the first (or a folder not seen)."""

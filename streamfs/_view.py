@@ -307,12 +307,15 @@ class RepoView:
             return
         with self._plan_lock:
             picks = self._planner.on_open(folder, siblings, entry, missed)
+            spent = self._planner.take_opened()
             planned = self._planner.pass_number
             recall = not missed and self._recalled.get(folder) not in (planned(folder), KNOWN)
             if recall:
                 if len(self._recalled) >= MAX_RECALLED:
                     self._recalled.clear()
                 self._recalled[folder] = planned(folder)
+        if spent:  # evicted before what still waits for its reader (BlockCache.spent)
+            self.client.cache.spent(spent)
         if recall:
             # A cached file of a folder this process has not read from in this pass: others
             # (DataLoader workers, an earlier run) cached it, likely its siblings too. Where

@@ -467,6 +467,47 @@ def test_eviction_after_many_blocks_in_one_transaction(tmp_path: Path) -> None:
         assert cache.stats()["size"] <= limit
 
 
+def test_spent_prefetches_are_evicted_before_blocks_still_waiting_for_a_reader(
+    tmp_path: Path,
+) -> None:
+    blobs = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(31)]
+
+    def store(first: int, end: int) -> None:
+        cache.put_many({(b, 0): pattern(i, MiB) for i, b in enumerate(blobs[first:end])})
+
+    with BlockCache(tmp_path / "c", 32 * MiB) as cache:  # 30 MiB for blocks
+        store(0, 8)  # these wait for their readers
+        store(8, 20)
+        cache.spent(blobs[8:20])  # these were read
+        cache.spent(blobs[8:9])  # read again: marked once, keeps its place
+        store(20, 28)
+        store(28, 31)  # 31 MiB: diskcache evicts 10 blocks at a time
+        assert cache.stats()["size"] <= 32 * MiB
+        kept = [cache.contains(b, 0) for b in blobs]
+        assert all(kept[:8])  # stored first, never read: kept
+        gone = kept[8:20].count(False)
+        assert gone and kept[8:20] == [False] * gone + [True] * (12 - gone)  # in their order
+        assert all(kept[20:])
+
+
+def test_a_block_read_before_it_was_stored_is_marked_spent_by_a_later_write(
+    tmp_path: Path,
+) -> None:
+    blobs = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(31)]
+
+    def store(first: int, end: int) -> None:
+        cache.put_many({(b, 0): pattern(i, MiB) for i, b in enumerate(blobs[first:end])})
+
+    with BlockCache(tmp_path / "c", 32 * MiB) as cache:
+        store(0, 8)  # these wait for their readers
+        cache.spent(blobs[8:20])  # read by readers who fetch them themselves ...
+        store(20, 22)  # ... while other writes go first
+        store(8, 20)  # ... and then they are stored
+        store(22, 31)  # 31 MiB
+        kept = [cache.contains(b, 0) for b in blobs]
+        assert all(kept[:8]) and not all(kept[8:20]) and all(kept[20:])
+
+
 def test_pickles_as_its_directory_and_limit(cache: BlockCache) -> None:
     cache.put(BLOB, 0, b"p" * 40_000)
     with pickle.loads(pickle.dumps(cache)) as copy:

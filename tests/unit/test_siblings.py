@@ -256,3 +256,23 @@ def test_a_cached_file_of_an_active_folder_counts_as_useful() -> None:
     other = next(e for e in files[2:] if e not in picks)
     planner.on_open("a", files, other, missed=False)  # another process's prefetch saved it
     assert planner.useful_bytes == other.size
+
+
+def test_each_small_file_opened_is_handed_out_once_to_be_evicted_first() -> None:
+    planner = SiblingPlanner(small=1 << 20, base=1 << 20, cap=1 << 40)
+    files = folder("a", [100 * KiB] * 20 + [2 << 20])
+    order = random.Random(3).sample(files[:20], 20)
+    planner.on_open("a", files, order[0], missed=False)  # before the pass's first miss
+    for i, f in enumerate(order[1:]):
+        planner.on_open("a", files, f, missed=i % 2 == 0)  # prefetched or not, cached or not
+    planner.on_open("a", files, files[20])  # a big file: its blocks are not the planner's
+    assert planner.take_opened() == [f.id for f in order[1:]]
+    assert planner.take_opened() == []
+
+
+def test_a_warm_pass_hands_out_nothing() -> None:
+    planner = SiblingPlanner(small=1 << 20, base=1 << 20, cap=1 << 40)
+    files = folder("a", [100 * KiB] * 20)
+    for f in random.Random(3).sample(files, 20):
+        planner.on_open("a", files, f, missed=False)
+    assert planner.take_opened() == []
