@@ -39,15 +39,17 @@ Invariants and choices:
   on SQLite's single writer lock. Training reads every block once an epoch,
   so once a dataset exceeds the cache LRU and FIFO evict alike; the cost of
   FIFO is re-fetching, once per cache turnover, a block that stayed hot.
-- **Spent prefetches go first.** A small file prefetched for a shuffled epoch
-  waits in the cache for a reader who may come late in the epoch; with a
-  cache smaller than the data, plain store order evicted many before their
-  reader came, and they were fetched twice. Once one is read, the reader
-  marks it spent (``spent``; the mark is written with the next batch that
-  is stored) and its store time moves back by ``SPENT_SHIFT``: eviction
-  takes spent blocks first, in their own order, then the rest. A prefetch
-  window is at most half the cache (_view.py), so what waits for a reader
-  is not evicted while spent blocks are there to go.
+- **Read files go before prefetched ones.** A small file prefetched for a
+  shuffled epoch waits in the cache for a reader who may come late in the
+  epoch; with a cache smaller than the data, plain store order evicted many
+  before their reader came, and they were fetched twice. The small files
+  read in a pass that fetches (prefetched or not) are marked spent
+  (``spent``; the mark is written with the next batch that is stored, and
+  looked for again in later ones if its block was not stored yet) and their
+  store time moves back by ``SPENT_SHIFT``: eviction takes spent blocks
+  first, in their own order, then the rest. The prefetch windows of all the
+  processes of a cache share half of it (``sharers``, _view.py), so what
+  waits for a reader is not evicted while spent blocks are there to go.
 - **Hit and miss counts** are kept in memory per process and added to
   shared counters (diskcache ``incr``, atomic across processes) at most once
   a second and on ``stats()``, ``close()`` and exit, for the same reason:
@@ -62,7 +64,9 @@ Invariants and choices:
   into this one cache, and their plans overlap. A batch of small blobs
   claims them first (``claim``: a diskcache ``add`` with an expiry, atomic
   across processes), so two workers never fetch one blob at once; a claim
-  left by a process that died expires after ``CLAIM_SECONDS``.
+  left by a process that died expires after ``CLAIM_SECONDS``. Claiming
+  processes also count each other (``sharers``: a row each, renewed every
+  few seconds) so that their prefetch windows share the cache's room.
 - **Best effort.** A block the disk refuses (full, locked too long) is not
   cached; the read that fetched it still succeeds. Nothing here raises on
   a failed put.
@@ -757,10 +761,10 @@ class BlockCache:
             guard.leave()
 
     def spent(self, blobs: Iterable[str]) -> None:
-        """Small blobs that were prefetched and have now been read: they go first when the
-        cache evicts, before blocks still waiting for their reader. Marked in the next
-        ``put_many`` (a write transaction anyway); a process that writes nothing more leaves
-        them in plain store order, which is only what they had before."""
+        """Small blobs that have been read: they go first when the cache evicts, before
+        blocks still waiting for their reader. Marked in the next ``put_many`` (a write
+        transaction anyway; one not stored yet is looked for in up to SPENT_TRIES of them); a
+        process that writes nothing more leaves them in plain store order, as before."""
         self._spent.extend((_block_key(b, 0), 0) for b in blobs)
 
     def _take_spent(self) -> list[tuple[str, int]]:

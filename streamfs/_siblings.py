@@ -48,6 +48,10 @@ The policy, per view of a commit:
   Without these two, each planner's window filled with files the other
   workers opened, and 8 workers made 0.45 requests of one blob a file
   against 0.20 for 8 threads (docs/benchmarks.md, sessions 17-18).
+- **Read before waiting.** The small files opened in a pass that missed the
+  cache are handed out (``take_opened``) for the cache to evict first: with a
+  cache smaller than the data, prefetched files waiting for their reader
+  were evicted before it came and fetched twice (BlockCache.spent).
 - **Batches.** The window is topped up once ``refill`` bytes of it (or half)
   are free, so picks come many at a time and travel in few requests.
 - Only files of at most ``small`` bytes are prefetched (one block; big files
