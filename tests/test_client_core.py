@@ -438,6 +438,34 @@ def test_a_process_reading_a_folder_that_another_cached_looks_it_up_in_one_query
     assert len(statements) == 2, statements
 
 
+def test_a_cache_smaller_than_the_data_fetches_each_file_of_an_epoch_once(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    # A shuffled epoch over 16 MB through a 4 MB cache: prefetched files wait in the cache for
+    # their readers while the files read pile up behind them. Store order alone evicted
+    # waiting files, which were then fetched again.
+    rng = random.Random(11)
+    files = {f"train/{i % 4}/img{i:03d}.jpg": rng.randbytes(40_000) for i in range(400)}
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=4_000_000)
+    order = list(files)
+    rng.shuffle(order)
+    before = server.metrics()
+    assert repo.read_bytes(order[0]) == files[order[0]]
+    fetcher = repo.client.engine.fetcher
+    assert fetcher is not None
+    fetcher.fresh.max_bytes = 0  # no prefetched copies in memory: they would hide the cache's part
+    for path in order[1:]:
+        assert repo.read_bytes(path) == files[path]
+        wait_for_prefetches(repo)
+    after = server.metrics()
+    assert after["blob_batch_blobs"] > before["blob_batch_blobs"]  # prefetching took part
+    sent = after["blob_bytes_sent"] - before["blob_bytes_sent"]
+    assert sent == sum(len(d) for d in files.values())  # every file once
+    assert repo.client.cache.stats()["size"] <= 4_000_000
+
+
 def test_a_cached_folder_plans_no_prefetch_and_an_evicted_one_is_refilled(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:
