@@ -344,6 +344,12 @@ COLUMNS: dict[str, list[tuple[str, str, str | None]]] = {
         *[c for c in EPOCH_COLUMNS if c[0] != "rss_mb"],
         ("rss_mb", "peak RSS (MB), largest process", None),
     ],
+    "smallcache": [
+        ("epoch1_files_s", "epoch 1 files/s", None),
+        ("epoch1_MBps", "epoch 1 MB/s", None),
+        ("fetched_ratio", "bytes fetched / dataset", None),
+        ("rss_mb", "peak RSS (MB)", None),
+    ],
     "seq": [
         ("cold_MBps", "cold MB/s", None),
         ("warm_MBps", "warm MB/s (median of 3)", None),
@@ -388,6 +394,7 @@ TITLES = {
     "ttfb": "Time to first byte after `mount` (cold cache)",
     "epoch": "Small files: 8 readers, shuffled, whole files (epoch 1 cold, epoch 2 warm)",
     "loader": "Small files, 8 reader processes (a DataLoader's workers), shuffled, whole files",
+    "smallcache": "Small files through a cache half their size: epoch 1, shuffled, whole files",
     "seq": "One big file, sequential 1 MiB reads (cold, then warm)",
     "random": "Random 1 MiB reads in the big file (cold)",
     "meta": "`find` + `stat` of every entry of the big listing",

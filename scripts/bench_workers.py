@@ -165,10 +165,10 @@ def _local_paths(paths_file: str, local_root: str) -> list[str]:
     return _load_paths(paths_file, local_root) if local_root else []
 
 
-def _repo(spec: str, remote: str, cache_dir: str) -> Any:
+def _repo(spec: str, remote: str, cache_dir: str, cache_size: int | None = None) -> Any:
     import streamfs
 
-    return streamfs.Repo(spec, remote=remote, cache_dir=cache_dir)
+    return streamfs.Repo(spec, remote=remote, cache_dir=cache_dir, cache_size=cache_size)
 
 
 def _install_hooks(spec: str, remote: str, cache_dir: str, path: str) -> None:
@@ -205,8 +205,9 @@ def api_epochs(
     seed: int,
     procs: int = 0,
     local_root: str = "",
+    cache_size: int | None = None,
 ) -> dict[str, Any]:
-    repo = _repo(spec, remote, cache_dir)
+    repo = _repo(spec, remote, cache_dir, cache_size)
     paths, local = _load_paths(paths_file, ""), _local_paths(paths_file, local_root)
     read = lambda p: len(repo.read_bytes(p))  # noqa: E731
     return _epochs(read, paths, threads, passes, seed, procs, local)

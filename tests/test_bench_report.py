@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -188,3 +189,11 @@ def test_each_warm_epoch_follows_one_over_local_disk_in_the_same_order(
     assert [p["local"] for p in passes + between] == [False] * 3 + [True] * 2
     assert [p["order"] for p in between] == [p["order"] for p in passes[1:]]
     assert "local_passes" not in workers._epochs(read, names, 1, 2, seed=7)
+
+
+def test_every_workload_of_the_bench_has_a_table(report: ModuleType) -> None:
+    bench = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    declared = re.search(r"^WORKLOADS = \((.*)\)$", bench.read_text(), re.MULTILINE)
+    assert declared is not None
+    workloads = {w.strip().strip('"') for w in declared.group(1).split(",")}
+    assert workloads == set(report.COLUMNS) == set(report.TITLES)
