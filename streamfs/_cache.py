@@ -111,8 +111,6 @@ STATS_FLUSH_SECONDS = 1.0
 CLAIM_SECONDS = 60.0  # a prefetch claim lasts this long (a batch lands in well under that)
 SPENT_SHIFT = 1e9  # seconds a spent block's store time moves back (to before 2002: evicted first)
 SPENT_LIMIT = 8192  # spent blocks waiting for the next write to mark them; older ones are dropped
-SHARERS_SECONDS = 15.0  # a process prefetching into a cache counts as a sharer this long ...
-SHARERS_REFRESH = 5.0  # ... and says so again this often (with a claim)
 SPENT_TRIES = 4  # writes a spent block not cached yet (its reader's own fetch) is looked for in
 
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4, "p": 1024**5}
@@ -605,9 +603,6 @@ class BlockCache:
         self._blocks._cache.disk.remember = self._remember
         # (block key, writes it was looked for in) of blocks read and not yet marked spent
         self._spent: collections.deque[tuple[str, int]] = collections.deque(maxlen=SPENT_LIMIT)
-        # processes that claimed prefetches in this cache lately, this one included (claim)
-        self.sharers = 1
-        self._announced = (0, 0.0)  # (pid, monotonic time) of this process's last count
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
 
     def _open(self, name: str, limit: int, eviction_policy: str = EVICTION_POLICY) -> Any:
@@ -789,27 +784,12 @@ class BlockCache:
             cache = self._claims._cache
             pid = os.getpid()
             with cache.transact(retry=True):
-                self._count_sharers(cache, pid)
                 return [b for b in blobs if cache.add(b, pid, expire=seconds)]
         except _DISK_ERRORS as exc:
             log.warning("prefetch claims failed, fetching anyway: %s", exc)
             return blobs
         finally:
             guard.leave()
-
-    def _count_sharers(self, claims: diskcache.Cache, pid: int) -> None:
-        """Every SHARERS_REFRESH seconds: say that this process prefetches here, and count the
-        processes that said so in the last SHARERS_SECONDS (``sharers``). DataLoader workers
-        each keep a prefetch window of their own; they share the cache's room for it."""
-        now = time.monotonic()
-        last_pid, last = self._announced
-        if last_pid == pid and now - last < SHARERS_REFRESH:
-            return
-        self._announced = (pid, now)
-        claims.set(f"sharer:{pid}", 1, expire=SHARERS_SECONDS)
-        query = "SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND expire_time > ?"
-        (count,) = claims._sql(query, ("sharer:", "sharer;", time.time())).fetchone()
-        self.sharers = max(1, int(count))
 
     # The names the fetcher and reader use.
     get_block = get

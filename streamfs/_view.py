@@ -102,12 +102,6 @@ class RepoView:
         cap = self.client.cache_size // PREFETCH_CAP_SHARE
         return SiblingPlanner(BLOCK_SIZE, min(PREFETCH_BASE, cap), cap, os.getpid())
 
-    def _window_cap(self) -> int:
-        """Half the cache, shared by the processes prefetching into it (DataLoader workers,
-        BlockCache.sharers): with a cache smaller than the data, windows that add up to more
-        than it evict each other's files before their readers come."""
-        return self.client.cache_size // PREFETCH_CAP_SHARE // self.client.cache.sharers
-
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._loading = {}
@@ -311,10 +305,7 @@ class RepoView:
             siblings = (tree if tree is not None else self.listdir(folder)).entries
         except StreamfsError:  # e.g. a folder that only a branch mount's new files make
             return
-        cap = self._window_cap() if missed else None  # picks come after misses
         with self._plan_lock:
-            if cap is not None:
-                self._planner.cap = cap
             picks = self._planner.on_open(folder, siblings, entry, missed)
             spent = self._planner.take_opened()
             planned = self._planner.pass_number
