@@ -47,9 +47,10 @@ Invariants and choices:
   (``spent``; the mark is written with the next batch that is stored, and
   looked for again in later ones if its block was not stored yet) and their
   store time moves back by ``SPENT_SHIFT``: eviction takes spent blocks
-  first, in their own order, then the rest. The prefetch windows of all the
-  processes of a cache share half of it (``sharers``, _view.py), so what
-  waits for a reader is not evicted while spent blocks are there to go.
+  first, in their own order, then the rest. A process's prefetch window is
+  at most half the cache (_view.py), so what waits for its reader is not
+  evicted while spent blocks are there to go (DataLoader workers each have
+  a window of their own: together they can still outgrow the cache).
 - **Hit and miss counts** are kept in memory per process and added to
   shared counters (diskcache ``incr``, atomic across processes) at most once
   a second and on ``stats()``, ``close()`` and exit, for the same reason:
@@ -64,9 +65,7 @@ Invariants and choices:
   into this one cache, and their plans overlap. A batch of small blobs
   claims them first (``claim``: a diskcache ``add`` with an expiry, atomic
   across processes), so two workers never fetch one blob at once; a claim
-  left by a process that died expires after ``CLAIM_SECONDS``. Claiming
-  processes also count each other (``sharers``: a row each, renewed every
-  few seconds) so that their prefetch windows share the cache's room.
+  left by a process that died expires after ``CLAIM_SECONDS``.
 - **Best effort.** A block the disk refuses (full, locked too long) is not
   cached; the read that fetched it still succeeds. Nothing here raises on
   a failed put.
