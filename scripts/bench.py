@@ -323,17 +323,22 @@ def w_ttfb(ctx: Run, run: int) -> None:
         ctx.measure("ttfb", f"{report.RCLONE}, small files", run, rclone_ttfb)
 
 
-def w_epoch(ctx: Run, run: int, workload: str = "epoch", procs: int = 0) -> None:
-    """Epochs over the small files: 8 reader threads of one process; with ``procs``, that many
-    reader processes (w_loader)."""
+def _epoch_args(run: int, passes: int, procs: int = 0) -> dict[str, Any]:
+    """What every epochs worker over the small files is given (bench_workers.fs_epochs ...)."""
     paths_file = str(WORK / "small-paths.json")
-    common = {
+    return {
         "paths_file": paths_file,
         "threads": READERS,
         "procs": procs,
-        "passes": WARM_PASSES + 1,
+        "passes": passes,
         "seed": run,
     }
+
+
+def w_epoch(ctx: Run, run: int, workload: str = "epoch", procs: int = 0) -> None:
+    """Epochs over the small files: 8 reader threads of one process; with ``procs``, that many
+    reader processes (w_loader)."""
+    common = _epoch_args(run, WARM_PASSES + 1, procs)
     spec = "bench/small@v1"
     # streamfs's warm epochs alternate with local disk's, in the same process (epoch_metrics)
     paired = {**common, "local_root": str(ctx.sets.root / "small")}
@@ -406,12 +411,7 @@ def w_smallcache(ctx: Run, run: int) -> None:
     processes through the API. Prefetched files wait for their readers in such a cache; what
     counts is that each file is fetched once (bytes fetched / dataset) and the pace."""
     size = ctx.small_bytes // 2
-    common = {
-        "paths_file": str(WORK / "small-paths.json"),
-        "threads": READERS,
-        "passes": 1,
-        "seed": run,
-    }
+    common = _epoch_args(run, 1)
     spec = "bench/small@v1"
 
     def mount() -> dict[str, Any]:
@@ -421,7 +421,8 @@ def w_smallcache(ctx: Run, run: int) -> None:
 
     def api(procs: int) -> Callable[[], dict[str, Any]]:
         def go() -> dict[str, Any]:
-            r = client_worker(ctx, "api_epochs", spec, cache_size=size, procs=procs, **common)
+            args = {**common, "procs": procs}
+            r = client_worker(ctx, "api_epochs", spec, cache_size=size, **args)
             return epoch_metrics(r, r["rss_mb"])
 
         return go

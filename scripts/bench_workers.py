@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,23 +75,26 @@ def _epochs_in_threads(
     seed: int,
 ) -> dict[str, Any]:
     with ThreadPoolExecutor(threads) as pool:
-
-        def epoch(fn: Callable[[str], int], order: list[str]) -> dict[str, Any]:
-            t0 = time.perf_counter()
-            total = sum(pool.map(fn, order, chunksize=16))
-            return {"elapsed": time.perf_counter() - t0, "files": len(order), "bytes": total}
-
-        return _run_passes(epoch, read, paths, local_paths, passes, seed)
+        return _run_passes(
+            lambda fn, order: pool.map(fn, order), read, paths, local_paths, passes, seed
+        )
 
 
 def _run_passes(
-    epoch: Callable[[Callable[[str], int], list[str]], dict[str, Any]],
+    each: Callable[[Callable[[str], int], list[str]], Iterable[int]],
     read: Callable[[str], int],
     paths: list[str],
     local_paths: list[str],
     passes: int,
     seed: int,
 ) -> dict[str, Any]:
+    """The timed epochs; ``each(fn, order)`` reads every path of ``order`` with ``fn``."""
+
+    def epoch(fn: Callable[[str], int], order: list[str]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        total = sum(each(fn, order))
+        return {"elapsed": time.perf_counter() - t0, "files": len(order), "bytes": total}
+
     results: list[dict[str, Any]] = []
     local: list[dict[str, Any]] = []
     for p in range(passes):
@@ -110,10 +113,6 @@ def _read_in_child(path: str) -> int:
     return _child_read(path)
 
 
-def _read_local_in_child(path: str) -> int:
-    return _read_local(path)
-
-
 def _epochs_in_processes(
     read: Callable[[str], int],
     paths: list[str],
@@ -130,13 +129,11 @@ def _epochs_in_processes(
     _child_read = read
     with multiprocessing.get_context("fork").Pool(procs) as pool:
 
-        def epoch(fn: Callable[[str], int], order: list[str]) -> dict[str, Any]:
-            child = _read_local_in_child if fn is _read_local else _read_in_child
-            t0 = time.perf_counter()
-            total = sum(pool.imap_unordered(child, order, chunksize=16))
-            return {"elapsed": time.perf_counter() - t0, "files": len(order), "bytes": total}
+        def each(fn: Callable[[str], int], order: list[str]) -> Iterable[int]:
+            # ``read`` may be a closure, which a pool cannot pickle: the child calls it
+            return pool.imap_unordered(_read_in_child if fn is read else fn, order, chunksize=16)
 
-        out = _run_passes(epoch, read, paths, local_paths, passes, seed)
+        out = _run_passes(each, read, paths, local_paths, passes, seed)
         pool.close()
         pool.join()
     largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e6
@@ -161,8 +158,10 @@ def _load_paths(paths_file: str, root: str) -> list[str]:
     return [os.path.join(root, p) for p in rel] if root else rel
 
 
-def _local_paths(paths_file: str, local_root: str) -> list[str]:
-    return _load_paths(paths_file, local_root) if local_root else []
+def _paths_and_local(paths_file: str, root: str, local_root: str) -> tuple[list[str], list[str]]:
+    """The paths under ``root``, and the same files under ``local_root`` (none without it)."""
+    local = _load_paths(paths_file, local_root) if local_root else []
+    return _load_paths(paths_file, root), local
 
 
 def _repo(spec: str, remote: str, cache_dir: str, cache_size: int | None = None) -> Any:
@@ -191,7 +190,7 @@ def fs_epochs(
     procs: int = 0,
     local_root: str = "",
 ) -> dict[str, Any]:
-    paths, local = _load_paths(paths_file, root), _local_paths(paths_file, local_root)
+    paths, local = _paths_and_local(paths_file, root, local_root)
     return _epochs(_read_path, paths, threads, passes, seed, procs, local)
 
 
@@ -208,7 +207,7 @@ def api_epochs(
     cache_size: int | None = None,
 ) -> dict[str, Any]:
     repo = _repo(spec, remote, cache_dir, cache_size)
-    paths, local = _load_paths(paths_file, ""), _local_paths(paths_file, local_root)
+    paths, local = _paths_and_local(paths_file, "", local_root)
     read = lambda p: len(repo.read_bytes(p))  # noqa: E731
     return _epochs(read, paths, threads, passes, seed, procs, local)
 
@@ -226,7 +225,7 @@ def hooks_epochs(
     local_root: str = "",
 ) -> dict[str, Any]:
     _install_hooks(spec, remote, cache_dir, root)
-    paths, local = _load_paths(paths_file, root), _local_paths(paths_file, local_root)
+    paths, local = _paths_and_local(paths_file, root, local_root)
     return _epochs(_read_path, paths, threads, passes, seed, procs, local)
 
 

@@ -338,10 +338,15 @@ def _rows_for_keys(
 ) -> Iterator[tuple[Any, ...]]:
     """The rows of ``query`` (whose ``{marks}`` is the list of keys, after ``params``) for
     ``keys``, a query for each RECALL_CHUNK of them."""
+    for chunk, marks in _chunks(keys):
+        yield from cache._sql(query.format(marks=marks), (*params, *chunk)).fetchall()
+
+
+def _chunks(keys: list[str]) -> Iterator[tuple[list[str], str]]:
+    """``keys`` RECALL_CHUNK at a time, each with its ``?,?,...`` for an ``IN (...)``."""
     for start in range(0, len(keys), RECALL_CHUNK):
         chunk = keys[start : start + RECALL_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        yield from cache._sql(query.format(marks=marks), (*params, *chunk)).fetchall()
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def _add_many(cache: diskcache.Cache, values: dict[str, bytes]) -> None:
@@ -384,10 +389,7 @@ def _mark_spent(cache: diskcache.Cache, keys: list[str]) -> set[str]:
         "UPDATE Cache SET store_time = store_time - ?"
         " WHERE store_time > ? AND raw = 1 AND key IN ({marks})"
     )
-    present = list(found)
-    for start in range(0, len(present), RECALL_CHUNK):
-        chunk = present[start : start + RECALL_CHUNK]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in _chunks(list(found)):
         cache._con.execute(update.format(marks=marks), (SPENT_SHIFT, SPENT_SHIFT, *chunk))
     return found
 

@@ -13,15 +13,19 @@ from typing import Any
 import pytest
 
 
-@pytest.fixture(scope="module")
-def report() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_report.py"
-    spec = importlib.util.spec_from_file_location("bench_report", path)
+def _script(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_report"] = module  # dataclasses look their module up by name
+    sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    return _script("bench_report")
 
 
 def _records(report: ModuleType) -> list[dict[str, Any]]:
@@ -151,12 +155,7 @@ def test_a_warm_epoch_paired_with_local_disk_in_its_worker_is_the_ratio_used(
 
 @pytest.fixture(scope="module")
 def workers() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_workers.py"
-    spec = importlib.util.spec_from_file_location("bench_workers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("bench_workers")
 
 
 def test_each_warm_epoch_follows_one_over_local_disk_in_the_same_order(
@@ -179,15 +178,19 @@ def test_each_warm_epoch_follows_one_over_local_disk_in_the_same_order(
     epochs = [log[:40], log[40:80], log[80:]]
     assert all(sorted(e) == names for e in epochs) and epochs[0] != epochs[1] != epochs[2]
 
-    def epoch(fn: Any, order: list[str]) -> dict[str, Any]:
-        if fn is workers._read_local:
-            return {"local": True, "order": [os.path.relpath(p, tmp_path) for p in order]}
-        return {"local": False, "order": order}
+    calls: list[tuple[bool, list[str]]] = []  # (over local disk, the order), as run
 
-    seen = workers._run_passes(epoch, read, names, local, 3, 7)
-    passes, between = seen["passes"], seen["local_passes"]
-    assert [p["local"] for p in passes + between] == [False] * 3 + [True] * 2
-    assert [p["order"] for p in between] == [p["order"] for p in passes[1:]]
+    def each(fn: Any, order: list[str]) -> list[int]:
+        if fn is workers._read_local:
+            calls.append((True, [os.path.relpath(p, tmp_path) for p in order]))
+        else:
+            calls.append((False, order))
+        return [1] * len(order)
+
+    seen = workers._run_passes(each, read, names, local, 3, 7)
+    assert (len(seen["passes"]), len(seen["local_passes"])) == (3, 2)
+    assert [is_local for is_local, _ in calls] == [False, True, False, True, False]
+    assert calls[1][1] == calls[2][1] and calls[3][1] == calls[4][1]  # local's order first
     assert "local_passes" not in workers._epochs(read, names, 1, 2, seed=7)
 
 

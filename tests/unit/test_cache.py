@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import multiprocessing
@@ -467,15 +468,20 @@ def test_eviction_after_many_blocks_in_one_transaction(tmp_path: Path) -> None:
         assert cache.stats()["size"] <= limit
 
 
+NUMBERED = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(31)]  # blob ids
+
+
+def store_numbered(cache: BlockCache, first: int, end: int) -> None:
+    """Blobs NUMBERED[first:end] of 1 MiB each, in one write."""
+    cache.put_many({(b, 0): pattern(i, MiB) for i, b in enumerate(NUMBERED[first:end])})
+
+
 def test_spent_prefetches_are_evicted_before_blocks_still_waiting_for_a_reader(
     tmp_path: Path,
 ) -> None:
-    blobs = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(31)]
-
-    def store(first: int, end: int) -> None:
-        cache.put_many({(b, 0): pattern(i, MiB) for i, b in enumerate(blobs[first:end])})
-
+    blobs = NUMBERED
     with BlockCache(tmp_path / "c", 32 * MiB) as cache:  # 30 MiB for blocks
+        store = functools.partial(store_numbered, cache)
         store(0, 8)  # these wait for their readers
         store(8, 20)
         cache.spent(blobs[8:20])  # these were read
@@ -493,12 +499,9 @@ def test_spent_prefetches_are_evicted_before_blocks_still_waiting_for_a_reader(
 def test_a_block_read_before_it_was_stored_is_marked_spent_by_a_later_write(
     tmp_path: Path,
 ) -> None:
-    blobs = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(31)]
-
-    def store(first: int, end: int) -> None:
-        cache.put_many({(b, 0): pattern(i, MiB) for i, b in enumerate(blobs[first:end])})
-
+    blobs = NUMBERED
     with BlockCache(tmp_path / "c", 32 * MiB) as cache:
+        store = functools.partial(store_numbered, cache)
         store(0, 8)  # these wait for their readers
         cache.spent(blobs[8:20])  # read by readers who fetch them themselves ...
         store(20, 22)  # ... while other writes go first
