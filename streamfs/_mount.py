@@ -276,7 +276,7 @@ def start_daemon(run: Callable[[int], None], log_file: Path, timeout: float = 12
     os.close(write_fd)
     os.waitpid(child, 0)  # the first child exits at once; the daemon is its child
     with os.fdopen(read_fd, "rb") as ready:
-        readable, _, _ = select.select([ready], [], [], timeout)
+        readable = readable_within(ready.fileno(), timeout)
         line = ready.readline().decode().strip() if readable else ""
     if line.startswith("ready "):
         return line.split(" ", 1)[1]
@@ -392,14 +392,22 @@ def unmount(mountpoint: Path, timeout: float = 300.0) -> bool:
     return False
 
 
+def readable_within(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` (a pipe, a pidfd) is readable within ``timeout`` seconds. poll, not
+    select: select fails outright for a descriptor numbered 1024 or more, which a process
+    holding many files and sockets (a test run, a training job) reaches."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
 def _wait_for_exit(pid: int, timeout: float) -> None:
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
     try:
-        readable, _, _ = select.select([fd], [], [], timeout)
-        if not readable:
+        if not readable_within(fd, timeout):
             os.kill(pid, signal.SIGTERM)
             raise StreamfsError(f"the mount daemon (pid {pid}) did not exit within {timeout:.0f} s")
     finally:

@@ -13,7 +13,6 @@ import mmap
 import multiprocessing
 import os
 import random
-import select
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ import diskcache
 import pytest
 
 from streamfs._model import BLOCK_SIZE
+from streamfs._mount import readable_within
 
 from .conftest import ServerProcess, run_cli
 
@@ -550,7 +550,7 @@ def _wait_for_exit(pid: int, timeout: float) -> bool:
     except ProcessLookupError:
         return True
     try:
-        return bool(select.select([fd], [], [], timeout)[0])
+        return readable_within(fd, timeout)
     finally:
         os.close(fd)
 
