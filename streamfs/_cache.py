@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -160,7 +161,14 @@ def default_cache_size(
     env = os.environ.get("STREAMFS_CACHE_SIZE")
     if env:
         return parse_size(env)
-    return size_for_free_space(_free_space(Path(directory or default_cache_dir())))
+    return _limit_from_free_space(str(Path(directory or default_cache_dir()).expanduser()))
+
+
+@functools.cache
+def _limit_from_free_space(directory: str) -> int:
+    """Taken once a process: the free space moves with every write, and every Client of a
+    process on one cache should name the same limit, so that they share one BlockCache."""
+    return size_for_free_space(_free_space(Path(directory)))
 
 
 def _free_space(path: Path) -> int:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ._cache import BlockCache, default_cache_dir, default_cache_size
-from ._engine import Engine, engine_for, running_engine
+from ._engine import Engine, close_engine, close_engines, engine_for, running_engine
 from ._fresh import held_anywhere
 from ._remote import RetryPolicy, remote_from_env
 
@@ -25,15 +26,31 @@ _OFF = {"0", "false", "no", "off"}
 
 _caches: dict[tuple[str, int, int], BlockCache] = {}
 _caches_lock = threading.Lock()
+# Clients held open (Client.hold) in this process, by engine (server, token, cache) and by cache
+_engine_holders: Counter[tuple[str, str | None, str]] = Counter()
+_cache_holders: Counter[tuple[str, int]] = Counter()
 
 
 def _after_fork_in_child() -> None:
     global _caches_lock
     _caches_lock = threading.Lock()
     _caches.clear()  # SQLite connections must not cross fork()
+    _engine_holders.clear()  # what the parent holds, the parent releases
+    _cache_holders.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def close_all() -> None:
+    """Stop this process's engines and close the caches it opened: their threads, connections
+    and database handles go; the next use opens them again."""
+    close_engines()
+    with _caches_lock:
+        caches = list(_caches.values())
+        _caches.clear()
+    for cache in caches:
+        cache.close()
 
 
 @dataclass(frozen=True)
@@ -103,3 +120,31 @@ class Client:
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self.engine.call(fn, *args)
+
+    def hold(self) -> None:
+        """Count one more user of this client's engine and cache in this process (a Repo, a
+        hooked folder) until its ``release``."""
+        with _caches_lock:
+            _engine_holders[self.url, self.token, self.cache_dir] += 1
+            _cache_holders[self.cache_dir, self.cache_size] += 1
+
+    def release(self) -> None:
+        """One user is done: the last one of an engine stops it (after its cache writes), the
+        last one of a cache closes it. The next use starts them again."""
+        engine_key = (self.url, self.token, self.cache_dir)
+        cache_key = (self.cache_dir, self.cache_size)
+        with _caches_lock:
+            _engine_holders[engine_key] -= 1
+            _cache_holders[cache_key] -= 1
+            engine_done = _engine_holders[engine_key] <= 0
+            cache_done = _cache_holders[cache_key] <= 0
+            if engine_done:
+                del _engine_holders[engine_key]
+            cache = _caches.get((*cache_key, os.getpid()))
+            if cache_done:
+                del _cache_holders[cache_key]
+                _caches.pop((*cache_key, os.getpid()), None)
+        if engine_done and cache is not None:
+            close_engine(self.url, self.token, cache)
+        if cache_done and cache is not None:
+            cache.close()

@@ -234,6 +234,24 @@ def _settle_all() -> None:
         engine.settle()
 
 
+def close_engine(url: str, token: str | None, cache: BlockCache) -> None:
+    """Stop this process's engine for a server and cache, if it runs."""
+    with _engines_lock:
+        engine = _engines.pop(_key(url, token, cache), None)
+    if engine is not None:
+        engine.close()
+
+
+def close_engines() -> None:
+    """Stop every engine of this process (each settles its cache writes first); the next use
+    starts a new one."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.close()
+
+
 _forked = False  # this process is a fork of one that used streamfs
 
 

@@ -82,18 +82,24 @@ class HookedRepo:
         self.branch = branch
         self._writer: HookWriter | None = None
         self._lock = threading.Lock()
+        self._holder_pid: int | None = os.getpid()  # the process whose client.hold() it owns
 
     @classmethod
     def open(cls, spec: HookSpec) -> HookedRepo:
         parsed = parse_repo_spec(spec.repo, allow_path=False)
         client = Client.create(spec.remote, spec.token, cache_dir=spec.cache_dir)
-        if spec.commit is not None:
-            view = RepoView.at(client, parsed.owner, parsed.name, spec.commit)
-            return cls(spec, client, view, spec.branch)
-        view, branch = RepoView.open_rev(client, parsed.owner, parsed.name, parsed.rev)
-        if branch is not None and recover_orphans(client, parsed, branch):
-            view = RepoView.open(client, parsed.owner, parsed.name, branch)
-        return cls(spec, client, view, branch)
+        client.hold()
+        try:
+            if spec.commit is not None:
+                view = RepoView.at(client, parsed.owner, parsed.name, spec.commit)
+                return cls(spec, client, view, spec.branch)
+            view, branch = RepoView.open_rev(client, parsed.owner, parsed.name, parsed.rev)
+            if branch is not None and recover_orphans(client, parsed, branch):
+                view = RepoView.open(client, parsed.owner, parsed.name, branch)
+            return cls(spec, client, view, branch)
+        except BaseException:
+            client.release()
+            raise
 
     @property
     def spec(self) -> HookSpec:
@@ -311,11 +317,17 @@ class HookedRepo:
         return writer.commit(message) if writer is not None else None
 
     def close(self, message: str) -> None:
+        """Commit what is staged, then let go of the engine and cache (Client.release)."""
         with self._lock:
             writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close(message)
-            self._view = writer.overlay.view
+            held, self._holder_pid = self._holder_pid == os.getpid(), None
+        try:
+            if writer is not None:
+                writer.close(message)
+                self._view = writer.overlay.view
+        finally:
+            if held:
+                self.client.release()
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()

@@ -2,10 +2,13 @@
 
 ::
 
-    repo = streamfs.Repo("alice/imagenet@main")
-    print(repo.commit)                    # the commit every read comes from
-    with repo.open("train/cat/001.jpg") as f:
-        header = f.read(64)
+    with streamfs.Repo("alice/imagenet@main") as repo:
+        print(repo.commit)                # the commit every read comes from
+        with repo.open("train/cat/001.jpg") as f:
+            header = f.read(64)
+
+Repos of one process share its engine (a thread with the connections to the
+server) and its open cache; closing the last Repo that uses them stops them.
 """
 
 from __future__ import annotations
@@ -42,8 +45,31 @@ class Repo:
             timeout=timeout,
             prefetch=prefetch,
         )
-        self.view = RepoView.open(self.client, parsed.owner, parsed.name, parsed.rev)
         self.owner, self.name, self.rev = parsed.owner, parsed.name, parsed.rev
+        self.client.hold()
+        self._holder_pid: int | None = os.getpid()
+        try:
+            self.view = RepoView.open(self.client, parsed.owner, parsed.name, parsed.rev)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Done with this Repo: the last Repo of this process on its server and cache stops
+        the engine and closes the cache. Files opened from it keep working."""
+        if self._holder_pid == os.getpid():
+            self._holder_pid = None
+            self.client.release()
+
+    def __enter__(self) -> Repo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, object]:
+        # a copy in another process holds nothing of this one's (see close)
+        return {**self.__dict__, "_holder_pid": None}
 
     def __repr__(self) -> str:
         return (

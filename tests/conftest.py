@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from streamfs._client import close_all
+
 _counter = itertools.count()
 
 
@@ -102,12 +104,21 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+@pytest.fixture(autouse=True)
+def _close_engines_and_caches() -> Iterator[None]:
+    """Each test's engines and caches go with it: left open, a run of the whole suite held
+    ~1,000 descriptors (threads, sockets, SQLite) by its end."""
+    yield
+    close_all()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path / "store").start()
     try:
         yield srv
     finally:
+        close_all()  # while the server still answers
         srv.stop()
 
 

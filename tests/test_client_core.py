@@ -746,3 +746,36 @@ def test_threads_that_open_the_same_new_folder_load_its_tree_once(
     assert len(trees) == 8 and all(t is trees[0] for t in trees)
     assert server.metrics().get("tree_get_requests", 0) == before + 1
     assert repo.view._loading == {}
+
+
+def test_closing_the_last_repo_stops_the_engine_and_closes_the_cache(
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+) -> None:
+    repo_id, data = big
+    cache = tmp_path / "cache"
+
+    def engines() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "streamfs-engine"]
+
+    first = open_repo(server, f"{repo_id}@main", cache)
+    with open_repo(server, f"{repo_id}@main", cache) as second:
+        assert first.read_bytes("small.txt") == b"hello"
+        [engine] = engines()
+        opened = first.client.cache
+        first.close()
+        first.close()  # a second close counts for nothing
+        assert engines() == [engine]  # the other Repo still holds it
+        assert second.read_bytes("big.bin") == data
+        assert second.client.cache is opened
+    assert engines() == []
+
+    # a Repo that fails to open lets go of what it started
+    with pytest.raises(streamfs.RevisionNotFoundError):
+        open_repo(server, f"{repo_id}@nope", cache)
+    assert engines() == []
+
+    # used again after close, a Repo opens the cache again, as it was left, and reads on
+    assert first.client.cache is not opened
+    before = server.metrics().get("blob_get_requests", 0)
+    assert first.read_bytes("big.bin") == data
+    assert server.metrics().get("blob_get_requests", 0) == before

@@ -70,6 +70,10 @@ def env(server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         streamfs.uninstall_hooks()
 
 
+def _engine_threads() -> int:
+    return sum(t.name == "streamfs-engine" for t in threading.enumerate())
+
+
 def touch_open(path: Path, mode: str) -> None:
     with open(path, mode):
         pass
@@ -175,7 +179,9 @@ def test_uninstall_restores_every_original(
     assert all(during[k] is not before[k] for k in before)
     assert (env / "data" / "a.txt").read_bytes() == b"a"
     assert ENV_HOOKS in os.environ
+    assert _engine_threads() == 1
     streamfs.uninstall_hooks()
+    assert _engine_threads() == 0  # the engine (a thread and its connections) stopped too
     after = _patched_objects()
     assert all(after[k] is before[k] for k in before), [
         k for k in before if after[k] is not before[k]

@@ -633,6 +633,8 @@ def test_default_cache_size(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert default_cache_size(tmp_path, "2G") == 2 * GiB
     from_disk = default_cache_size(tmp_path / "not" / "yet")
     assert 256 * MiB <= from_disk <= 20 * GiB
+    (tmp_path / "filler").write_bytes(os.urandom(MiB))  # less free space, same limit
+    assert default_cache_size(tmp_path / "not" / "yet") == from_disk
     monkeypatch.setenv("STREAMFS_CACHE_SIZE", "300M")
     assert default_cache_size(tmp_path) == 300 * MiB
     assert default_cache_size(tmp_path, 5 * MiB) == 5 * MiB  # explicit beats the environment
