@@ -243,14 +243,18 @@ class BlobFront:
             )
         return blobs
 
-    async def get_range(self, url: BlobUrl, start: int, end: int) -> bytes | bytearray:
-        """Bytes [start, end) of one blob (Http1Error if the front fails)."""
+    async def get_range(
+        self, url: BlobUrl, start: int, end: int, piece: int = 0
+    ) -> tuple[bytes | bytearray, ...]:
+        """Bytes [start, end) of one blob, in buffers of ``piece`` bytes if asked
+        (Http1Error if the front fails)."""
         headers = [*self._headers, (b"Range", b"bytes=%d-%d" % (start, end - 1))]
         limit = max(end - start, 64 * 1024)  # room for an error's page
-        answer = await self._pool(url.origin).request(b"GET", url.target, headers, None, limit)
-        if answer.status_code != 206 or len(answer.content) != end - start:
+        pool = self._pool(url.origin)
+        answer = await pool.request(b"GET", url.target, headers, None, limit, piece)
+        if answer.status_code != 206 or sum(map(len, answer.parts)) != end - start:
             raise Http1Error(f"the front answered {answer.status_code} to a range")
-        return answer.content
+        return answer.parts
 
     async def aclose(self) -> None:
         for pool in self._pools.values():

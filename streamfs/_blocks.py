@@ -15,9 +15,13 @@ has on the server.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from ._model import BLOCK_SIZE
+
+# A block's bytes as fetched: a bytearray when received straight into a buffer of its own
+# (_http1.py), which nothing writes to once the block is verified.
+Block: TypeAlias = bytes | bytearray
 
 
 class BlockSlice(NamedTuple):

@@ -92,6 +92,7 @@ from typing import IO, Any
 
 import diskcache
 
+from ._blocks import Block
 from ._errors import InvalidInputError
 from ._realos import real as real_os
 from ._realos import write_all
@@ -297,13 +298,18 @@ class _WholeWriteDisk(diskcache.Disk):  # type: ignore[misc]  # untyped library
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         remember = self.remember if isinstance(key, str) else None
-        if type(value) is bytes and len(value) >= self.min_file_size:
+        if type(value) is bytearray:  # a block received in place (see _blocks.Block)
+            if len(value) < self.min_file_size:
+                value = bytes(value)  # inline, as bytes: diskcache would pickle a bytearray
+        elif type(value) is not bytes:
+            return super().store(value, read, key=key)
+        if len(value) >= self.min_file_size:
             name, path = self.filename(key, value)
             _write_new_file(path, value)
             if remember is not None:
                 remember(key, path)
             return len(value), diskcache.core.MODE_BINARY, name, None
-        if remember is not None and type(value) is bytes:
+        if remember is not None:
             remember(key, "")  # kept in SQLite: known to be cached, no file
         return super().store(value, read, key=key)
 
@@ -315,7 +321,7 @@ class _WholeWriteDisk(diskcache.Disk):  # type: ignore[misc]  # untyped library
             real_os.unlink(os.path.join(self._directory, file_path))
 
 
-def _write_new_file(path: str, data: bytes) -> None:
+def _write_new_file(path: str, data: bytes | bytearray) -> None:
     """``data`` as the new file ``path`` (never an existing one), its folder made if missing."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
@@ -357,7 +363,7 @@ def _chunks(keys: list[str]) -> Iterator[tuple[list[str], str]]:
         yield chunk, ",".join("?" * len(chunk))
 
 
-def _add_many(cache: diskcache.Cache, values: dict[str, bytes]) -> None:
+def _add_many(cache: diskcache.Cache, values: dict[str, Block]) -> None:
     """``cache.add(key, value)`` for every key not cached yet, in the caller's transaction.
 
     diskcache's ``add`` is two statements and ~60 Python calls a value, each statement a
@@ -376,7 +382,7 @@ def _add_many(cache: diskcache.Cache, values: dict[str, bytes]) -> None:
         for key, data in values.items():
             if key in present:
                 continue
-            size, mode, filename, value = disk.store(bytes(data), False, key=key)
+            size, mode, filename, value = disk.store(data, False, key=key)
             if filename is not None:
                 written.append(filename)
             new_rows.append((key, now, now, size, mode, filename, value))
@@ -744,7 +750,7 @@ class BlockCache:
         except _DISK_ERRORS as exc:
             log.warning("block %s not cached: %s", key, exc)
 
-    def put_many(self, blocks: dict[tuple[str, int], bytes]) -> None:
+    def put_many(self, blocks: dict[tuple[str, int], Block]) -> None:
         """Store whole, verified blocks in one transaction: one SQLite commit for all."""
         guard = _guard
         guard.enter()

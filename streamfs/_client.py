@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ._blocks import Block
 from ._cache import BlockCache, default_cache_dir, default_cache_size
 from ._engine import Engine, close_engine, close_engines, engine_for, running_engine
 from ._fresh import held_anywhere
@@ -104,7 +105,7 @@ class Client:
         """The engine if this process has started it (asking never starts one)."""
         return running_engine(self.url, self.token, self.cache)
 
-    def take_fresh(self, blob: str, index: int) -> bytes | None:
+    def take_fresh(self, blob: str, index: int) -> Block | None:
         """Block ``index`` of ``blob`` if the prefetcher just fetched it and holds it in memory
         for its first reader in this process; taking it removes it (see _fresh.py)."""
         if not held_anywhere():

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._blocks import block_span, coalesce
+from ._blocks import Block, block_span, coalesce
 from ._cache import BlockCache
 from ._errors import IntegrityError, RemoteError, RemoteUnavailableError
 from ._fresh import FreshBlocks
@@ -100,7 +100,7 @@ class _Gauge:
 @dataclass(eq=False)
 class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: Block | None = None
     error: BaseException | None = None
     waited: bool = False  # a reader waits for it (not only the prefetcher)
 
@@ -134,13 +134,13 @@ class BlockFetcher:
         # leave them out. Readers add and remove ids; the loop only reads and removes.
         self.reader_fetches: set[str] = set()
 
-    async def blocks(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, bytes]:
+    async def blocks(self, blob: BlobRef, indices: Sequence[int]) -> dict[int, Block]:
         """The verified bytes of the given blocks (fetching what is not in flight).
 
         The caller looked in the cache first, but a fetch in flight then may have been
         written and left the in-flight table before this runs: a block this process now
         knows is cached is read from there, not fetched again."""
-        result: dict[int, bytes] = {}
+        result: dict[int, Block] = {}
         written = [
             i
             for i in indices
@@ -161,9 +161,9 @@ class BlockFetcher:
             self.fresh.take((blob.id, index))  # a readahead this read caught up with
         return result
 
-    def _cached_blocks(self, blob: BlobRef, indices: list[int]) -> dict[int, bytes]:
+    def _cached_blocks(self, blob: BlobRef, indices: list[int]) -> dict[int, Block]:
         """Those of the given blocks that the cache holds whole (its SQLite: off the loop)."""
-        found = {}
+        found: dict[int, Block] = {}
         for index in indices:
             start, end = block_span(index, blob.size, BLOCK_SIZE)
             data = self.cache.get_block(blob.id, index, 0, end - start)
@@ -367,7 +367,7 @@ class BlockFetcher:
             pending.error = shown
             pending.done.set()
 
-    async def _deliver(self, blocks: dict[tuple[str, int], bytes], keep: bool = False) -> None:
+    async def _deliver(self, blocks: dict[tuple[str, int], Block], keep: bool = False) -> None:
         """Hand verified blocks to their waiters and write them to the cache.
 
         Blocks a reader waits for go to it before their write while fewer than
@@ -395,7 +395,7 @@ class BlockFetcher:
                     pending.data = data
                     pending.done.set()
 
-    def _resolve(self, blocks: dict[tuple[str, int], bytes]) -> None:
+    def _resolve(self, blocks: dict[tuple[str, int], Block]) -> None:
         for key, data in blocks.items():
             pending = self._inflight[key]
             pending.data = data
@@ -405,28 +405,24 @@ class BlockFetcher:
         """Wait until every block served before its write is in the cache."""
         await self._early.wait_zero()
 
-    async def _fetch_verified(self, blob: BlobRef, first: int, last: int) -> dict[int, bytes]:
+    async def _fetch_verified(self, blob: BlobRef, first: int, last: int) -> dict[int, Block]:
         hashes = await self._block_hashes(blob)
         for attempt in range(2):
             start, _ = block_span(first, blob.size, BLOCK_SIZE)
             _, end = block_span(last, blob.size, BLOCK_SIZE)
             async with self._limiter:  # a second try skips the server's front, if it has one
-                data = await self.remote.read_blob(
+                parts = await self.remote.read_blocks(
                     blob.owner, blob.name, blob.id, start, end, front=attempt == 0
                 )
-            if len(data) != end - start:
+            got = [len(part) for part in parts]
+            if got != [min(BLOCK_SIZE, end - at) for at in range(start, end, BLOCK_SIZE)]:
                 raise RemoteError(
-                    f"blob {blob.id[:12]}: asked for {end - start} bytes, got {len(data)}"
+                    f"blob {blob.id[:12]}: asked for {end - start} bytes, got {sum(got)}"
                 )
-            view = memoryview(data)
-            blocks = {
-                i: bytes(view[(i - first) * BLOCK_SIZE : (i - first + 1) * BLOCK_SIZE])
-                if last > first or not isinstance(data, bytes)
-                else data
-                for i in range(first, last + 1)
-            }
+            # Blocks as received: each in a buffer of its own that nothing else writes to
+            blocks = dict(zip(range(first, last + 1), parts, strict=True))
             expected = {i: hashes[i] for i in blocks}
-            if len(data) >= HASH_IN_THREAD:
+            if end - start >= HASH_IN_THREAD:
                 bad = await trio.to_thread.run_sync(_bad_blocks, blocks, expected)
             else:
                 bad = _bad_blocks(blocks, expected)
@@ -465,7 +461,7 @@ class BlockFetcher:
         return hashes
 
 
-def _bad_blocks(blocks: dict[int, bytes], expected: dict[int, str]) -> list[int]:
+def _bad_blocks(blocks: dict[int, Block], expected: dict[int, str]) -> list[int]:
     return [i for i, b in blocks.items() if hashlib.sha256(b).hexdigest() != expected[i]]
 
 

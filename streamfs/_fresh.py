@@ -34,6 +34,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ._blocks import Block
+
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # While prefetching goes on, a block nobody takes is stale after twice max_bytes more were
 # offered: 1-4 s in an epoch 1 (1,200 files of ~110 KiB at 300-1,000 files/s), under 1 s behind a
@@ -68,11 +70,11 @@ class FreshBlocks:
         self._lock = threading.Lock()
         # guarded by _lock: key -> (bytes, the offered count when it came, when it came),
         # oldest first
-        self._blocks: OrderedDict[Key, tuple[bytes, int, float]] = OrderedDict()
+        self._blocks: OrderedDict[Key, tuple[Block, int, float]] = OrderedDict()
         self._bytes = 0  # guarded by _lock: sum of the held blocks' lengths
         self._offered = 0  # guarded by _lock: bytes ever offered to add
 
-    def add(self, key: Key, data: bytes) -> bool:
+    def add(self, key: Key, data: Block) -> bool:
         """Keep ``data`` (verified bytes of block ``key``) for its first reader, if there is room."""
         with self._lock:
             now = self._clock()
@@ -88,7 +90,7 @@ class FreshBlocks:
             _count(1)
             return True
 
-    def take(self, key: Key) -> bytes | None:
+    def take(self, key: Key) -> Block | None:
         """The bytes of block ``key`` if they are here; they are not kept after."""
         with self._lock:
             data = self._drop(key)
@@ -111,7 +113,7 @@ class FreshBlocks:
                 return
             self._drop(key)
 
-    def _drop(self, key: Key) -> bytes | None:
+    def _drop(self, key: Key) -> Block | None:
         held = self._blocks.pop(key, None)
         if held is None:
             return None

@@ -32,6 +32,9 @@ proxy (with one set in the environment, ``Remote`` reads through httpx).
   read became a bytes object, each body piece another, and the body a
   third when the pieces were joined: three copies of every blob byte, ~7 %
   of the reading process's CPU in a cold epoch or a big file's cold read.
+  A caller that keeps the body in pieces (a range of several 4 MiB blocks)
+  has it received into one buffer a piece (``piece``): cutting one buffer up
+  afterwards copied every byte once more, on the loop's thread.
   Other answers (chunked, errors) are parsed whole.
 """
 
@@ -66,7 +69,14 @@ class _Stale(Exception):
 class Answer:
     status_code: int
     reason_phrase: str
-    content: bytes | bytearray  # a bytearray when read straight into place (see the module)
+    # the body: bytearrays when read straight into place (see the module), one a ``piece``
+    parts: tuple[bytes | bytearray, ...]
+
+    @property
+    def content(self) -> bytes | bytearray:
+        """The body in one piece (pieces are joined: a copy)."""
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass(eq=False, slots=True)
@@ -89,19 +99,23 @@ class _Parse:
         "limit",
         "messages",
         "parser",
+        "piece",
         "reason",
         "size",
         "status",
     )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, piece: int = 0) -> None:
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.keep_alive = False
         self.status = 0
         self.reason = b""
         self.chunks: list[bytes] = []
         self.length: int | None = None  # the Content-Length header's, if one came
-        self.body: bytearray | None = None  # a successful answer of that length, in place
+        # a successful answer of that length, in place: buffers of ``piece`` bytes (the last
+        # one shorter), or one buffer (``piece`` 0)
+        self.body: list[bytearray] | None = None
+        self.piece = piece
         self.filled = 0  # bytes of ``body`` received
         self.size = 0
         self.limit = limit
@@ -128,20 +142,35 @@ class _Parse:
             self.status = self.parser.get_status_code()
             self.keep_alive = self.parser.should_keep_alive()
             if self.status in (200, 206) and self.length and self.length <= self.limit:
-                self.body = bytearray(self.length)
+                step = self.piece or self.length
+                self.body = [
+                    bytearray(min(step, self.length - at)) for at in range(0, self.length, step)
+                ]
 
     def on_body(self, body: bytes) -> None:
         if self.messages > 1:  # bytes after the answer: the connection is not reused
             return
         self.size += len(body)
         if self.body is not None:  # what came with the headers (the rest: _receive_body)
-            self.body[self.filled : self.filled + len(body)] = body
-            self.filled += len(body)
+            view = memoryview(body)
+            while view:
+                place = self.free()
+                n = min(len(place), len(view))
+                place[:n] = view[:n]
+                view = view[n:]
+                self.filled += n
         elif self.size <= self.limit:
             self.chunks.append(body)
 
     def on_message_complete(self) -> None:
         self.done = True
+
+    def free(self) -> memoryview:
+        """The part of ``body`` that the next bytes go to: the rest of one of its buffers."""
+        assert self.body is not None
+        step = len(self.body[0])
+        index = self.filled // step
+        return memoryview(self.body[index])[self.filled - index * step :]
 
 
 def host_header(scheme: str, host: str, port: int) -> bytes:
@@ -208,19 +237,21 @@ class Http1Pool:
         headers: list[tuple[bytes, bytes]],
         body: bytes | None,
         limit: int,
+        piece: int = 0,
     ) -> Answer:
-        """One request; the answer's body must fit in ``limit`` bytes."""
+        """One request; the answer's body must fit in ``limit`` bytes. With ``piece``, a body
+        read into place comes in buffers of that many bytes (``Answer.parts``)."""
         length = [] if body is None else [(b"Content-Length", b"%d" % len(body))]
         wire = self._head(method, target, _header_lines([*headers, *length])) + (body or b"")
         async with self._slots:
             connection = self._take_idle()
             if connection is not None:
                 try:
-                    return await self._exchange(connection, wire, limit, reused=True)
+                    return await self._exchange(connection, wire, limit, piece, reused=True)
                 except _Stale:
                     pass
             connection = await self._connect()
-            return await self._exchange(connection, wire, limit, reused=False)
+            return await self._exchange(connection, wire, limit, piece, reused=False)
 
     def _head(self, method: bytes, target: bytes, lines: bytes) -> bytes:
         """A request's head: its line, Host, the header ``lines`` (see _header_lines)."""
@@ -267,11 +298,11 @@ class Http1Pool:
             raise
 
     async def _exchange(
-        self, connection: _Connection, wire: bytes, limit: int, *, reused: bool
+        self, connection: _Connection, wire: bytes, limit: int, piece: int, *, reused: bool
     ) -> Answer:
         """Send ``wire`` on ``connection`` and read the answer; the connection goes back to
         the idle list only after a whole, clean answer."""
-        parse = _Parse(limit)
+        parse = _Parse(limit, piece)
         parser = parse.parser
         assert parser is not None
         received = 0
@@ -303,12 +334,12 @@ class Http1Pool:
                     raise _failure(exc, stale=reused and received == 0) from None
             if timer.cancelled_caught:
                 raise Http1Timeout(f"no answer within {self.read_timeout:g} s")
-            content: bytes | bytearray
+            parts: tuple[bytes | bytearray, ...]
             if parse.body is not None:
-                content = parse.body
+                parts = tuple(parse.body)
             else:
-                content = parse.chunks[0] if len(parse.chunks) == 1 else b"".join(parse.chunks)
-            answer = Answer(parse.status, parse.reason.decode("latin-1", "replace"), content)
+                parts = (parse.chunks[0] if len(parse.chunks) == 1 else b"".join(parse.chunks),)
+            answer = Answer(parse.status, parse.reason.decode("latin-1", "replace"), parts)
             clean = parse.messages == 1 and parse.keep_alive and not self._closed
         finally:
             parse.parser = None  # no cycle left for the garbage collector
@@ -426,18 +457,17 @@ async def _receive_body(
 ) -> None:
     """The rest of ``parse.body`` straight into place: the parser has seen the headers and
     what came with them, and nothing more is read than the body's length."""
-    body = parse.body
-    assert body is not None
-    view = memoryview(body)
+    assert parse.body is not None and parse.length is not None
     sock = stream.socket if isinstance(stream, trio.SocketStream) else None
-    while parse.filled < len(body):
+    while parse.filled < parse.length:
         timer.deadline = trio.current_time() + timeout
+        place = parse.free()
         if sock is not None:
-            n = await sock.recv_into(view[parse.filled :])
+            n = await sock.recv_into(place)
         else:  # TLS: the stream decrypts into bytes of its own, copied once
-            data = await stream.receive_some(min(READ_SIZE, len(body) - parse.filled))
+            data = await stream.receive_some(min(READ_SIZE, len(place)))
             n = len(data)
-            view[parse.filled : parse.filled + n] = data
+            place[:n] = data
         if not n:
             raise Http1Error("the server closed the connection in mid-answer")
         parse.filled += n

@@ -14,7 +14,7 @@ import io
 import threading
 from collections.abc import Callable
 
-from ._blocks import block_span, blocks_for_range
+from ._blocks import Block, block_span, blocks_for_range
 from ._client import Client
 from ._engine import Engine
 from ._errors import IntegrityError, StreamfsError
@@ -47,7 +47,7 @@ class BlobReader:
         self._lock = threading.Lock()  # guards the planner and _on_first_read
         # The last block this handle fetched, whole: the kernel reads a file in pieces of 128-256 KiB,
         # and the rest of a block just fetched should not cost a cache lookup each.
-        self._memo: tuple[int, bytes] | None = None
+        self._memo: tuple[int, Block] | None = None
 
     def continues(self, offset: int) -> bool:
         """Whether a read at ``offset`` continues this reader's stream (see ReadaheadPlanner)."""
@@ -169,15 +169,15 @@ class BlobReader:
         if whole is None:
             whole = self._fetch([0])[0]
         self._memo = (0, whole)
-        return whole
+        return whole if type(whole) is bytes else bytes(whole)  # a caller's, to keep
 
-    def _take_fresh(self, index: int) -> bytes | None:
+    def _take_fresh(self, index: int) -> Block | None:
         """Block ``index`` if the prefetcher just fetched it, from memory (first reader only)."""
         data = self.client.take_fresh(self.blob.id, index)
         start, end = block_span(index, self.blob.size, BLOCK_SIZE)
         return data if data is not None and len(data) == end - start else None
 
-    def _fetch(self, indices: list[int]) -> dict[int, bytes]:
+    def _fetch(self, indices: list[int]) -> dict[int, Block]:
         if indices == [0] and 0 < self.blob.size <= BLOCK_SIZE:  # a small file: see _directget
             data = self.client.get_direct(self.blob.id, self.blob.size)
             if data is not None:
@@ -196,7 +196,7 @@ class BlobReader:
         await engine.fetcher.prefetch(self.blob, indices)
 
 
-async def _fetch_blocks(engine: Engine, blob: BlobRef, indices: list[int]) -> dict[int, bytes]:
+async def _fetch_blocks(engine: Engine, blob: BlobRef, indices: list[int]) -> dict[int, Block]:
     assert engine.fetcher is not None
     return await engine.fetcher.blocks(blob, indices)
 

@@ -26,7 +26,7 @@ from . import _errors as errors
 from ._blobfront import BIG_READ, MAX_IDS, SHARE_MARGIN, BlobFront, pack_shared, unpack_shared
 from ._blobfront import HEADER as FRONT_HEADER
 from ._http1 import Answer, Http1Error, Http1Pool, Http1Timeout
-from ._model import Commit, Tree, decode_commit, decode_tree, object_id
+from ._model import BLOCK_SIZE, Commit, Tree, decode_commit, decode_tree, object_id
 from ._tasks import task_group
 from ._transport import WideReadTransport
 
@@ -130,10 +130,13 @@ class _Direct:
         headers: dict[str, str],
         content: bytes | None,
         limit: int,
+        piece: int = 0,
     ) -> Answer:
         target = self._prefix + urllib.parse.quote(path, safe="/").encode("ascii")
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        return await self._pool.request(method, target, self._headers + extra, content, limit)
+        return await self._pool.request(
+            method, target, self._headers + extra, content, limit, piece
+        )
 
     async def preconnect(self) -> None:
         await self._pool.preconnect()
@@ -513,16 +516,33 @@ class Remote:
         """Bytes [start, end) of a blob (end None: to its end). Not verified here.
         ``front=False``: from the API even when the server has a front (a second try after
         bytes that did not match their hash)."""
+        return _joined(await self._read_range(owner, name, oid, start, end, front, 0))
+
+    async def read_blocks(
+        self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
+    ) -> list[bytes | bytearray]:
+        """Bytes [start, end) of a blob as blocks: pieces of BLOCK_SIZE from ``start``, the
+        last one shorter. Not verified here. On our own connections each block is received
+        into a buffer of its own; through httpx (a proxy is set) it is cut out of the body."""
+        parts = await self._read_range(owner, name, oid, start, end, front, BLOCK_SIZE)
+        if len(parts) == 1 and len(parts[0]) > BLOCK_SIZE:
+            view = memoryview(parts[0])
+            return [bytes(view[at : at + BLOCK_SIZE]) for at in range(0, len(view), BLOCK_SIZE)]
+        return list(parts)
+
+    async def _read_range(
+        self, owner: str, name: str, oid: str, start: int, end: int | None, front: bool, piece: int
+    ) -> tuple[bytes | bytearray, ...]:
         if front and end is not None and end > start and self._front is not None:
-            data = await self._range_from_front(owner, name, oid, start, end)
-            if data is not None:
-                return data
+            parts = await self._range_from_front(owner, name, oid, start, end, piece)
+            if parts is not None:
+                return parts
         headers = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
         path = self._repo(owner, name) + f"/blobs/{oid}"
         size = 0 if end is None else end - start
-        return await self._blob_bytes("GET", path, f"blob {oid[:12]}", size, headers)
+        return await self._blob_parts("GET", path, f"blob {oid[:12]}", size, headers, piece=piece)
 
     @property
     def front(self) -> BlobFront | None:
@@ -543,7 +563,7 @@ class Remote:
         what = f"{len(ids)} blobs of {owner}/{name}"
         body = json.dumps({"ids": list(ids)}).encode()
         headers = {"Content-Type": "application/json"}
-        data = await self._blob_bytes("POST", path, what, sum(sizes), headers, body)
+        data = _joined(await self._blob_parts("POST", path, what, sum(sizes), headers, body))
         if len(data) != sum(sizes):
             return []
         view, offset, blobs = memoryview(data), 0, []
@@ -568,8 +588,8 @@ class Remote:
         return await self._from_front(front, ids, sum(sizes), lambda: front.get_many(urls, sizes))
 
     async def _range_from_front(
-        self, owner: str, name: str, oid: str, start: int, end: int
-    ) -> bytes | bytearray | None:
+        self, owner: str, name: str, oid: str, start: int, end: int, piece: int
+    ) -> tuple[bytes | bytearray, ...] | None:
         front = self._front
         assert front is not None
         if not front.usable():
@@ -582,7 +602,7 @@ class Remote:
             if urls is None:
                 return None
         return await self._from_front(
-            front, [oid], end - start, lambda: front.get_range(urls[0], start, end)
+            front, [oid], end - start, lambda: front.get_range(urls[0], start, end, piece)
         )
 
     async def _from_front(
@@ -684,7 +704,7 @@ class Remote:
     def _transfer_bound(self, size: int) -> float:
         return self.retry.deadline + size / self.retry.transfer_floor
 
-    async def _blob_bytes(
+    async def _blob_parts(
         self,
         method: str,
         path: str,
@@ -692,24 +712,27 @@ class Remote:
         size: int,
         headers: dict[str, str],
         content: bytes | None = None,
-    ) -> bytes | bytearray:
+        *,
+        piece: int = 0,
+    ) -> tuple[bytes | bytearray, ...]:
         """A blob read's body, on our own connections unless a proxy is set (see _Direct):
-        there, a bytearray the answer was read into (the caller copies out what it keeps)."""
+        there, bytearrays the answer was read into, of ``piece`` bytes each if asked (the
+        caller copies out what it keeps); through httpx, one piece."""
         direct = self._direct
         if direct is None:
             response = await self._request(
                 method, path, what, headers=headers, content=content, size=size
             )
-            return response.content
+            return (response.content,)
         # a body of ``size`` bytes, or an error's few; unsized: a whole blob
         limit = max(size, MIN_BODY_LIMIT) if size else MAX_UNSIZED_BODY
         answer = await self._retried(
-            lambda: direct.request(method.encode("ascii"), path, headers, content, limit),
+            lambda: direct.request(method.encode("ascii"), path, headers, content, limit, piece),
             what,
             idempotent=True,  # a read, whatever its method: a batch is a POST
             size=size,
         )
-        return answer.content
+        return answer.parts if isinstance(answer, Answer) else (answer.content,)
 
     async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, list[str]]:
         body = await self._json(
@@ -760,3 +783,7 @@ def _checked_id(value: object) -> str:
 def _check_object(data: bytes, oid: str, kind: str) -> None:
     if object_id(data) != oid:
         raise errors.IntegrityError(f"{kind} {oid} from the server does not match its id")
+
+
+def _joined(parts: tuple[bytes | bytearray, ...]) -> bytes | bytearray:
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ._blocks import Block
+
 log = logging.getLogger("streamfs.fetch")
 
-Blocks = dict[tuple[str, int], bytes]
+Blocks = dict[tuple[str, int], Block]
 
 MAX_GROUP_BYTES = 16 * 1024 * 1024  # one transaction, at most (a delivery bigger goes alone)
 

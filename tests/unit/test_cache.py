@@ -177,6 +177,16 @@ def test_put_many_adds_what_add_would_and_keeps_what_is_cached(tmp_path: Path) -
         assert consistency_problems(cache) == []  # no file left for the block refused
 
 
+def test_blocks_received_as_bytearrays_are_stored_like_bytes(tmp_path: Path) -> None:
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache:
+        big, small = bytearray(pattern(3, 100 * KiB)), bytearray(b"tiny")
+        cache.put_many({(BLOB, 0): big, (BLOB, 1): small})
+        assert cache.get(BLOB, 0) == big and cache.get(BLOB, 1) == small
+        assert type(cache.get(BLOB, 1)) is bytes  # inline in SQLite, not pickled
+        assert cache.stats()["blocks"] == 2
+        assert consistency_problems(cache) == []
+
+
 def test_a_put_many_that_fails_leaves_no_row_and_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,22 @@ OID = hashlib.sha256(DATA).hexdigest()
 BLOB = BlobRef("alice", "data", OID, len(DATA))
 
 
-class MemoryRemote:
+class BlocksOfReadBlob:
+    """Remote.read_blocks over a fake's read_blob: the range cut into blocks."""
+
+    async def read_blob(
+        self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
+    ) -> bytes:
+        raise NotImplementedError
+
+    async def read_blocks(
+        self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
+    ) -> list[bytes]:
+        data = await self.read_blob(owner, name, oid, start, end, front=front)
+        return [data[at : at + BLOCK_SIZE] for at in range(0, len(data), BLOCK_SIZE)]
+
+
+class MemoryRemote(BlocksOfReadBlob):
     """The two calls a range fetch makes, answered from DATA."""
 
     def __init__(self) -> None:
@@ -292,7 +307,7 @@ async def test_a_block_written_since_the_reader_looked_is_read_from_the_cache(
     assert remote.ranges == [(2 * BLOCK_SIZE, 3 * BLOCK_SIZE), (BLOCK_SIZE, 2 * BLOCK_SIZE)]
 
 
-class CorruptBatchRemote(SmallBlobsRemote):
+class CorruptBatchRemote(SmallBlobsRemote, BlocksOfReadBlob):
     """Batches serve other bytes for one blob; a fetch of it alone serves the right ones."""
 
     def __init__(self, blobs: dict[str, bytes], bad: str) -> None:

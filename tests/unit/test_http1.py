@@ -137,7 +137,10 @@ async def test_serial_requests_share_one_connection_and_send_what_was_asked() ->
     assert b"Content-Length: 11" in server.heads[3].split(b"\r\n")
 
 
-async def test_a_body_of_known_length_is_read_into_one_buffer_whatever_pieces_it_comes_in() -> None:
+@pytest.mark.parametrize("piece", [0, 1_000_000, 700_000])  # one buffer; buffers of a piece
+async def test_a_body_of_known_length_is_read_into_place_whatever_pieces_it_comes_in(
+    piece: int,
+) -> None:
     body = os.urandom(3_000_000)
     reply = answer(body)
     cuts = [0, 40, len(reply) - len(body) + 1, 1_000_000, 1_000_001, 2_500_000, len(reply)]
@@ -152,11 +155,25 @@ async def test_a_body_of_known_length_is_read_into_one_buffer_whatever_pieces_it
         server = await serve(nursery, in_pieces)
         async with pool(server.port) as p:
             for _ in range(2):
-                got = await p.request(b"GET", b"/blob", [], None, len(body))
-                assert got.content == body
-                assert isinstance(got.content, bytearray)  # filled in place, not joined
+                got = await p.request(b"GET", b"/blob", [], None, len(body), piece)
+                step = piece or len(body)
+                assert [bytes(part) for part in got.parts] == [
+                    body[at : at + step] for at in range(0, len(body), step)
+                ]
+                assert all(isinstance(part, bytearray) for part in got.parts)  # filled in place
         nursery.cancel_scope.cancel()
     assert server.connections == 1  # each answer was read to its end, and no further
+
+
+async def test_body_bytes_that_come_with_the_headers_fill_pieces_in_order() -> None:
+    body = os.urandom(5_000)  # one send: parsed with the headers, across five pieces
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, answering(answer(body)))
+        async with pool(server.port) as p:
+            got = await p.request(b"GET", b"/blob", [], None, len(body), 1_024)
+        nursery.cancel_scope.cancel()
+    assert [len(part) for part in got.parts] == [1_024] * 4 + [904]
+    assert b"".join(got.parts) == body
 
 
 async def test_an_error_answer_is_parsed_as_before() -> None:
@@ -339,7 +356,8 @@ async def test_https_with_the_servers_certificate() -> None:
         server = await serve(nursery, answering(answer(body)), tls=server_context)
         async with pool(server.port, "https", ssl_context=client_context) as p:
             assert await get(p) == body
-            assert await get(p) == body
+            got = await p.request(b"GET", b"/blob", [], None, len(body), 65536)
+            assert b"".join(got.parts) == body and len(got.parts) == 4
         untrusted = ssl.create_default_context()  # the system's CAs only
         async with pool(server.port, "https", ssl_context=untrusted) as p:
             with pytest.raises(Http1Error, match="cannot connect"):
