@@ -141,11 +141,11 @@ class Client:
             cache_done = _cache_holders[cache_key] <= 0
             if engine_done:
                 del _engine_holders[engine_key]
-            cache = _caches.get((*cache_key, os.getpid()))
+            cache = None
             if cache_done:
                 del _cache_holders[cache_key]
-                _caches.pop((*cache_key, os.getpid()), None)
-        if engine_done and cache is not None:
-            close_engine(self.url, self.token, cache)
-        if cache_done and cache is not None:
+                cache = _caches.pop((*cache_key, os.getpid()), None)
+        if engine_done:
+            close_engine(self.url, self.token, self.cache_dir)
+        if cache is not None:
             cache.close()

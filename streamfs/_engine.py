@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -183,7 +184,11 @@ _engines_lock = threading.Lock()
 
 
 def _key(url: str, token: str | None, cache: BlockCache) -> tuple[str, str | None, str]:
-    return (url, token, str(cache.directory))
+    return (url, token, _directory(cache.directory))
+
+
+def _directory(path: str | Path) -> str:
+    return str(Path(path).expanduser())  # as BlockCache names its directory
 
 
 def engine_for(
@@ -234,10 +239,11 @@ def _settle_all() -> None:
         engine.settle()
 
 
-def close_engine(url: str, token: str | None, cache: BlockCache) -> None:
-    """Stop this process's engine for a server and cache, if it runs."""
+def close_engine(url: str, token: str | None, cache_dir: str) -> None:
+    """Stop this process's engine for a server and a cache directory, if it runs."""
+    key = (url, token, _directory(cache_dir))
     with _engines_lock:
-        engine = _engines.pop(_key(url, token, cache), None)
+        engine = _engines.pop(key, None)
     if engine is not None:
         engine.close()
 
