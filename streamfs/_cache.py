@@ -112,7 +112,10 @@ STATS_FLUSH_SECONDS = 1.0
 CLAIM_SECONDS = 60.0  # a prefetch claim lasts this long (a batch lands in well under that)
 SPENT_SHIFT = 1e9  # seconds a spent block's store time moves back (to before 2002: evicted first)
 SPENT_LIMIT = 8192  # spent blocks waiting for the next write to mark them; older ones are dropped
-SPENT_TRIES = 4  # writes a spent block not cached yet (its reader's own fetch) is looked for in
+# seconds a spent block not stored yet (its reader's own fetch) is looked for in later writes:
+# its fetch's time bound and more. A count of writes ran out first: at RTT 20 ms, ~200 writes a
+# second, four writes were over before half of the readers' own fetches were stored.
+SPENT_SECONDS = 60.0
 
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4, "p": 1024**5}
 _SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(?:i?b)?|b)?", re.IGNORECASE)
@@ -617,7 +620,8 @@ class BlockCache:
         self._where: dict[str, str] = {}
         self._blocks._cache.disk.remember = self._remember
         # (block key, writes it was looked for in) of blocks read and not yet marked spent
-        self._spent: collections.deque[tuple[str, int]] = collections.deque(maxlen=SPENT_LIMIT)
+        # (block key, when it was spent), oldest first
+        self._spent: collections.deque[tuple[str, float]] = collections.deque(maxlen=SPENT_LIMIT)
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
 
     def _open(self, name: str, limit: int, eviction_policy: str = EVICTION_POLICY) -> Any:
@@ -762,9 +766,8 @@ class BlockCache:
                 found = _mark_spent(cache, [key for key, _ in spent])
             cache.cull(retry=True)
             # a block read before it was stored (fetched by its reader, written after this)
-            self._spent.extend(
-                (k, n + 1) for k, n in spent if k not in found and n + 1 < SPENT_TRIES
-            )
+            stale = time.monotonic() - SPENT_SECONDS
+            self._spent.extend((k, t) for k, t in spent if k not in found and t > stale)
         except _DISK_ERRORS as exc:
             log.warning("%d blocks not cached: %s", len(blocks), exc)
         finally:
@@ -773,11 +776,12 @@ class BlockCache:
     def spent(self, blobs: Iterable[str]) -> None:
         """Small blobs that have been read: they go first when the cache evicts, before
         blocks still waiting for their reader. Marked in the next ``put_many`` (a write
-        transaction anyway; one not stored yet is looked for in up to SPENT_TRIES of them); a
+        transaction anyway; one not stored yet is looked for in those of SPENT_SECONDS); a
         process that writes nothing more leaves them in plain store order, as before."""
-        self._spent.extend((_block_key(b, 0), 0) for b in blobs)
+        now = time.monotonic()
+        self._spent.extend((_block_key(b, 0), now) for b in blobs)
 
-    def _take_spent(self) -> list[tuple[str, int]]:
+    def _take_spent(self) -> list[tuple[str, float]]:
         spent = self._spent
         return [spent.popleft() for _ in range(len(spent))]
 

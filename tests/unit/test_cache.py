@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from diskcache.core import EmptyDirWarning
 
+from streamfs import _cache
 from streamfs._cache import (
     BlockCache,
     GiB,
@@ -190,8 +191,6 @@ def test_blocks_received_as_bytearrays_are_stored_like_bytes(tmp_path: Path) -> 
 def test_a_put_many_that_fails_leaves_no_row_and_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streamfs import _cache
-
     with BlockCache(tmp_path / "c", 256 * MiB) as cache:
         cache.put(BLOB, 0, pattern(1, 100 * KiB))
         write = _cache._write_new_file
@@ -514,11 +513,25 @@ def test_a_block_read_before_it_was_stored_is_marked_spent_by_a_later_write(
         store = functools.partial(store_numbered, cache)
         store(0, 8)  # these wait for their readers
         cache.spent(blobs[8:20])  # read by readers who fetch them themselves ...
-        store(20, 22)  # ... while other writes go first
+        for i in range(20, 26):  # ... while other writes go first, many in a round trip
+            store(i, i + 1)
         store(8, 20)  # ... and then they are stored
-        store(22, 31)  # 31 MiB
+        store(26, 31)  # 31 MiB
         kept = [cache.contains(b, 0) for b in blobs]
         assert all(kept[:8]) and not all(kept[8:20]) and all(kept[20:])
+
+
+def test_a_spent_block_never_stored_is_looked_for_no_longer_than_spent_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with BlockCache(tmp_path / "c", 32 * MiB) as cache:
+        cache.spent(NUMBERED[:3])  # read, their fetches failed: never stored
+        store_numbered(cache, 3, 4)
+        assert len(cache._take_spent()) == 3  # still looked for
+        cache.spent(NUMBERED[:3])
+        monkeypatch.setattr(_cache, "SPENT_SECONDS", 0.0)
+        store_numbered(cache, 4, 5)
+        assert cache._take_spent() == []
 
 
 def test_pickles_as_its_directory_and_limit(cache: BlockCache) -> None:
