@@ -619,8 +619,7 @@ class BlockCache:
         # a block small enough to be kept in SQLite itself (known to be cached, read from there)
         self._where: dict[str, str] = {}
         self._blocks._cache.disk.remember = self._remember
-        # (block key, writes it was looked for in) of blocks read and not yet marked spent
-        # (block key, when it was spent), oldest first
+        # (block key, when it was read) of blocks read and not yet marked spent, oldest first
         self._spent: collections.deque[tuple[str, float]] = collections.deque(maxlen=SPENT_LIMIT)
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
 
