@@ -122,14 +122,15 @@ class Client:
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self.engine.call(fn, *args)
 
-    def hold(self) -> None:
+    def hold(self) -> Hold:
         """Count one more user of this client's engine and cache in this process (a Repo, a
-        hooked folder) until its ``release``."""
+        hooked folder) until the Hold's ``release``."""
         with _caches_lock:
             _engine_holders[self.url, self.token, self.cache_dir] += 1
             _cache_holders[self.cache_dir, self.cache_size] += 1
+        return Hold(self, os.getpid())
 
-    def release(self) -> None:
+    def _release(self) -> None:
         """One user is done: the last one of an engine stops it (after its cache writes), the
         last one of a cache closes it. The next use starts them again."""
         engine_key = (self.url, self.token, self.cache_dir)
@@ -149,3 +150,18 @@ class Client:
             close_engine(self.url, self.token, self.cache_dir)
         if cache is not None:
             cache.close()
+
+
+@dataclass
+class Hold:
+    """A Client held in the process ``pid`` (Client.hold). Released once, and only there: a
+    copy in another process (pickled to a worker, or forked) holds nothing of this one's."""
+
+    client: Client
+    pid: int | None
+
+    def release(self) -> None:
+        with _caches_lock:  # two threads closing one Repo release it once
+            pid, self.pid = self.pid, None
+        if pid == os.getpid():
+            self.client._release()

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from ._client import Client
+from ._client import Client, Hold
 from ._errors import (
     AlreadyExistsError,
     InvalidInputError,
@@ -73,7 +73,9 @@ def _join(rel: str, name: str) -> str:
 class HookedRepo:
     """One repository revision shown at one local directory."""
 
-    def __init__(self, spec: HookSpec, client: Client, view: RepoView, branch: str | None) -> None:
+    def __init__(
+        self, spec: HookSpec, client: Client, view: RepoView, branch: str | None, hold: Hold
+    ) -> None:
         self.root = spec.path
         self.parsed: RepoSpec = parse_repo_spec(spec.repo, allow_path=False)
         self._spec = spec
@@ -82,23 +84,23 @@ class HookedRepo:
         self.branch = branch
         self._writer: HookWriter | None = None
         self._lock = threading.Lock()
-        self._holder_pid: int | None = os.getpid()  # the process whose client.hold() it owns
+        self._hold = hold  # of ``client``, let go by close
 
     @classmethod
     def open(cls, spec: HookSpec) -> HookedRepo:
         parsed = parse_repo_spec(spec.repo, allow_path=False)
         client = Client.create(spec.remote, spec.token, cache_dir=spec.cache_dir)
-        client.hold()
+        hold = client.hold()
         try:
             if spec.commit is not None:
                 view = RepoView.at(client, parsed.owner, parsed.name, spec.commit)
-                return cls(spec, client, view, spec.branch)
+                return cls(spec, client, view, spec.branch, hold)
             view, branch = RepoView.open_rev(client, parsed.owner, parsed.name, parsed.rev)
             if branch is not None and recover_orphans(client, parsed, branch):
                 view = RepoView.open(client, parsed.owner, parsed.name, branch)
-            return cls(spec, client, view, branch)
+            return cls(spec, client, view, branch, hold)
         except BaseException:
-            client.release()
+            hold.release()
             raise
 
     @property
@@ -317,17 +319,15 @@ class HookedRepo:
         return writer.commit(message) if writer is not None else None
 
     def close(self, message: str) -> None:
-        """Commit what is staged, then let go of the engine and cache (Client.release)."""
+        """Commit what is staged, then let go of the engine and cache (Client.hold)."""
         with self._lock:
             writer, self._writer = self._writer, None
-            held, self._holder_pid = self._holder_pid == os.getpid(), None
         try:
             if writer is not None:
                 writer.close(message)
                 self._view = writer.overlay.view
         finally:
-            if held:
-                self.client.release()
+            self._hold.release()
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()

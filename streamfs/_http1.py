@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httptools
@@ -75,8 +76,12 @@ class Answer:
     @property
     def content(self) -> bytes | bytearray:
         """The body in one piece (pieces are joined: a copy)."""
-        parts = self.parts
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return joined(self.parts)
+
+
+def joined(parts: Sequence[bytes | bytearray]) -> bytes | bytearray:
+    """Parts of a body as one: the only part itself, or the parts joined (a copy)."""
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass(eq=False, slots=True)
@@ -334,11 +339,8 @@ class Http1Pool:
                     raise _failure(exc, stale=reused and received == 0) from None
             if timer.cancelled_caught:
                 raise Http1Timeout(f"no answer within {self.read_timeout:g} s")
-            parts: tuple[bytes | bytearray, ...]
-            if parse.body is not None:
-                parts = tuple(parse.body)
-            else:
-                parts = (parse.chunks[0] if len(parse.chunks) == 1 else b"".join(parse.chunks),)
+            body = parse.body
+            parts = tuple(body) if body is not None else (joined(parse.chunks),)
             answer = Answer(parse.status, parse.reason.decode("latin-1", "replace"), parts)
             clean = parse.messages == 1 and parse.keep_alive and not self._closed
         finally:

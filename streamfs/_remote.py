@@ -25,7 +25,7 @@ import trio
 from . import _errors as errors
 from ._blobfront import BIG_READ, MAX_IDS, SHARE_MARGIN, BlobFront, pack_shared, unpack_shared
 from ._blobfront import HEADER as FRONT_HEADER
-from ._http1 import Answer, Http1Error, Http1Pool, Http1Timeout
+from ._http1 import Answer, Http1Error, Http1Pool, Http1Timeout, joined
 from ._model import BLOCK_SIZE, Commit, Tree, decode_commit, decode_tree, object_id
 from ._tasks import task_group
 from ._transport import WideReadTransport
@@ -516,7 +516,7 @@ class Remote:
         """Bytes [start, end) of a blob (end None: to its end). Not verified here.
         ``front=False``: from the API even when the server has a front (a second try after
         bytes that did not match their hash)."""
-        return _joined(await self._read_range(owner, name, oid, start, end, front, 0))
+        return joined(await self._read_range(owner, name, oid, start, end, front, 0))
 
     async def read_blocks(
         self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
@@ -563,7 +563,7 @@ class Remote:
         what = f"{len(ids)} blobs of {owner}/{name}"
         body = json.dumps({"ids": list(ids)}).encode()
         headers = {"Content-Type": "application/json"}
-        data = _joined(await self._blob_parts("POST", path, what, sum(sizes), headers, body))
+        data = joined(await self._blob_parts("POST", path, what, sum(sizes), headers, body))
         if len(data) != sum(sizes):
             return []
         view, offset, blobs = memoryview(data), 0, []
@@ -783,7 +783,3 @@ def _checked_id(value: object) -> str:
 def _check_object(data: bytes, oid: str, kind: str) -> None:
     if object_id(data) != oid:
         raise errors.IntegrityError(f"{kind} {oid} from the server does not match its id")
-
-
-def _joined(parts: tuple[bytes | bytearray, ...]) -> bytes | bytearray:
-    return parts[0] if len(parts) == 1 else b"".join(parts)

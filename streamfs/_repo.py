@@ -46,8 +46,7 @@ class Repo:
             prefetch=prefetch,
         )
         self.owner, self.name, self.rev = parsed.owner, parsed.name, parsed.rev
-        self.client.hold()
-        self._holder_pid: int | None = os.getpid()
+        self._hold = self.client.hold()
         try:
             self.view = RepoView.open(self.client, parsed.owner, parsed.name, parsed.rev)
         except BaseException:
@@ -57,19 +56,13 @@ class Repo:
     def close(self) -> None:
         """Done with this Repo: the last Repo of this process on its server and cache stops
         the engine and closes the cache. Files opened from it keep working."""
-        if self._holder_pid == os.getpid():
-            self._holder_pid = None
-            self.client.release()
+        self._hold.release()
 
     def __enter__(self) -> Repo:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __getstate__(self) -> dict[str, object]:
-        # a copy in another process holds nothing of this one's (see close)
-        return {**self.__dict__, "_holder_pid": None}
 
     def __repr__(self) -> str:
         return (
