@@ -49,8 +49,10 @@ Invariants and choices:
   store time moves back by ``SPENT_SHIFT``: eviction takes spent blocks
   first, in their own order, then the rest. A process's prefetch window is
   at most half the cache (_view.py), so what waits for its reader is not
-  evicted while spent blocks are there to go (DataLoader workers each have
-  a window of their own: together they can still outgrow the cache).
+  evicted while spent blocks are there to go. DataLoader workers each have
+  a window of their own; once the files they read outgrow the cache they
+  share that half (``sharers``: the processes that claimed prefetches here
+  in the last ``SHARERS_SECONDS``), or together they would outgrow it.
 - **Hit and miss counts** are kept in memory per process and added to
   shared counters (diskcache ``incr``, atomic across processes) at most once
   a second and on ``stats()``, ``close()`` and exit, for the same reason:
@@ -116,6 +118,8 @@ SPENT_LIMIT = 8192  # spent blocks waiting for the next write to mark them; olde
 # its fetch's time bound and more. A count of writes ran out first: at RTT 20 ms, ~200 writes a
 # second, four writes were over before half of the readers' own fetches were stored.
 SPENT_SECONDS = 60.0
+SHARERS_SECONDS = 15.0  # a process prefetching into a cache counts as a sharer this long ...
+SHARERS_REFRESH = 5.0  # ... and says so again this often (with a claim)
 
 _UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4, "p": 1024**5}
 _SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(?:i?b)?|b)?", re.IGNORECASE)
@@ -621,6 +625,9 @@ class BlockCache:
         self._blocks._cache.disk.remember = self._remember
         # (block key, when it was read) of blocks read and not yet marked spent, oldest first
         self._spent: collections.deque[tuple[str, float]] = collections.deque(maxlen=SPENT_LIMIT)
+        # processes that claimed prefetches in this cache lately, this one included (claim)
+        self.sharers = 1
+        self._announced = (0, 0.0)  # (pid, monotonic time) of this process's last count
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
 
     def _open(self, name: str, limit: int, eviction_policy: str = EVICTION_POLICY) -> Any:
@@ -802,12 +809,27 @@ class BlockCache:
             cache = self._claims._cache
             pid = os.getpid()
             with cache.transact(retry=True):
+                self._count_sharers(cache, pid)
                 return [b for b in blobs if cache.add(b, pid, expire=seconds)]
         except _DISK_ERRORS as exc:
             log.warning("prefetch claims failed, fetching anyway: %s", exc)
             return blobs
         finally:
             guard.leave()
+
+    def _count_sharers(self, claims: diskcache.Cache, pid: int) -> None:
+        """Every SHARERS_REFRESH seconds: say that this process prefetches here, and count the
+        processes that said so in the last SHARERS_SECONDS (``sharers``). DataLoader workers
+        each keep a prefetch window of their own; they share the cache's room for it."""
+        now = time.monotonic()
+        last_pid, last = self._announced
+        if last_pid == pid and now - last < SHARERS_REFRESH:
+            return
+        self._announced = (pid, now)
+        claims.set(f"sharer:{pid}", 1, expire=SHARERS_SECONDS)
+        query = "SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND expire_time > ?"
+        (count,) = claims._sql(query, ("sharer:", "sharer;", time.time())).fetchone()
+        self.sharers = max(1, int(count))
 
     # The names the fetcher and reader use.
     get_block = get

@@ -47,7 +47,9 @@ The policy, per view of a commit:
   cache counts as useful: another worker's prefetch saved its request.
   Without these two, each planner's window filled with files the other
   workers opened, and 8 workers made 0.45 requests of one blob a file
-  against 0.20 for 8 threads (docs/benchmarks.md, sessions 17-18).
+  against 0.20 for 8 threads (docs/benchmarks.md, sessions 17-18). The
+  owner sets ``cap``: once ``known_bytes`` (the small files of the folders
+  remembered) outgrow the cache, the processes share its room for windows.
 - **Read before waiting.** The small files opened in a pass that missed the
   cache are handed out (``take_opened``) for the cache to evict first: with a
   cache smaller than the data, prefetched files waiting for their reader
@@ -80,6 +82,7 @@ REWARD = 4  # ... and by this many more per prefetched byte that was then opened
 class _Folder:
     entries: Sequence[Entry]
     start: int  # this process's offset into entries
+    small_bytes: int  # of the entries small enough to prefetch
     cursor: int = 0  # candidates looked at in this pass
     opened: set[str] = field(default_factory=set)  # names opened in this pass
     missed: bool = False  # a file opened in this pass was not in the cache
@@ -114,6 +117,7 @@ class SiblingPlanner:
         self.outstanding_bytes = 0
         self.opened_bytes = 0
         self.useful_bytes = 0  # opened after being prefetched
+        self.known_bytes = 0  # of the small files of the folders remembered: what is being read
         self._opened: list[str] = []  # small files opened since take_opened, in passes that missed
 
     def allowance(self) -> int:
@@ -184,11 +188,15 @@ class SiblingPlanner:
     def _folder(self, folder: str, siblings: Sequence[Entry]) -> _Folder:
         state = self._folders.get(folder)
         if state is None or state.entries is not siblings:
+            if state is not None:
+                self.known_bytes -= state.small_bytes
             digest = hashlib.blake2b(f"{self._salt}:{folder}".encode(), digest_size=8).digest()
             start = int.from_bytes(digest, "big") % max(1, len(siblings))
-            state = self._folders[folder] = _Folder(siblings, start)
+            small = sum(e.size for e in siblings if not e.is_dir and 0 < e.size <= self.small)
+            state = self._folders[folder] = _Folder(siblings, start, small)
+            self.known_bytes += small
             while len(self._folders) > MAX_FOLDERS:
-                self._folders.popitem(last=False)
+                self.known_bytes -= self._folders.popitem(last=False)[1].small_bytes
         self._folders.move_to_end(folder)
         return state
 

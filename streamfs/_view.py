@@ -102,6 +102,18 @@ class RepoView:
         cap = self.client.cache_size // PREFETCH_CAP_SHARE
         return SiblingPlanner(BLOCK_SIZE, min(PREFETCH_BASE, cap), cap, os.getpid())
 
+    def _window_cap(self, planner: SiblingPlanner) -> int:
+        """Half the cache; shared by the processes prefetching into it (DataLoader workers,
+        BlockCache.sharers) once the files being read outgrow the cache. Then windows that
+        add up to more than it evict each other's files before their readers come; while the
+        files fit, nothing of them is evicted, and a share only slows the prefetch down (at
+        20 ms, an eighth of half a 3.1 GB cache a worker for 2.4 GB of files: 1,721 -> 1,004
+        files/s, docs/benchmarks.md, session 32)."""
+        half = self.client.cache_size // PREFETCH_CAP_SHARE
+        if planner.known_bytes <= self.client.cache_size:
+            return half
+        return half // self.client.cache.sharers
+
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._loading = {}
@@ -306,6 +318,8 @@ class RepoView:
         except StreamfsError:  # e.g. a folder that only a branch mount's new files make
             return
         with self._plan_lock:
+            if missed:  # picks come after misses
+                self._planner.cap = self._window_cap(self._planner)
             picks = self._planner.on_open(folder, siblings, entry, missed)
             spent = self._planner.take_opened()
             planned = self._planner.pass_number

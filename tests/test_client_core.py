@@ -466,6 +466,51 @@ def test_a_cache_smaller_than_the_data_fetches_each_file_of_an_epoch_once(
     assert repo.client.cache.stats()["size"] <= 4_000_000
 
 
+def _read_as_a_worker(repo: streamfs.Repo, paths: list[str]) -> dict[str, int]:
+    planner = repo.view._planner
+    assert planner is not None
+    for path in paths:
+        repo.read_bytes(path)
+        wait_for_prefetches(repo)  # a batch claims its picks: the cache counts a sharer then
+    return {
+        "sharers": repo.client.cache.sharers,
+        "cap": planner.cap,
+        "known": planner.known_bytes,
+    }
+
+
+@pytest.mark.parametrize("cache_size", [4_000_000, 64_000_000])
+def test_worker_processes_share_the_prefetch_window_once_the_files_outgrow_the_cache(
+    server: ServerProcess, repo_name: str, tmp_path: Path, cache_size: int
+) -> None:
+    # DataLoader workers each keep a prefetch window of up to half the cache. Once the files
+    # being read outgrow the cache, eight windows of half of it evicted each other's files
+    # before their readers came (8 processes fetched 1.54x the data); while the files fit,
+    # nothing of them is evicted and a share of the window only slows the prefetch down.
+    rng = random.Random(13)
+    files = {f"train/{i % 4}/img{i:03d}.jpg": rng.randbytes(40_000) for i in range(400)}
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)  # 16 MB in 4 folders of 4 MB
+    repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=cache_size)
+    fork = multiprocessing.get_context("fork")
+    with fork.Pool(1) as pool:  # a worker reads a folder through
+        first = pool.apply(_read_as_a_worker, (repo, ["train/0/img000.jpg", "train/0/img004.jpg"]))
+    assert first["sharers"] == 1
+    # another reads two folders (its batches count the first worker too), then a third
+    paths = ["train/1/img001.jpg", "train/2/img002.jpg", "train/1/img005.jpg"]
+    paths += ["train/2/img006.jpg", "train/3/img003.jpg"]
+    with fork.Pool(1) as pool:
+        second = pool.apply(_read_as_a_worker, (repo, paths))
+    assert second["sharers"] == 2
+    half = repo.client.cache_size // 2
+    if cache_size < 12_000_000:
+        assert second["known"] == 12_000_000 > cache_size
+        assert second["cap"] == half // 2
+    else:
+        assert second["known"] == 12_000_000 <= cache_size
+        assert second["cap"] == half
+
+
 def test_a_cached_folder_plans_no_prefetch_and_an_evicted_one_is_refilled(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:

@@ -562,6 +562,28 @@ def test_processes_share_blocks_and_stats(tmp_path: Path) -> None:
         assert (cache.stats()["hits"], cache.stats()["misses"]) == (2, 0)
 
 
+def _claims_and_counts_sharers(directory: str) -> int:
+    with BlockCache(directory, 64 * MiB) as cache:
+        cache.claim(["x"])
+        return cache.sharers
+
+
+def test_processes_that_claim_prefetches_count_each_other_as_sharers(tmp_path: Path) -> None:
+    # DataLoader workers: each keeps a prefetch window, and they share the cache's room for it
+    directory = str(tmp_path / "c")
+    with BlockCache(directory, 64 * MiB) as cache:
+        assert cache.sharers == 1
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            assert pool.apply(_claims_and_counts_sharers, (directory,)) == 1  # the first
+        cache.claim(["y"])
+        assert cache.sharers == 2
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            # the first child still counts until its word expires (SHARERS_SECONDS)
+            assert pool.apply(_claims_and_counts_sharers, (directory,)) == 3
+        cache.claim(["z"])  # counted again only every few seconds
+        assert cache.sharers == 2
+
+
 def _writer(directory: str, count: int, started: Event) -> None:
     with BlockCache(directory, 1 * GiB) as cache:
         for i in range(count):

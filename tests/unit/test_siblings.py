@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamfs import _siblings
 from streamfs._model import Entry
 from streamfs._siblings import SiblingPlanner
 
@@ -276,3 +278,24 @@ def test_a_warm_pass_hands_out_nothing() -> None:
     for f in random.Random(3).sample(files, 20):
         planner.on_open("a", files, f, missed=False)
     assert planner.take_opened() == []
+
+
+def test_known_bytes_are_the_small_files_of_the_folders_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # what is being read, to compare with the cache (RepoView._window_cap)
+    monkeypatch.setattr(_siblings, "MAX_FOLDERS", 2)
+    planner = SiblingPlanner(small=1 << 20, base=1 << 20, cap=1 << 40)
+    a = folder("a", [100 * KiB] * 10 + [2 << 20, 0])
+    b = folder("b", [50 * KiB] * 4)
+    c = folder("c", [10 * KiB] * 3)
+    planner.on_open("a", a, a[0])
+    planner.on_open("a", a, a[1])
+    assert planner.known_bytes == 1000 * KiB  # the big and the empty file are not prefetched
+    planner.on_open("b", b, b[0])
+    assert planner.known_bytes == 1200 * KiB
+    planner.on_open("c", c, c[0])  # a is forgotten
+    assert planner.known_bytes == 230 * KiB
+    b2 = folder("b", [50 * KiB] * 2)  # b listed anew (its tree was loaded again)
+    planner.on_open("b", b2, b2[0])
+    assert planner.known_bytes == 130 * KiB
