@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ._blocks import Block
@@ -75,7 +76,10 @@ class Client:
         prefetch: bool | None = None,
     ) -> Client:
         url, tok = remote_from_env(remote, token)
-        directory = str(cache_dir) if cache_dir is not None else str(default_cache_dir())
+        # expanded as BlockCache expands it: the engine's key (close_engine), the mirror folder
+        directory = str(
+            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        )
         size = default_cache_size(directory, cache_size)
         env_timeout = os.environ.get("STREAMFS_TIMEOUT")
         bound = timeout if timeout is not None else float(env_timeout) if env_timeout else 30.0

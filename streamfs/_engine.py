@@ -25,7 +25,6 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -184,11 +183,7 @@ _engines_lock = threading.Lock()
 
 
 def _key(url: str, token: str | None, cache: BlockCache) -> tuple[str, str | None, str]:
-    return (url, token, _directory(cache.directory))
-
-
-def _directory(path: str | Path) -> str:
-    return str(Path(path).expanduser())  # as BlockCache names its directory
+    return (url, token, str(cache.directory))
 
 
 def engine_for(
@@ -240,10 +235,10 @@ def _settle_all() -> None:
 
 
 def close_engine(url: str, token: str | None, cache_dir: str) -> None:
-    """Stop this process's engine for a server and a cache directory, if it runs."""
-    key = (url, token, _directory(cache_dir))
+    """Stop this process's engine for a server and a cache directory (as BlockCache names
+    it: Client.cache_dir), if it runs."""
     with _engines_lock:
-        engine = _engines.pop(key, None)
+        engine = _engines.pop((url, token, cache_dir), None)
     if engine is not None:
         engine.close()
 
