@@ -376,7 +376,7 @@ def _chunks(keys: list[str]) -> Iterator[tuple[list[str], str]]:
         yield chunk, ",".join("?" * len(chunk))
 
 
-_Row = tuple[str, float, float, int, int, "str | None", Any]  # key, ..., filename, value
+_Row = tuple[str, float, float, int, int, str | None, Any]  # key, ..., filename, value
 
 
 def _write_blocks(cache: diskcache.Cache, values: dict[str, Block]) -> list[_Row]:
@@ -386,7 +386,7 @@ def _write_blocks(cache: diskcache.Cache, values: dict[str, Block]) -> list[_Row
     Writing them inside the transaction held SQLite's one write lock for as long as 16 MB
     of files took: with 8 DataLoader workers writing, a prefetched blob waited a median of
     0.67 s (4.4 s at the 90th percentile) to be seen by the other workers, which fetched
-    one in nine blobs again meanwhile (docs/benchmarks.md, session 35). A file no row names
+    7-13 % of the blobs again meanwhile (docs/benchmarks.md, session 35). A file no row names
     is read by no one; if this process dies before the rows are committed, it stays behind
     unnamed, as it did when the transaction was cut short.
     """
