@@ -13,9 +13,10 @@ evicts blocks all the time, never evicts the trees a mount is walking.
 
 Invariants and choices:
 
-- **Never a partial block.** diskcache writes a value to a new file and
-  commits the row that names it afterwards, in one SQLite transaction, so a
-  reader sees a whole value or none. ``get`` also returns None (a miss)
+- **Never a partial block.** A value is written whole to a new file and the
+  row that names it is committed afterwards (a batch: every file first,
+  outside the transaction, then all the rows in one), so a reader sees a
+  whole value or none. ``get`` also returns None (a miss)
   rather than fewer bytes than asked for.
 - **A hit reads only what it serves.** Values of 32 KiB and more are files;
   ``get`` opens the file (``read=True``), seeks and reads ``length`` bytes,
@@ -304,21 +305,26 @@ class _WholeWriteDisk(diskcache.Disk):  # type: ignore[misc]  # untyped library
         return name, os.path.join(self._directory, name)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        remember = self.remember if isinstance(key, str) else None
-        if type(value) is bytearray:  # a block received in place (see _blocks.Block)
-            if len(value) < self.min_file_size:
-                value = bytes(value)  # inline, as bytes: diskcache would pickle a bytearray
-        elif type(value) is not bytes:
+        if type(value) is not bytes and type(value) is not bytearray:
             return super().store(value, read, key=key)
+        stored = self.store_block(value)
+        if self.remember is not None and isinstance(key, str):
+            self.remember(key, self.path_of(stored[2]))
+        return stored
+
+    def store_block(self, value: bytes | bytearray) -> tuple[int, int, str | None, Any]:
+        """diskcache's ``store`` of a block (a bytearray: received in place, see
+        _blocks.Block): its own new file, or inline in SQLite if small. Nothing remembered."""
         if len(value) >= self.min_file_size:
-            name, path = self.filename(key, value)
+            name, path = self.filename()
             _write_new_file(path, value)
-            if remember is not None:
-                remember(key, path)
             return len(value), diskcache.core.MODE_BINARY, name, None
-        if remember is not None:
-            remember(key, "")  # kept in SQLite: known to be cached, no file
-        return super().store(value, read, key=key)
+        # inline, as bytes: diskcache would pickle a bytearray
+        return super().store(bytes(value), False)  # type: ignore[no-any-return]
+
+    def path_of(self, name: str | None) -> str:
+        """The path of a block file named ``name``; "" for a block kept in SQLite."""
+        return "" if name is None else os.path.join(self._directory, name)
 
     def remove(self, file_path: str) -> None:
         if file_path.count("/") > 1:  # an older version's ab/cd/ name: its folders go too
@@ -370,34 +376,64 @@ def _chunks(keys: list[str]) -> Iterator[tuple[list[str], str]]:
         yield chunk, ",".join("?" * len(chunk))
 
 
-def _add_many(cache: diskcache.Cache, values: dict[str, Block]) -> None:
-    """``cache.add(key, value)`` for every key not cached yet, in the caller's transaction.
+_Row = tuple[str, float, float, int, int, str | None, Any]  # key, ..., filename, value
 
-    diskcache's ``add`` is two statements and ~60 Python calls a value, each statement a
-    hand-off of the interpreter lock: ~10 % of the reading process's CPU in a cold epoch of
-    small files (a block each). Here: one query finds the keys present (the first put wins,
-    as with ``add``), the rest are written to their files and their rows go in at once; the
-    table's triggers keep diskcache's count and size as ``add`` does. Files written for a
-    batch that fails are removed again.
+
+def _write_blocks(cache: diskcache.Cache, values: dict[str, Block]) -> list[_Row]:
+    """The files of the blocks not cached yet, written outside any transaction, and the
+    rows that will name them (see ``_insert_rows``).
+
+    Writing them inside the transaction held SQLite's one write lock for as long as 16 MB
+    of files took: with 8 DataLoader workers writing, a prefetched blob waited a median of
+    0.67 s (4.4 s at the 90th percentile) to be seen by the other workers, which fetched
+    7-13 % of the blobs again meanwhile (docs/benchmarks.md, session 35). A file no row names
+    is read by no one; if this process dies before the rows are committed, it stays behind
+    unnamed, as it did when the transaction was cut short.
     """
     query = "SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})"
     present = {key for (key,) in _rows_for_keys(cache, query, list(values))}
     disk, now = cache.disk, time.time()
-    new_rows: list[tuple[Any, ...]] = []
-    written: list[str] = []
+    rows: list[_Row] = []
     try:
         for key, data in values.items():
-            if key in present:
-                continue
-            size, mode, filename, value = disk.store(data, False, key=key)
-            if filename is not None:
-                written.append(filename)
-            new_rows.append((key, now, now, size, mode, filename, value))
-        cache._con.executemany(_INSERT_ROW, new_rows)
+            if key not in present:
+                size, mode, filename, value = disk.store_block(data)
+                rows.append((key, now, now, size, mode, filename, value))
     except BaseException:
-        for filename in written:
-            disk.remove(filename)
+        _remove_files(disk, rows)
         raise
+    return rows
+
+
+def _insert_rows(cache: diskcache.Cache, rows: list[_Row]) -> list[_Row]:
+    """In the caller's transaction, ``cache.add`` for each of ``rows`` whose key is still
+    not cached (another process may have added it since: the first one stays, as with
+    ``add``). Returns the rows added.
+
+    diskcache's ``add`` is two statements and ~60 Python calls a value, each statement a
+    hand-off of the interpreter lock: ~10 % of the reading process's CPU in a cold epoch of
+    small files (a block each). Here one query finds the keys present and the rest go in at
+    once; the table's triggers keep diskcache's count and size as ``add`` does.
+    """
+    query = "SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})"
+    present = {key for (key,) in _rows_for_keys(cache, query, [row[0] for row in rows])}
+    new = [row for row in rows if row[0] not in present]
+    cache._con.executemany(_INSERT_ROW, new)
+    return new
+
+
+def _remove_files(disk: _WholeWriteDisk, rows: list[_Row]) -> None:
+    for row in rows:
+        if row[5] is not None:
+            disk.remove(row[5])
+
+
+def _cull(cache: diskcache.Cache) -> None:
+    """Evict down to the limit, if over it. diskcache's ``cull`` first deletes expired
+    values, a write transaction even when none has expired (blocks never expire): one more
+    turn of the write lock every writer process waited for, at every write."""
+    if cache.volume() > cache.size_limit:
+        cache.cull(retry=True)
 
 
 def _mark_spent(cache: diskcache.Cache, keys: list[str]) -> set[str]:
@@ -754,23 +790,38 @@ class BlockCache:
     def put(self, blob: str, index: int, data: bytes | bytearray | memoryview) -> None:
         """Store a whole, verified block (content addressed: an existing one is kept)."""
         key = _block_key(blob, index)
-        try:
-            self._blocks.add(key, bytes(data))  # bytes, not bytearray: big ones go to files
-            self._blocks.cull(retry=True)
-        except _DISK_ERRORS as exc:
-            log.warning("block %s not cached: %s", key, exc)
-
-    def put_many(self, blocks: dict[tuple[str, int], Block]) -> None:
-        """Store whole, verified blocks in one transaction: one SQLite commit for all."""
         guard = _guard
         guard.enter()
         try:
             cache = self._blocks._cache
+            cache.add(key, bytes(data))  # bytes, not bytearray: big ones go to files
+            _cull(cache)
+        except _DISK_ERRORS as exc:
+            log.warning("block %s not cached: %s", key, exc)
+        finally:
+            guard.leave()
+
+    def put_many(self, blocks: dict[tuple[str, int], Block]) -> None:
+        """Store whole, verified blocks: their files, then their rows in one transaction."""
+        guard = _guard
+        guard.enter()
+        try:
+            cache = self._blocks._cache
+            rows = _write_blocks(cache, {_block_key(b, i): data for (b, i), data in blocks.items()})
             spent = self._take_spent()
-            with cache.transact(retry=True):
-                _add_many(cache, {_block_key(b, i): data for (b, i), data in blocks.items()})
-                found = _mark_spent(cache, [key for key, _ in spent])
-            cache.cull(retry=True)
+            try:
+                with cache.transact(retry=True):
+                    added = _insert_rows(cache, rows)
+                    found = _mark_spent(cache, [key for key, _ in spent])
+            except BaseException:
+                _remove_files(cache.disk, rows)
+                raise
+            if len(added) < len(rows):  # cached by another process meanwhile: its file stays
+                keys = {row[0] for row in added}
+                _remove_files(cache.disk, [row for row in rows if row[0] not in keys])
+            for row in added:
+                self._remember(row[0], cache.disk.path_of(row[5]))
+            _cull(cache)
             # a block read before it was stored (fetched by its reader, written after this)
             stale = time.monotonic() - SPENT_SECONDS
             self._spent.extend((k, t) for k, t in spent if k not in found and t > stale)

@@ -212,6 +212,74 @@ def test_a_put_many_that_fails_leaves_no_row_and_no_file(
         assert len(files) == 1
 
 
+@contextlib.contextmanager
+def write_lock_held(directory: Path) -> Iterator[None]:
+    """SQLite's write lock on the blocks' database, held by another connection meanwhile
+    (as another process's transaction holds it)."""
+    import sqlite3
+
+    other = sqlite3.connect(directory / "blocks" / "cache.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+        other.execute("COMMIT")
+    finally:
+        other.close()
+
+
+def files_written(monkeypatch: pytest.MonkeyPatch, count: int) -> threading.Event:
+    """Set once ``count`` block files have been written whole."""
+    write, done, written = _cache._write_new_file, threading.Event(), itertools.count(1)
+
+    def counted(path: str, data: bytes) -> None:
+        write(path, data)
+        if next(written) == count:
+            done.set()
+
+    monkeypatch.setattr(_cache, "_write_new_file", counted)
+    return done
+
+
+def test_a_batch_writes_its_files_before_it_waits_for_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DataLoader workers all write into one cache: a transaction that wrote its files while it
+    # held the lock kept the others' blocks unseen by the rest for seconds
+    blocks = {(BLOB, i): pattern(i, 100 * KiB) for i in range(3)}
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache:
+        written = files_written(monkeypatch, len(blocks))
+        with write_lock_held(tmp_path / "c"):
+            writer = threading.Thread(target=cache.put_many, args=(blocks,))
+            writer.start()
+            assert written.wait(30), "the files waited for the lock"
+            assert writer.is_alive()  # their rows wait for it
+            assert not any(cache.contains(*key) for key in blocks)  # nobody sees them yet
+        writer.join(60)
+        assert not writer.is_alive()
+        assert all(cache.get(*key) == data for key, data in blocks.items())
+        assert consistency_problems(cache) == []
+
+
+def test_two_writers_of_one_block_leave_one_file_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = pattern(5, 100 * KiB)
+    with BlockCache(tmp_path / "c", 256 * MiB) as one, BlockCache(tmp_path / "c", 256 * MiB) as two:
+        written = files_written(monkeypatch, 2)
+        with write_lock_held(tmp_path / "c"):
+            writers = [
+                threading.Thread(target=c.put_many, args=({(BLOB, 0): data},)) for c in (one, two)
+            ]
+            for writer in writers:
+                writer.start()
+            assert written.wait(30), "both files are written before either row"
+        for writer in writers:
+            writer.join(60)
+        assert one.get(BLOB, 0) == data and two.get(BLOB, 0) == data
+        assert len(list((tmp_path / "c" / "blocks").rglob("*.val"))) == 1  # the loser's is gone
+        assert consistency_problems(one) == []
+
+
 def test_block_files_go_into_256_folders_that_stay(tmp_path: Path) -> None:
     # one level of folders: a cold epoch must not make a folder (an inode) for nearly every file
     with BlockCache(tmp_path / "c", 256 * MiB) as cache:
