@@ -72,6 +72,7 @@ BATCH_FILES = 64  # blobs in one prefetch batch ...
 BATCH_BYTES = 8 * 1024 * 1024  # ... and bytes
 EARLY_BYTES = 32 * 1024 * 1024  # served to a waiting reader before they were cached
 UNWRITTEN_BYTES = 64 * 1024 * 1024  # a prefetch batch waits while more than this awaits the writer
+GATHER_SECONDS = 0.05  # a worker process's cache writer waits this long for a bigger group
 
 
 class _Gauge:
@@ -123,8 +124,11 @@ class BlockFetcher:
         self._limiter = trio.CapacityLimiter(parallel)
         self._batch_limiter = trio.CapacityLimiter(parallel_batches)
         # One cache writer per process: SQLite has one write lock, and writers that race for
-        # it sleep in its busy handler. It writes all that queued meanwhile in one transaction.
-        self._writes = WriteQueue(lambda blocks: self.cache.put_many(blocks))
+        # it sleep in its busy handler. It writes all that queued meanwhile in one transaction;
+        # a process among others writing the cache waits a little for more (see WriteQueue).
+        self._writes = WriteQueue(
+            lambda blocks: self.cache.put_many(blocks), gather=GATHER_SECONDS if claims else 0.0
+        )
         self._inflight: dict[tuple[str, int], _Pending] = {}
         self._tasks = _Gauge()  # fetches started and not finished
         self._blockmaps: dict[str, list[str]] = {}

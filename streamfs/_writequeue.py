@@ -10,6 +10,14 @@ hand-off between two of them (a thread hop, and a wake-up of the loop under
 a busy interpreter lock) left the writer idle a third of the time while
 deliveries queued behind it for 1.3-1.8 s (median).
 
+Where several processes write one cache (DataLoader workers), each one's writer
+seldom waits for SQLite's write lock any more (block files are written before it
+is taken, see BlockCache.put_many), so it seldom finds more than one delivery
+queued: ten times the transactions (2.2 blocks each instead of 24.8), and
+through a cache smaller than the data each one brought an eviction with it.
+With ``gather`` set, a writer that finds less than ``gather_bytes`` queued waits
+up to ``gather`` seconds for more first (docs/benchmarks.md, session 36).
+
 Fetches can outrun the writer (a cold epoch at RTT 0 once queued 340-500 MB for it, all
 held in memory). ``unwritten`` counts the bytes queued or being written, and a
 prefetch waits for ``room`` before it fetches more (see BlockFetcher).
@@ -38,6 +46,7 @@ log = logging.getLogger("streamfs.fetch")
 Blocks = dict[tuple[str, int], Block]
 
 MAX_GROUP_BYTES = 16 * 1024 * 1024  # one transaction, at most (a delivery bigger goes alone)
+GATHER_BYTES = 4 * 1024 * 1024  # with ``gather``: enough queued to write at once
 
 
 @dataclass(eq=False)
@@ -49,13 +58,22 @@ class _Delivery:
 
 class WriteQueue:
     def __init__(
-        self, put_many: Callable[[Blocks], None], max_bytes: int = MAX_GROUP_BYTES
+        self,
+        put_many: Callable[[Blocks], None],
+        max_bytes: int = MAX_GROUP_BYTES,
+        *,
+        gather: float = 0.0,
+        gather_bytes: int = GATHER_BYTES,
     ) -> None:
         self._put_many = put_many
         self.max_bytes = max_bytes
+        self.gather = gather  # seconds a writer waits for more when little is queued
+        self.gather_bytes = gather_bytes
         self._queue: deque[_Delivery] = deque()
         self._running = False
         self.unwritten = 0  # bytes queued or being written
+        self._queued = 0  # bytes queued (not being written)
+        self._enough = trio.Event()  # set when gather_bytes are queued
         self._written = trio.Event()  # set after each transaction, then replaced
         self.transactions = 0  # groups written so far (for tests and benchmarks)
 
@@ -64,6 +82,9 @@ class WriteQueue:
         delivery = _Delivery(blocks, sum(len(b) for b in blocks.values()))
         self._queue.append(delivery)
         self.unwritten += delivery.size
+        self._queued += delivery.size
+        if self._queued >= self.gather_bytes:
+            self._enough.set()
         if not self._running:  # the writer ends when the queue is empty: a nursery can close
             self._running = True
             nursery.start_soon(self._run)
@@ -81,11 +102,21 @@ class WriteQueue:
         while self._queue and size + self._queue[0].size <= self.max_bytes:
             size += self._queue[0].size
             group.append(self._queue.popleft())
+        self._queued -= size
         return group
+
+    async def _gather(self) -> None:
+        """With ``gather``: wait until ``gather_bytes`` are queued, ``gather`` seconds at most."""
+        if self.gather <= 0 or self._queued >= self.gather_bytes:
+            return
+        self._enough = trio.Event()
+        with trio.move_on_after(self.gather):
+            await self._enough.wait()
 
     async def _run(self) -> None:
         try:
             while self._queue:
+                await self._gather()
                 group = self._take()
                 merged: Blocks = {}
                 for delivery in group:

@@ -116,3 +116,33 @@ async def test_room_waits_until_the_writer_has_caught_up() -> None:
         put.gate.set()
     assert roomy and roomy[0] <= 25
     assert queue.unwritten == 0
+
+
+async def test_a_gathering_writer_waits_for_more_when_little_is_queued() -> None:
+    put = GatedPutMany()
+    put.gate.set()
+    queue = WriteQueue(put, gather=3600, gather_bytes=30)  # only enough bytes end the wait
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.write, blocks(0), nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        assert put.transactions == []  # 10 bytes: it waits for 30
+        nursery.start_soon(queue.write, blocks(1), nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        assert put.transactions == []
+        with trio.fail_after(10):
+            await queue.write(blocks(2), nursery)  # 30 bytes: written at once, in one
+    assert put.transactions == [[("blob", 0), ("blob", 1), ("blob", 2)]]
+
+
+async def test_a_gathering_writer_writes_what_it_has_when_its_time_is_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    put = GatedPutMany()
+    put.gate.set()
+    queue = WriteQueue(put, gather=60, gather_bytes=1000)
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        await queue.write(blocks(0), nursery)  # the clock jumps while all wait
+        waited = trio.current_time() - start
+    assert put.transactions == [[("blob", 0)]]
+    assert 60 <= waited < 120
