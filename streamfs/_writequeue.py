@@ -22,8 +22,8 @@ Fetches can outrun the writer (a cold epoch at RTT 0 once queued 340-500 MB for 
 held in memory). ``unwritten`` counts the bytes queued or being written, and a
 prefetch waits for ``room`` before it fetches more (see BlockFetcher).
 
-State (``_queue``, ``_running``, ``unwritten``) is changed only on the loop thread;
-``unwritten`` is read from others too (an int, read whole). The
+State (``_queue``, ``_running``, ``unwritten``, ``_queued``, ``_enough``) is changed
+only on the loop thread; ``unwritten`` is read from others too (an int, read whole). The
 writer task runs while there is something to write, in the nursery the
 owner passes in; cancelling it leaves queued deliveries unwritten and their
 writers cancelled with it (the engine closes only after the blocks it served
