@@ -46,9 +46,15 @@ Invariants and choices:
   before their reader came, and they were fetched twice. The small files
   read in a pass that fetches (prefetched or not) are marked spent
   (``spent``; the mark is written with the next batch that is stored, and
-  looked for again in later ones if its block was not stored yet) and their
-  store time moves back by ``SPENT_SHIFT``: eviction takes spent blocks
-  first, in their own order, then the rest. A process's prefetch window is
+  looked for again in later ones if its block was not stored yet): their
+  store time becomes ``SPENT_BASE`` minus the time they were read, so that
+  eviction takes spent blocks first, the one read last first of all, then
+  the rest. An epoch reads each file once: what this epoch has read is not
+  wanted again before the next one, what only the last epoch read is still
+  to come. Evicting the files read longest ago first (store order) took, in
+  a second epoch through a cache half the data, the files it had yet to
+  read: it fetched 0.97x the data again at 20 ms (one process, 8 threads),
+  0.78x with the last read first. A process's prefetch window is
   at most half the cache (_view.py), so what waits for its reader is not
   evicted while spent blocks are there to go. DataLoader workers each have
   a window of their own; once the files they read outgrow the cache they
@@ -113,7 +119,9 @@ RECALL_LIMIT = 4096  # blocks one recall looks up (a bigger folder is recalled i
 RECALL_CHUNK = 500  # keys a query: SQLite allowed 999 variables before 3.32
 STATS_FLUSH_SECONDS = 1.0
 CLAIM_SECONDS = 60.0  # a prefetch claim lasts this long (a batch lands in well under that)
-SPENT_SHIFT = 1e9  # seconds a spent block's store time moves back (to before 2002: evicted first)
+# A spent block's store time is this minus when it was read: before 2002 for reads after that,
+# so before every block not spent, and lowest (evicted first) for the latest read.
+SPENT_BASE = 2e9
 SPENT_LIMIT = 8192  # spent blocks waiting for the next write to mark them; older ones are dropped
 # seconds a spent block not stored yet (its reader's own fetch) is looked for in later writes:
 # its fetch's time bound and more. A count of writes ran out first: at RTT 20 ms, ~200 writes a
@@ -436,18 +444,17 @@ def _cull(cache: diskcache.Cache) -> None:
         cache.cull(retry=True)
 
 
-def _mark_spent(cache: diskcache.Cache, keys: list[str]) -> set[str]:
-    """Move the store time of these blocks (the cached ones not moved yet) SPENT_SHIFT back, in
-    the caller's transaction: least-recently-stored eviction then takes them before any block
-    stored since 2001, and in their own store order. Returns the keys found in the cache."""
+def _mark_spent(cache: diskcache.Cache, spent: list[tuple[str, float]]) -> set[str]:
+    """Set the store time of these blocks (``(key, when read)``, monotonic time, oldest first)
+    to SPENT_BASE minus the time they were read, the cached ones, in the caller's transaction:
+    least-recently-stored eviction then takes them before any block not spent, the one read
+    last first. Returns the keys found in the cache."""
     query = "SELECT key FROM Cache WHERE raw = 1 AND key IN ({marks})"
-    found = {key for (key,) in _rows_for_keys(cache, query, keys)}
-    update = (
-        "UPDATE Cache SET store_time = store_time - ?"
-        " WHERE store_time > ? AND raw = 1 AND key IN ({marks})"
-    )
-    for chunk, marks in _chunks(list(found)):
-        cache._con.execute(update.format(marks=marks), (SPENT_SHIFT, SPENT_SHIFT, *chunk))
+    found = {key for (key,) in _rows_for_keys(cache, query, [key for key, _ in spent])}
+    behind = time.time() - time.monotonic()  # wall clock minus monotonic clock
+    update = "UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1"
+    marks = [(SPENT_BASE - (behind + t), key) for key, t in spent if key in found]
+    cache._con.executemany(update, marks)  # a key read twice: its last read counts
     return found
 
 
@@ -812,7 +819,7 @@ class BlockCache:
             try:
                 with cache.transact(retry=True):
                     added = _insert_rows(cache, rows)
-                    found = _mark_spent(cache, [key for key, _ in spent])
+                    found = _mark_spent(cache, spent)
             except BaseException:
                 _remove_files(cache.disk, rows)
                 raise

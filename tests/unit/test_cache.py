@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import pickle
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from multiprocessing.synchronize import Event
@@ -553,23 +554,40 @@ def store_numbered(cache: BlockCache, first: int, end: int) -> None:
     cache.put_many({(b, 0): pattern(i, MiB) for i, b in enumerate(NUMBERED[first:end])})
 
 
-def test_spent_prefetches_are_evicted_before_blocks_still_waiting_for_a_reader(
-    tmp_path: Path,
+class _Clock:
+    """For _cache's ``time``: the real wall clock, and a monotonic one that moves when told."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+
+def test_spent_blocks_are_evicted_before_blocks_still_waiting_for_a_reader_last_read_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blobs = NUMBERED
+    clock = _Clock()
+    monkeypatch.setattr(_cache, "time", clock)
     with BlockCache(tmp_path / "c", 32 * MiB) as cache:  # 30 MiB for blocks
         store = functools.partial(store_numbered, cache)
         store(0, 8)  # these wait for their readers
         store(8, 20)
-        cache.spent(blobs[8:20])  # these were read
-        cache.spent(blobs[8:9])  # read again: marked once, keeps its place
+        for blob in [*blobs[8:20], blobs[8]]:  # read one by one; the first again, last
+            clock.now += 1.0
+            cache.spent([blob])
         store(20, 28)
         store(28, 31)  # 31 MiB: diskcache evicts 10 blocks at a time
         assert cache.stats()["size"] <= 32 * MiB
         kept = [cache.contains(b, 0) for b in blobs]
         assert all(kept[:8])  # stored first, never read: kept
-        gone = kept[8:20].count(False)
-        assert gone and kept[8:20] == [False] * gone + [True] * (12 - gone)  # in their order
+        assert not kept[8]  # read last
+        gone = kept[9:20].count(False)
+        assert gone and kept[9:20] == [True] * (11 - gone) + [False] * gone  # the later reads
         assert all(kept[20:])
 
 
