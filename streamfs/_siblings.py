@@ -37,6 +37,16 @@ The policy, per view of a commit:
   pass starts a new pass (the next epoch): the folder is read through again,
   and once a file of it misses (a cache that evicted some of it) the rest is
   refilled ahead of the readers.
+- **Later passes through a small cache.** Once a folder is read again (the
+  next epoch) and the files being read outgrow the cache (``cramped``, set
+  by the owner), the window is at most the bytes opened since: the cache is
+  then full of the last pass's files, which this one has yet to read, and
+  each file prefetched takes the room of one of them (fetched again later)
+  unless the room is that of a file this pass has read (those go first,
+  BlockCache.spent). With the window grown as in the first pass, a second
+  epoch through a cache half the data (8 threads, 20 ms) fetched 0.78x of
+  it at 1,172-1,180 files/s; with this, 0.69-0.70x at 1,411-1,466
+  (docs/benchmarks.md, session 37).
 - **Processes.** DataLoader workers each have a planner and share one disk
   cache; each opens a share of every folder. Each process starts a folder at
   its own offset, so workers that prefetch the same folder mostly fetch
@@ -118,12 +128,18 @@ class SiblingPlanner:
         self.opened_bytes = 0
         self.useful_bytes = 0  # opened after being prefetched
         self.known_bytes = 0  # of the small files of the folders remembered: what is being read
+        self.cramped = False  # set by the owner: those outgrow the cache
+        self._pass = 0  # the furthest pass a folder has reached (0: the first)
+        self._pass_opened = 0  # opened_bytes when it began
         self._opened: list[str] = []  # small files opened since take_opened, in passes that missed
 
     def allowance(self) -> int:
         """How many bytes may be prefetched and not yet opened, now."""
         grown = self.growth * self.opened_bytes + self.reward * self.useful_bytes
-        return min(self.cap, self.base + grown)
+        allowance = min(self.cap, self.base + grown)
+        if self.cramped and self._pass > 0:  # a later pass through a small cache
+            return min(allowance, self.opened_bytes - self._pass_opened)
+        return allowance
 
     def on_open(
         self, folder: str, siblings: Sequence[Entry], entry: Entry, missed: bool = True
@@ -142,6 +158,8 @@ class SiblingPlanner:
             state.cursor = 0
             state.active = state.missed = False
             state.passes += 1
+            if state.passes > self._pass:  # the first folder read again: the next epoch
+                self._pass, self._pass_opened = state.passes, self.opened_bytes
         size = self._unpick(entry.id)
         if size is not None:
             self.useful_bytes += size

@@ -320,6 +320,7 @@ class RepoView:
         with self._plan_lock:
             if missed:  # picks come after misses
                 self._planner.cap = self._window_cap(self._planner)
+                self._planner.cramped = self._planner.known_bytes > self.client.cache_size
             picks = self._planner.on_open(folder, siblings, entry, missed)
             spent = self._planner.take_opened()
             planned = self._planner.pass_number

@@ -194,6 +194,25 @@ def test_the_window_outgrows_the_reading_of_a_shuffled_epoch() -> None:
     assert default < 0.6 * one, (default, one)
 
 
+def test_a_later_pass_through_a_small_cache_prefetches_no_more_than_it_has_read() -> None:
+    # The cache is full of the last pass's files, which this one has yet to read: a prefetched
+    # file takes the room of one of them unless it takes that of a file this pass has read.
+    files = folder("a", [10 * KiB] * 200)
+    for cramped in (False, True):
+        planner = SiblingPlanner(small=4 << 20, base=1 << 20, cap=1 << 30)
+        planner.cramped = cramped
+        for entry in files:  # the first pass, as ever
+            planner.on_open("a", files, entry)
+        assert planner.outstanding_bytes == 0
+        opened = 0
+        for entry in files[:10]:  # the next: each file again, the cache lacking some
+            planner.on_open("a", files, entry)
+            opened += entry.size
+            if cramped:
+                assert planner.outstanding_bytes <= opened
+        assert planner.outstanding_bytes > (0 if cramped else 10 * opened)
+
+
 def test_a_folder_read_from_the_cache_prefetches_nothing_until_a_file_misses() -> None:
     planner = SiblingPlanner(small=4 << 20, base=1 << 30, cap=1 << 30)
     files = folder("a", [10 * KiB] * 20)
