@@ -104,13 +104,16 @@ class Run:
         assert self.http is not None
         return self.http.url
 
+    @property
+    def proxies(self) -> list[Proxy]:
+        return [p for p in (self.sf, self.http, self.front) if p is not None]
+
     def counters(self) -> dict[str, int]:
         out = {"down": 0, "up": 0}
-        for proxy in (self.sf, self.http, self.front):
-            if proxy is not None:
-                stats = proxy.stats()
-                out["down"] += stats["bytes_down"]
-                out["up"] += stats["bytes_up"]
+        for proxy in self.proxies:
+            stats = proxy.stats()
+            out["down"] += stats["bytes_down"]
+            out["up"] += stats["bytes_up"]
         served = server_metrics(self.server_url)
         out["blob_sent"] = served.get("blob_bytes_sent", 0)
         out["blob_gets"] = served.get("blob_get_requests", 0)
@@ -406,24 +409,32 @@ def w_loader(ctx: Run, run: int) -> None:
 
 
 def w_smallcache(ctx: Run, run: int) -> None:
-    """Epoch 1 over the small files through a cache half their size (a dataset bigger than
+    """Two epochs over the small files through a cache half their size (a dataset bigger than
     the disk a user gives it): 8 reader threads through the mount and the API, and 8 reader
     processes through the API. Prefetched files wait for their readers in such a cache; what
-    counts is that each file is fetched once (bytes fetched / dataset) and the pace."""
+    counts is that each file is fetched as few times as the cache allows (bytes fetched /
+    dataset, each epoch's own: at best 1 in the first, and in the second the half that could
+    not be kept) and the pace. The workers read the proxies' counters between the epochs."""
     size = ctx.small_bytes // 2
-    common = _epoch_args(run, 1)
+    common = {**_epoch_args(run, 2), "stats_ports": [p.stats_port for p in ctx.proxies]}
     spec = "bench/small@v1"
+
+    def metrics(r: dict[str, Any], rss: float) -> dict[str, Any]:
+        out = epoch_metrics(r, rss)
+        for i, p in enumerate(r["passes"], 1):
+            out[f"epoch{i}_fetched_ratio"] = p["fetched"] / ctx.small_bytes
+        return out
 
     def mount() -> dict[str, Any]:
         with sf_mount(ctx, spec, "--cache-size", str(size)) as m:
             r = worker("fs_epochs", root=str(m.point), **common)
-            return epoch_metrics(r, m.rss_mb())
+            return metrics(r, m.rss_mb())
 
     def api(procs: int) -> Callable[[], dict[str, Any]]:
         def go() -> dict[str, Any]:
             args = {**common, "procs": procs}
             r = client_worker(ctx, "api_epochs", spec, cache_size=size, **args)
-            return epoch_metrics(r, r["rss_mb"])
+            return metrics(r, r["rss_mb"])
 
         return go
 
@@ -875,9 +886,8 @@ def main(argv: list[str] | None = None) -> None:
                     for run in range(sizes.runs):
                         RUNNERS[workload](ctx, run)
             finally:
-                for proxy in (ctx.sf, ctx.http, ctx.front):
-                    if proxy is not None:
-                        proxy.stop()
+                for proxy in ctx.proxies:
+                    proxy.stop()
     finally:
         for bg in reversed(background):
             bg.stop()

@@ -350,7 +350,10 @@ COLUMNS: dict[str, list[tuple[str, str, str | None]]] = {
     "smallcache": [
         ("epoch1_files_s", "epoch 1 files/s", None),
         ("epoch1_MBps", "epoch 1 MB/s", None),
-        ("fetched_ratio", "bytes fetched / dataset", None),
+        ("epoch1_fetched_ratio", "epoch 1 fetched / dataset", None),
+        ("epoch2_files_s", "epoch 2 files/s", None),
+        ("epoch2_fetched_ratio", "epoch 2 fetched / dataset", None),
+        ("fetched_ratio", "both epochs fetched / dataset", None),
         ("rss_mb", "peak RSS (MB)", None),
     ],
     "seq": [
@@ -397,7 +400,7 @@ TITLES = {
     "ttfb": "Time to first byte after `mount` (cold cache)",
     "epoch": "Small files: 8 readers, shuffled, whole files (epoch 1 cold, epoch 2 warm)",
     "loader": "Small files, 8 reader processes (a DataLoader's workers), shuffled, whole files",
-    "smallcache": "Small files through a cache half their size: epoch 1, shuffled, whole files",
+    "smallcache": "Small files through a cache half their size: two epochs, shuffled, whole files",
     "seq": "One big file, sequential 1 MiB reads (cold, then warm)",
     "random": "Random 1 MiB reads in the big file (cold)",
     "meta": "`find` + `stat` of every entry of the big listing",

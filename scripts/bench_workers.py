@@ -53,6 +53,7 @@ def _epochs(
     seed: int,
     procs: int = 0,
     local_paths: list[str] | None = None,
+    stats_ports: list[int] | None = None,
 ) -> dict[str, Any]:
     """``passes`` epochs over ``paths``, each in a new shuffled order, ``threads`` readers;
     with ``procs``, that many reader processes instead (see _epochs_in_processes).
@@ -61,9 +62,21 @@ def _epochs(
     warm epoch is preceded by one over the local copy in the same shuffled order, by the same
     readers: ``local_passes``, one a warm epoch. The warm target compares these pairs, taken
     seconds apart, instead of figures taken minutes apart in other processes (local disk's
-    own warm epochs moved 12,000-16,800 files/s between runs)."""
+    own warm epochs moved 12,000-16,800 files/s between runs).
+
+    With ``stats_ports`` (the latency proxies' counters, see latency_proxy.read_stats), each
+    epoch also records ``fetched``: the bytes the proxies carried to the readers during it.
+    bench.py sees only a run's total, and a second epoch through a small cache fetches what
+    the first could not keep."""
     epochs = _epochs_in_processes if procs else _epochs_in_threads
-    return epochs(read, paths, local_paths or [], procs or threads, passes, seed)
+    fetched = _fetched_counter(stats_ports) if stats_ports else None
+    return epochs(read, paths, local_paths or [], procs or threads, passes, seed, fetched)
+
+
+def _fetched_counter(stats_ports: list[int]) -> Callable[[], int]:
+    from latency_proxy import read_stats  # scripts/ is on sys.path: this file runs from there
+
+    return lambda: sum(read_stats(port)["bytes_down"] for port in stats_ports)
 
 
 def _epochs_in_threads(
@@ -73,10 +86,11 @@ def _epochs_in_threads(
     threads: int,
     passes: int,
     seed: int,
+    fetched: Callable[[], int] | None,
 ) -> dict[str, Any]:
     with ThreadPoolExecutor(threads) as pool:
         return _run_passes(
-            lambda fn, order: pool.map(fn, order), read, paths, local_paths, passes, seed
+            lambda fn, order: pool.map(fn, order), read, paths, local_paths, passes, seed, fetched
         )
 
 
@@ -87,13 +101,19 @@ def _run_passes(
     local_paths: list[str],
     passes: int,
     seed: int,
+    fetched: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
-    """The timed epochs; ``each(fn, order)`` reads every path of ``order`` with ``fn``."""
+    """The timed epochs; ``each(fn, order)`` reads every path of ``order`` with ``fn``.
+    ``fetched``, if given, is read before and after each of them, outside its clock."""
 
     def epoch(fn: Callable[[str], int], order: list[str]) -> dict[str, Any]:
+        before = fetched() if fetched else 0
         t0 = time.perf_counter()
         total = sum(each(fn, order))
-        return {"elapsed": time.perf_counter() - t0, "files": len(order), "bytes": total}
+        out = {"elapsed": time.perf_counter() - t0, "files": len(order), "bytes": total}
+        if fetched:
+            out["fetched"] = fetched() - before
+        return out
 
     results: list[dict[str, Any]] = []
     local: list[dict[str, Any]] = []
@@ -120,6 +140,7 @@ def _epochs_in_processes(
     procs: int,
     passes: int,
     seed: int,
+    fetched: Callable[[], int] | None,
 ) -> dict[str, Any]:
     """Epochs read by ``procs`` processes, as a PyTorch DataLoader with that many workers does
     on Linux: forked (its default there) once the dataset exists (a Repo made, hooks installed)
@@ -133,7 +154,7 @@ def _epochs_in_processes(
             # ``read`` may be a closure, which a pool cannot pickle: the child calls it
             return pool.imap_unordered(_read_in_child if fn is read else fn, order, chunksize=16)
 
-        out = _run_passes(each, read, paths, local_paths, passes, seed)
+        out = _run_passes(each, read, paths, local_paths, passes, seed, fetched)
         pool.close()
         pool.join()
     largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e6
@@ -189,9 +210,10 @@ def fs_epochs(
     seed: int,
     procs: int = 0,
     local_root: str = "",
+    stats_ports: list[int] | None = None,
 ) -> dict[str, Any]:
     paths, local = _paths_and_local(paths_file, root, local_root)
-    return _epochs(_read_path, paths, threads, passes, seed, procs, local)
+    return _epochs(_read_path, paths, threads, passes, seed, procs, local, stats_ports)
 
 
 def api_epochs(
@@ -205,11 +227,12 @@ def api_epochs(
     procs: int = 0,
     local_root: str = "",
     cache_size: int | None = None,
+    stats_ports: list[int] | None = None,
 ) -> dict[str, Any]:
     repo = _repo(spec, remote, cache_dir, cache_size)
     paths, local = _paths_and_local(paths_file, "", local_root)
     read = lambda p: len(repo.read_bytes(p))  # noqa: E731
-    return _epochs(read, paths, threads, passes, seed, procs, local)
+    return _epochs(read, paths, threads, passes, seed, procs, local, stats_ports)
 
 
 def hooks_epochs(

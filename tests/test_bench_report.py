@@ -194,6 +194,28 @@ def test_each_warm_epoch_follows_one_over_local_disk_in_the_same_order(
     assert "local_passes" not in workers._epochs(read, names, 1, 2, seed=7)
 
 
+def test_each_epoch_records_the_bytes_fetched_during_it(workers: ModuleType) -> None:
+    names = [f"d/f{i:02}" for i in range(30)]
+    served = [0]  # the proxies' counter: what the reads fetched, more in the first epoch
+    epoch = [0]
+
+    def read(path: str) -> int:
+        served[0] += 10 if epoch[0] == 0 else 4
+        return 1
+
+    def each(fn: Any, order: list[str]) -> list[int]:
+        out = [fn(p) for p in order]
+        epoch[0] += 1
+        return out
+
+    def fetched() -> int:
+        return served[0]
+
+    result = workers._run_passes(each, read, names, [], 2, 7, fetched)
+    assert [p["fetched"] for p in result["passes"]] == [300, 120]
+    assert "fetched" not in workers._run_passes(each, read, names, [], 1, 7)["passes"][0]
+
+
 def test_every_workload_of_the_bench_has_a_table(report: ModuleType) -> None:
     bench = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
     declared = re.search(r"^WORKLOADS = \((.*)\)$", bench.read_text(), re.MULTILINE)
