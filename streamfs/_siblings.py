@@ -36,7 +36,14 @@ The policy, per view of a commit:
 - **Passes.** Opening a file again that was opened in the folder's current
   pass starts a new pass (the next epoch): the folder is read through again,
   and once a file of it misses (a cache that evicted some of it) the rest is
-  refilled ahead of the readers.
+  refilled ahead of the readers. Once one folder has begun a pass, every
+  other folder begins it at its next open: an epoch reads every folder, and
+  a DataLoader worker, which opens one file in eight, would otherwise see a
+  folder's next pass only when it happened to open again a file of its own
+  (a third of the way into the folder, on average), prefetching none of it
+  until then. (A folder half read when another is read again starts over:
+  its files read so far may be prefetched again, those the cache has kept
+  left out by the batch.)
 - **Later passes through a small cache.** Once a folder is read again (the
   next epoch) and the files being read outgrow the cache (``cramped``, set
   by the owner), the window is at most the bytes opened since: the cache is
@@ -153,11 +160,11 @@ class SiblingPlanner:
             return []
         self.opened_bytes += entry.size
         state = self._folder(folder, siblings)
-        if entry.name in state.opened:  # a new pass over this folder
+        if entry.name in state.opened or state.passes < self._pass:  # a new pass over it
             state.opened.clear()
             state.cursor = 0
             state.active = state.missed = False
-            state.passes += 1
+            state.passes = max(state.passes + 1, self._pass)
             if state.passes > self._pass:  # the first folder read again: the next epoch
                 self._pass, self._pass_opened = state.passes, self.opened_bytes
         size = self._unpick(entry.id)

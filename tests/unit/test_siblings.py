@@ -84,6 +84,27 @@ def test_a_new_pass_prefetches_the_folder_again() -> None:
     assert sorted(e.name for e in second) == sorted(e.name for e in first)
 
 
+def test_a_folder_begins_the_next_pass_once_another_folder_has() -> None:
+    # A DataLoader worker opens one file in eight: waiting for it to open again a file of its
+    # own, it would see each folder's next pass a third of the way into it.
+    planner = SiblingPlanner(small=4 << 20, base=1 << 30, cap=1 << 30)
+    a, b, c = (folder(name, [10 * KiB] * 80) for name in "abc")
+    for entry in a[::8]:  # the first pass: this worker's share of each folder
+        planner.on_open("a", a, entry)
+    for entry in b[::8]:
+        planner.on_open("b", b, entry)
+    planner.on_open("a", a, a[0])  # read again: the next epoch
+    assert planner.pass_number("a") == 1 and planner.pass_number("b") == 0
+    planner.on_open("b", b, b[3])  # not a file this worker read: the next pass all the same
+    assert planner.pass_number("b") == 1
+    picks = planner.on_open("b", b, b[5])
+    assert b[0] in picks and b[8] in picks  # its own last-pass files are this pass's to come
+    planner.on_open("c", c, c[0])  # a folder first seen now: in the pass the others are in
+    assert planner.pass_number("c") == 1
+    assert planner.on_open("c", c, c[1])  # and read through in it, not started over each open
+    assert planner.pass_number("c") == 1
+
+
 def test_processes_start_folders_at_different_places() -> None:
     files = folder("a", [10 * KiB] * 1000)
     starts = set()
