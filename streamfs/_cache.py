@@ -75,6 +75,18 @@ Invariants and choices:
   claims them first (``claim``: a diskcache ``add`` with an expiry, atomic
   across processes), so two workers never fetch one blob at once; a claim
   left by a process that died expires after ``CLAIM_SECONDS``.
+- **Read records.** A worker's planner sees only its own opens, and
+  through a cache smaller than the data a file read is evicted first, after
+  which it looked unread to the other workers' prefetchers: at 20 ms they
+  fetched 14 % of an epoch again, files read a median of 16 s before
+  (docs/benchmarks.md, session 35). So a worker records the time of each
+  read (``put_many(record_reads=True)``, with the write that marks it
+  spent), and a claim leaves out the blobs read since the claimer's pass
+  began (``claim(read_since=...)``): a file read in this epoch is not
+  wanted again before the next one, which may prefetch it as ever. Unlike
+  a claim, a record says nothing of the reader as a prefetcher (session
+  36's claims of reads made every worker count every other as a sharer,
+  and shrank the windows to an eighth).
 - **Best effort.** A block the disk refuses (full, locked too long) is not
   cached; the read that fetched it still succeeds. Nothing here raises on
   a failed put.
@@ -119,6 +131,8 @@ RECALL_LIMIT = 4096  # blocks one recall looks up (a bigger folder is recalled i
 RECALL_CHUNK = 500  # keys a query: SQLite allowed 999 variables before 3.32
 STATS_FLUSH_SECONDS = 1.0
 CLAIM_SECONDS = 60.0  # a prefetch claim lasts this long (a batch lands in well under that)
+READ_RECORD_SECONDS = 3600.0  # a read record outlives any pass it can matter to
+READ_PREFIX = "read:"  # the claims' keys of read records (a claim's key is its blob id)
 # A spent block's store time is this minus when it was read: before 2002 for reads after that,
 # so before every block not spent, and lowest (evicted first) for the latest read.
 SPENT_BASE = 2e9
@@ -808,8 +822,12 @@ class BlockCache:
         finally:
             guard.leave()
 
-    def put_many(self, blocks: dict[tuple[str, int], Block]) -> None:
-        """Store whole, verified blocks: their files, then their rows in one transaction."""
+    def put_many(self, blocks: dict[tuple[str, int], Block], record_reads: bool = False) -> None:
+        """Store whole, verified blocks: their files, then their rows in one transaction.
+
+        With ``record_reads`` (a DataLoader worker), the reads this marks spent are also
+        recorded for the other processes' prefetch claims (``claim``)."""
+        spent: list[tuple[str, float]] = []
         guard = _guard
         guard.enter()
         try:
@@ -836,6 +854,26 @@ class BlockCache:
             log.warning("%d blocks not cached: %s", len(blocks), exc)
         finally:
             guard.leave()
+        if record_reads and spent:
+            self._record_reads(spent)
+
+    def _record_reads(self, spent: list[tuple[str, float]]) -> None:
+        """Record when the small blobs of ``spent`` (block keys, monotonic read times) were
+        read, for ``claim``. A read marked again later (its block not stored yet) is recorded
+        again, with the same time."""
+        shift = time.time() - time.monotonic()
+        guard = _guard
+        guard.enter()
+        try:
+            claims = self._claims._cache
+            with claims.transact(retry=True):
+                for key, t in spent:
+                    blob = key.rpartition(":")[0]
+                    claims.set(READ_PREFIX + blob, shift + t, expire=READ_RECORD_SECONDS)
+        except _DISK_ERRORS as exc:
+            log.warning("%d reads not recorded: %s", len(spent), exc)
+        finally:
+            guard.leave()
 
     def spent(self, blobs: Iterable[str]) -> None:
         """Small blobs that have been read: they go first when the cache evicts, before
@@ -857,9 +895,12 @@ class BlockCache:
             log.warning("cache lookup of %s:%d failed, treated as a miss: %s", blob, index, exc)
             return False
 
-    def claim(self, blobs: list[str], seconds: float = CLAIM_SECONDS) -> list[str]:
+    def claim(
+        self, blobs: list[str], seconds: float = CLAIM_SECONDS, read_since: float | None = None
+    ) -> list[str]:
         """Of the small blobs ``blobs``, those no other process claimed in the last
-        ``seconds``; this process claims them for that long, to prefetch them. On a disk
+        ``seconds`` and, with ``read_since`` (a wall time), none read since then (see
+        ``put_many``); this process claims them for that long, to prefetch them. On a disk
         error, all of them (a blob fetched twice is only a waste)."""
         guard = _guard
         guard.enter()
@@ -868,6 +909,8 @@ class BlockCache:
             pid = os.getpid()
             with cache.transact(retry=True):
                 self._count_sharers(cache, pid)
+                if read_since is not None:
+                    blobs = [b for b in blobs if cache.get(READ_PREFIX + b, 0.0) < read_since]
                 return [b for b in blobs if cache.add(b, pid, expire=seconds)]
         except _DISK_ERRORS as exc:
             log.warning("prefetch claims failed, fetching anyway: %s", exc)

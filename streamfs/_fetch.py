@@ -58,6 +58,8 @@ from ._writequeue import WriteQueue
 
 log = logging.getLogger("streamfs.fetch")
 
+Told = Callable[[list[str]], None]  # told blob ids, on the loop (prefetch_whole)
+
 
 @dataclass(frozen=True, slots=True)
 class BlobRef:
@@ -127,7 +129,8 @@ class BlockFetcher:
         # it sleep in its busy handler. It writes all that queued meanwhile in one transaction;
         # a process among others writing the cache waits a little for more (see WriteQueue).
         self._writes = WriteQueue(
-            lambda blocks: self.cache.put_many(blocks), gather=GATHER_SECONDS if claims else 0.0
+            lambda blocks: self.cache.put_many(blocks, record_reads=claims),
+            gather=GATHER_SECONDS if claims else 0.0,
         )
         self._inflight: dict[tuple[str, int], _Pending] = {}
         self._tasks = _Gauge()  # fetches started and not finished
@@ -228,13 +231,17 @@ class BlockFetcher:
     nursery: trio.Nursery | None = None  # set by the owner before use
 
     async def prefetch_whole(
-        self, blobs: Sequence[BlobRef], elsewhere: Callable[[list[str]], None] | None = None
+        self,
+        blobs: Sequence[BlobRef],
+        elsewhere: Told | None = None,
+        read_since: float | None = None,
     ) -> None:
         """Fetch whole small blobs (one block each) into the cache, many to a request.
 
         ``elsewhere`` is told, on the loop, the ids of those it leaves out because they are
         in the cache already or another process is prefetching them (DataLoader workers
-        share the cache).
+        share the cache), or, with ``read_since`` (a wall time: when the caller's pass
+        began), another process has read them since then (see BlockCache.claim).
         """
         unique = {b.id: b for b in blobs}  # one claim per blob: a twice-claimed one never resolves
         repos: dict[tuple[str, str], list[BlobRef]] = {}
@@ -242,36 +249,38 @@ class BlockFetcher:
             if 0 < blob.size <= BLOCK_SIZE:
                 repos.setdefault((blob.owner, blob.name), []).append(blob)
         for small in repos.values():  # a batch asks one repository
-            self._batches(small, elsewhere)
+            self._batches(small, elsewhere, read_since)
 
-    def _batches(self, small: list[BlobRef], elsewhere: Callable[[list[str]], None] | None) -> None:
+    def _batches(
+        self, small: list[BlobRef], elsewhere: Told | None, read_since: float | None
+    ) -> None:
         for start in range(0, len(small), BATCH_FILES):
             batch: list[BlobRef] = []
             size = 0
             for blob in small[start : start + BATCH_FILES]:
                 if batch and size + blob.size > BATCH_BYTES:
-                    self._spawn(self._fetch_batch, batch, elsewhere)
+                    self._spawn(self._fetch_batch, batch, elsewhere, read_since)
                     batch, size = [], 0
                 batch.append(blob)
                 size += blob.size
             if batch:
-                self._spawn(self._fetch_batch, batch, elsewhere)
+                self._spawn(self._fetch_batch, batch, elsewhere, read_since)
 
     async def _fetch_batch(
-        self, blobs: list[BlobRef], elsewhere: Callable[[list[str]], None] | None
+        self, blobs: list[BlobRef], elsewhere: Told | None, read_since: float | None
     ) -> None:
         try:
-            await self._fetch_batch_claiming(blobs, elsewhere)
+            await self._fetch_batch_claiming(blobs, elsewhere, read_since)
         except Exception as exc:  # a prefetch must never take the engine down
             log.warning("prefetch of %d blobs failed: %s", len(blobs), exc)
 
     async def _fetch_batch_claiming(
-        self, blobs: list[BlobRef], elsewhere: Callable[[list[str]], None] | None
+        self, blobs: list[BlobRef], elsewhere: Told | None, read_since: float | None
     ) -> None:
         async with self._batch_limiter:
             # Claim only what nobody fetched meanwhile (cache lookups are SQLite: off the loop).
             unclaimed = [b for b in blobs if (b.id, 0) not in self._inflight]
-            mine = await trio.to_thread.run_sync(self._claim_uncached, unclaimed)
+            mine = await trio.to_thread.run_sync(self._claim_uncached, unclaimed, read_since)
             if elsewhere is not None and len(mine) < len(unclaimed):
                 taken = {b.id for b in mine}
                 elsewhere([b.id for b in unclaimed if b.id not in taken])
@@ -310,13 +319,14 @@ class BlockFetcher:
             return _verified_whole(pieces)
         return await trio.to_thread.run_sync(_verified_whole, pieces)
 
-    def _claim_uncached(self, blobs: list[BlobRef]) -> list[BlobRef]:
-        """Those of ``blobs`` not in the cache that no other process is prefetching now,
-        claimed (see BlockCache.claim; only with ``claims``)."""
+    def _claim_uncached(self, blobs: list[BlobRef], read_since: float | None) -> list[BlobRef]:
+        """Those of ``blobs`` not in the cache that no other process is prefetching now (or,
+        with ``read_since``, has read since then), claimed (see BlockCache.claim; only with
+        ``claims``)."""
         uncached = [b for b in blobs if not self.cache.has_block(b.id, 0)]
         if not uncached or not self.claims:
             return uncached
-        claimed = set(self.cache.claim([b.id for b in uncached]))
+        claimed = set(self.cache.claim([b.id for b in uncached], read_since=read_since))
         return [b for b in uncached if b.id in claimed]
 
     async def _fetch_claimed(self, blob: BlobRef, first: int, last: int, keep: bool) -> None:

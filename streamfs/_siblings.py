@@ -58,8 +58,10 @@ The policy, per view of a commit:
   cache; each opens a share of every folder. Each process starts a folder at
   its own offset, so workers that prefetch the same folder mostly fetch
   different files. A pick another process fetched meanwhile (found in the
-  cache when its batch starts) or is fetching (it holds a claim in the
-  cache) is released (``release``): it takes no room in the window. A file
+  cache when its batch starts), is fetching (it holds a claim in the
+  cache) or has read in this pass (a read record, BlockCache.claim; the
+  owner tells the batch when the pass began) is released (``release``):
+  it takes no room in the window. A file
   of an active folder that this planner did not fetch but found in the
   cache counts as useful: another worker's prefetch saved its request.
   Without these two, each planner's window filled with files the other
@@ -190,6 +192,11 @@ class SiblingPlanner:
         their reader (BlockCache.spent): in a shuffled epoch each is read once."""
         opened, self._opened = self._opened, []
         return opened
+
+    @property
+    def furthest_pass(self) -> int:
+        """The furthest pass any folder has reached (0: all are in their first)."""
+        return self._pass
 
     def pass_number(self, folder: str) -> int:
         """Which pass over ``folder`` this is: 0 for the first (or a folder not seen)."""

@@ -30,6 +30,7 @@ import hashlib
 import os
 import stat as stat_mod
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -90,6 +91,7 @@ class RepoView:
         self._lock = threading.Lock()
         self._planner = self._new_planner()
         self._plan_lock = threading.Lock()
+        self._pass_seen = (0, time.time())  # the planner's furthest pass, and when it began (wall)
         # folder -> the pass over it (SiblingPlanner.pass_number) in which this process looked
         # up where its cached files are, or KNOWN
         self._recalled: dict[str, int] = {}
@@ -119,6 +121,7 @@ class RepoView:
         self._loading = {}
         self._planner = self._new_planner()
         self._plan_lock = threading.Lock()
+        self._pass_seen = (0, time.time())  # what the parent read is not this worker's pass
         self._recalled = {}  # the child's cache is new: it knows no block file's name
         self._signed = set()  # ... and its Remote no URLs
 
@@ -322,6 +325,9 @@ class RepoView:
                 self._planner.cap = self._window_cap(self._planner)
                 self._planner.cramped = self._planner.known_bytes > self.client.cache_size
             picks = self._planner.on_open(folder, siblings, entry, missed)
+            if self._planner.furthest_pass != self._pass_seen[0]:
+                self._pass_seen = (self._planner.furthest_pass, time.time())
+            read_since = self._pass_seen[1]
             spent = self._planner.take_opened()
             planned = self._planner.pass_number
             recall = not missed and self._recalled.get(folder) not in (planned(folder), KNOWN)
@@ -355,12 +361,14 @@ class RepoView:
             ids = [e.id for e in small]
             self.client.engine.spawn(_sign_ahead, self.client.engine, self.owner, self.name, ids)
         if picks:  # a window's worth at a time; the batch drops what is cached, off this thread
+            # (and, in a DataLoader worker, what the others read in this pass: BlockCache.claim)
             blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
-            self.client.engine.spawn(_prefetch_whole, self.client.engine, blobs, self._elsewhere)
+            engine = self.client.engine
+            engine.spawn(_prefetch_whole, engine, blobs, self._elsewhere, read_since)
 
     def _elsewhere(self, ids: list[str]) -> None:
-        """Picks the batch left out: cached already, or being prefetched by another process
-        (DataLoader workers). They take no room in this planner's window."""
+        """Picks the batch left out: cached already, or being prefetched or read in this pass
+        by another process (DataLoader workers). They take no room in this planner's window."""
         assert self._planner is not None
         with self._plan_lock:
             self._planner.release(ids)
@@ -419,10 +427,13 @@ async def _sign_ahead(engine: Engine, owner: str, name: str, ids: list[str]) -> 
 
 
 async def _prefetch_whole(
-    engine: Engine, blobs: list[BlobRef], elsewhere: Callable[[list[str]], None]
+    engine: Engine,
+    blobs: list[BlobRef],
+    elsewhere: Callable[[list[str]], None],
+    read_since: float,
 ) -> None:
     assert engine.fetcher is not None
-    await engine.fetcher.prefetch_whole(blobs, elsewhere)
+    await engine.fetcher.prefetch_whole(blobs, elsewhere, read_since)
 
 
 async def _get_tree_bytes(engine: Engine, owner: str, name: str, oid: str) -> bytes:

@@ -511,6 +511,40 @@ def test_worker_processes_share_the_prefetch_window_once_the_files_outgrow_the_c
         assert second["cap"] == half
 
 
+_FORKED: list[streamfs.Repo] = []  # what a forked pool's workers read through
+
+
+def _read_in_fork(paths: list[str]) -> dict[str, int]:
+    return _read_as_a_worker(_FORKED[0], paths)
+
+
+def test_a_worker_does_not_prefetch_what_another_worker_read_in_this_pass(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    # Through a cache smaller than the data a file read is evicted first; a worker's planner
+    # sees only its own opens, and its prefetch fetched the others' read files again.
+    rng = random.Random(17)
+    files = {f"train/{i % 4}/img{i:03d}.jpg": rng.randbytes(40_000) for i in range(80)}
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=64_000_000)
+    read = "train/0/img000.jpg"
+    fork = multiprocessing.get_context("fork")
+    _FORKED.append(repo)  # as a DataLoader's dataset: forked with it, not sent to each task
+    try:
+        with fork.Pool(1) as later, fork.Pool(1) as first:  # two workers of one epoch
+            first.apply(_read_in_fork, ([read],))  # one file of the folder: no prefetch
+            key = f"{hashlib.sha256(files[read]).hexdigest()}:0"
+            assert repo.client.cache._blocks.delete(key)  # evicted, as read files are first
+            before = server.metrics()
+            later.apply(_read_in_fork, (["train/0/img004.jpg", "train/0/img008.jpg"],))
+            after = server.metrics()
+    finally:
+        _FORKED.clear()
+    assert after["blob_batch_blobs"] - before["blob_batch_blobs"] == 20 - 3
+    assert key not in repo.client.cache._blocks
+
+
 def test_a_cached_folder_plans_no_prefetch_and_an_evicted_one_is_refilled(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:

@@ -549,9 +549,10 @@ def test_eviction_after_many_blocks_in_one_transaction(tmp_path: Path) -> None:
 NUMBERED = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(31)]  # blob ids
 
 
-def store_numbered(cache: BlockCache, first: int, end: int) -> None:
+def store_numbered(cache: BlockCache, first: int, end: int, record_reads: bool = False) -> None:
     """Blobs NUMBERED[first:end] of 1 MiB each, in one write."""
-    cache.put_many({(b, 0): pattern(i, MiB) for i, b in enumerate(NUMBERED[first:end])})
+    blocks = {(b, 0): pattern(i, MiB) for i, b in enumerate(NUMBERED[first:end])}
+    cache.put_many(blocks, record_reads=record_reads)
 
 
 class _Clock:
@@ -807,6 +808,32 @@ def test_the_caches_keep_sqlite_connections_per_os_thread(cache: BlockCache) -> 
     (see _PerOsThread and tests/test_cache_fuse.py)."""
     for store in (cache._blocks, cache._meta, cache._counters._store):
         assert isinstance(store._cache._local, _PerOsThread)
+
+
+def test_a_claim_leaves_out_what_another_process_read_since_the_claimers_pass_began(
+    tmp_path: Path,
+) -> None:
+    # DataLoader workers: a file one read is evicted first through a small cache, and then
+    # looked unread to the others' prefetchers
+    directory = tmp_path / "c"
+    with BlockCache(directory, 64 * MiB) as one, BlockCache(directory, 64 * MiB) as two:
+        before = time.time()
+        store_numbered(one, 0, 4)
+        one.spent(NUMBERED[:2])  # read here ...
+        store_numbered(one, 4, 5)  # ... marked with the next write, not recorded
+        two.spent(NUMBERED[2:4])  # read by a worker
+        store_numbered(two, 5, 6, record_reads=True)
+        ids = NUMBERED[:5]
+        assert two.claim(ids, read_since=before) == [*NUMBERED[:2], NUMBERED[4]]
+        after = time.time()
+        assert one.claim(NUMBERED[2:4], read_since=after) == NUMBERED[2:4]  # its next pass
+        assert two.claim(NUMBERED[2:4]) == []  # claimed by one now
+        # a record is not a claim: the reader is not counted as a prefetcher
+        with BlockCache(directory, 64 * MiB) as three:
+            three.spent(NUMBERED[6:8])
+            store_numbered(three, 8, 9, record_reads=True)
+            assert three._announced[0] == 0
+            assert one.claim(NUMBERED[6:8], read_since=before) == []
 
 
 def test_a_prefetch_claim_is_taken_once_across_processes_until_it_expires(

@@ -79,9 +79,9 @@ class GatedWrites:
         self._log = log
         cache.put_many = self  # type: ignore[method-assign]
 
-    def __call__(self, blocks: dict[tuple[str, int], bytes]) -> None:
+    def __call__(self, blocks: dict[tuple[str, int], bytes], record_reads: bool = False) -> None:
         assert self.gate.wait(10)
-        self._put_many(blocks)
+        self._put_many(blocks, record_reads)
         self._log.append("written " + ",".join(str(i) for _, i in sorted(blocks)))
 
 
