@@ -20,6 +20,7 @@ import trio.testing
 
 import streamfs
 from streamfs._model import BLOCK_SIZE
+from streamfs._view import CRAMPED_FIRST_PASS_CAP
 
 from .conftest import ServerProcess, run_cli
 
@@ -374,6 +375,18 @@ def published_images(
     return repo_id, files
 
 
+def published_folders(
+    server: ServerProcess, repo_name: str, tmp_path: Path, count: int, seed: int
+) -> tuple[str, dict[str, bytes]]:
+    """A repo alice/REPO_NAME holding ``count`` files of 40,000 bytes in 4 folders, file i in
+    ``train/{i % 4}/img{i:03d}.jpg``: its id and files."""
+    rng = random.Random(seed)
+    files = {f"train/{i % 4}/img{i:03d}.jpg": rng.randbytes(40_000) for i in range(count)}
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    return repo_id, files
+
+
 def wait_for_prefetches(repo: streamfs.Repo) -> None:
     engine = repo.client.engine
     assert engine.fetcher is not None
@@ -444,13 +457,10 @@ def test_a_cache_smaller_than_the_data_fetches_each_file_of_an_epoch_once(
     # A shuffled epoch over 16 MB through a 4 MB cache: prefetched files wait in the cache for
     # their readers while the files read pile up behind them. Store order alone evicted
     # waiting files, which were then fetched again.
-    rng = random.Random(11)
-    files = {f"train/{i % 4}/img{i:03d}.jpg": rng.randbytes(40_000) for i in range(400)}
-    repo_id = f"alice/{repo_name}"
-    publish(server, repo_id, files, tmp_path)
+    repo_id, files = published_folders(server, repo_name, tmp_path, 400, seed=11)
     repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=4_000_000)
     order = list(files)
-    rng.shuffle(order)
+    random.Random(11).shuffle(order)
     before = server.metrics()
     assert repo.read_bytes(order[0]) == files[order[0]]
     fetcher = repo.client.engine.fetcher
@@ -487,10 +497,8 @@ def test_worker_processes_share_the_prefetch_window_once_the_files_outgrow_the_c
     # being read outgrow the cache, eight windows of half of it evicted each other's files
     # before their readers came (8 processes fetched 1.54x the data); while the files fit,
     # nothing of them is evicted and a share of the window only slows the prefetch down.
-    rng = random.Random(13)
-    files = {f"train/{i % 4}/img{i:03d}.jpg": rng.randbytes(40_000) for i in range(400)}
-    repo_id = f"alice/{repo_name}"
-    publish(server, repo_id, files, tmp_path)  # 16 MB in 4 folders of 4 MB
+    # 16 MB in 4 folders of 4 MB
+    repo_id, _ = published_folders(server, repo_name, tmp_path, 400, seed=13)
     repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=cache_size)
     fork = multiprocessing.get_context("fork")
     with fork.Pool(1) as pool:  # a worker reads a folder through
@@ -505,10 +513,31 @@ def test_worker_processes_share_the_prefetch_window_once_the_files_outgrow_the_c
     half = repo.client.cache_size // 2
     if cache_size < 12_000_000:
         assert second["known"] == 12_000_000 > cache_size
-        assert second["cap"] == half // 2
+        assert second["cap"] == int(repo.client.cache_size * CRAMPED_FIRST_PASS_CAP) // 2
     else:
         assert second["known"] == 12_000_000 <= cache_size
         assert second["cap"] == half
+
+
+def test_the_window_takes_more_of_a_small_cache_in_a_first_pass_than_in_a_later_one(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    # A first pass's read files go first; a later pass finds the cache full of the files it has
+    # yet to read, which a bigger window would evict.
+    repo_id, _ = published_folders(server, repo_name, tmp_path, 400, seed=19)
+    repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=4_000_000)
+    planner = repo.view._planner
+    assert planner is not None
+    size = repo.client.cache_size
+    # one file a folder (no prefetch); the window is set at a miss, before the folder counts
+    for path in ["train/0/img000.jpg", "train/1/img001.jpg", "train/2/img002.jpg"]:
+        repo.read_bytes(path)
+    assert planner.known_bytes == 12_000_000 > size  # the folders being read outgrow the cache
+    assert planner.cap == int(size * CRAMPED_FIRST_PASS_CAP) > size // 2
+    repo.read_bytes("train/0/img000.jpg")  # read again: the next pass
+    repo.read_bytes("train/3/img003.jpg")  # a miss
+    assert planner.furthest_pass == 1
+    assert planner.cap == size // 2
 
 
 _FORKED: list[streamfs.Repo] = []  # what a forked pool's workers read through
@@ -523,10 +552,7 @@ def test_a_worker_does_not_prefetch_what_another_worker_read_in_this_pass(
 ) -> None:
     # Through a cache smaller than the data a file read is evicted first; a worker's planner
     # sees only its own opens, and its prefetch fetched the others' read files again.
-    rng = random.Random(17)
-    files = {f"train/{i % 4}/img{i:03d}.jpg": rng.randbytes(40_000) for i in range(80)}
-    repo_id = f"alice/{repo_name}"
-    publish(server, repo_id, files, tmp_path)
+    repo_id, files = published_folders(server, repo_name, tmp_path, 80, seed=17)
     repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=64_000_000)
     read = "train/0/img000.jpg"
     fork = multiprocessing.get_context("fork")
