@@ -458,6 +458,11 @@ def _cull(cache: diskcache.Cache) -> None:
         cache.cull(retry=True)
 
 
+def _take_all(queue: collections.deque[tuple[str, float]]) -> list[tuple[str, float]]:
+    """What ``queue`` holds, emptying it (other threads may append meanwhile)."""
+    return [queue.popleft() for _ in range(len(queue))]
+
+
 def _mark_spent(cache: diskcache.Cache, spent: list[tuple[str, float]]) -> set[str]:
     """Set the store time of these blocks (``(key, when read)``, monotonic time, oldest first)
     to SPENT_BASE minus the time they were read, the cached ones, in the caller's transaction:
@@ -682,6 +687,7 @@ class BlockCache:
         self._blocks._cache.disk.remember = self._remember
         # (block key, when it was read) of blocks read and not yet marked spent, oldest first
         self._spent: collections.deque[tuple[str, float]] = collections.deque(maxlen=SPENT_LIMIT)
+        self._reads: collections.deque[tuple[str, float]] = collections.deque(maxlen=SPENT_LIMIT)
         # processes that claimed prefetches in this cache lately, this one included (claim)
         self.sharers = 1
         self._announced = (0, 0.0)  # (pid, monotonic time) of this process's last count
@@ -827,7 +833,7 @@ class BlockCache:
 
         With ``record_reads`` (a DataLoader worker), the reads this marks spent are also
         recorded for the other processes' prefetch claims (``claim``)."""
-        spent: list[tuple[str, float]] = []
+        reads = _take_all(self._reads)
         guard = _guard
         guard.enter()
         try:
@@ -854,38 +860,42 @@ class BlockCache:
             log.warning("%d blocks not cached: %s", len(blocks), exc)
         finally:
             guard.leave()
-        if record_reads and spent:
-            self._record_reads(spent)
+        if record_reads and reads:
+            self._record_reads(reads)
 
-    def _record_reads(self, spent: list[tuple[str, float]]) -> None:
-        """Record when the small blobs of ``spent`` (block keys, monotonic read times) were
-        read, for ``claim``. A read marked again later (its block not stored yet) is recorded
-        again, with the same time."""
+    def _record_reads(self, reads: list[tuple[str, float]]) -> None:
+        """Record when the small blobs of ``reads`` (block keys, monotonic read times) were
+        read, for ``claim``."""
         shift = time.time() - time.monotonic()
         guard = _guard
         guard.enter()
         try:
             claims = self._claims._cache
             with claims.transact(retry=True):
-                for key, t in spent:
+                for key, t in reads:
                     blob = key.rpartition(":")[0]
                     claims.set(READ_PREFIX + blob, shift + t, expire=READ_RECORD_SECONDS)
         except _DISK_ERRORS as exc:
-            log.warning("%d reads not recorded: %s", len(spent), exc)
+            log.warning("%d reads not recorded: %s", len(reads), exc)
         finally:
             guard.leave()
 
-    def spent(self, blobs: Iterable[str]) -> None:
+    def spent(self, blobs: Iterable[str], record: bool = False) -> None:
         """Small blobs that have been read: they go first when the cache evicts, before
         blocks still waiting for their reader. Marked in the next ``put_many`` (a write
         transaction anyway; one not stored yet is looked for in those of SPENT_SECONDS); a
-        process that writes nothing more leaves them in plain store order, as before."""
+        process that writes nothing more leaves them in plain store order, as before.
+        ``record``: their reads are also recorded by that ``put_many`` if it is told to
+        (a DataLoader worker reading files that outgrow the cache: nothing read is evicted
+        otherwise, and a record would be a write for nothing)."""
         now = time.monotonic()
-        self._spent.extend((_block_key(b, 0), now) for b in blobs)
+        keys = [(_block_key(b, 0), now) for b in blobs]
+        self._spent.extend(keys)
+        if record:
+            self._reads.extend(keys)
 
     def _take_spent(self) -> list[tuple[str, float]]:
-        spent = self._spent
-        return [spent.popleft() for _ in range(len(spent))]
+        return _take_all(self._spent)
 
     def contains(self, blob: str, index: int) -> bool:
         """Whether a block is cached (not counted as a hit or a miss)."""

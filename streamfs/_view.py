@@ -339,6 +339,7 @@ class RepoView:
                 self._pass_seen = (self._planner.furthest_pass, time.time())
             read_since = self._pass_seen[1]
             spent = self._planner.take_opened()
+            record = self._planner.cramped  # read files are evicted: others must be told
             planned = self._planner.pass_number
             recall = not missed and self._recalled.get(folder) not in (planned(folder), KNOWN)
             if recall:
@@ -346,7 +347,7 @@ class RepoView:
                     self._recalled.clear()
                 self._recalled[folder] = planned(folder)
         if spent:  # evicted before what still waits for its reader (BlockCache.spent)
-            self.client.cache.spent(spent)
+            self.client.cache.spent(spent, record)
         if recall:
             # A cached file of a folder this process has not read from in this pass: others
             # (DataLoader workers, an earlier run) cached it, likely its siblings too. Where

@@ -156,9 +156,9 @@ import sys, time, streamfs
 repo = streamfs.Repo(sys.argv[1], remote=sys.argv[2], cache_dir=sys.argv[3])
 cache = repo.client.cache
 write = cache.put_many
-def slow_write(blocks):  # a slow disk: the reads below return long before their blocks are written
+def slow_write(blocks, **options):  # a slow disk: the reads below return long before their blocks are written
     time.sleep(0.5)
-    write(blocks)
+    write(blocks, **options)
 cache.put_many = slow_write
 def read():
     with repo.open("big.bin", buffering=0) as f:
@@ -552,18 +552,24 @@ def test_a_worker_does_not_prefetch_what_another_worker_read_in_this_pass(
 ) -> None:
     # Through a cache smaller than the data a file read is evicted first; a worker's planner
     # sees only its own opens, and its prefetch fetched the others' read files again.
-    repo_id, files = published_folders(server, repo_name, tmp_path, 80, seed=17)
-    repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=64_000_000)
-    read = "train/0/img000.jpg"
+    rng = random.Random(17)
+    files = {f"train/img{i:03d}.jpg": rng.randbytes(40_000) for i in range(20)}  # 800 KB
+    files |= {f"big/img{i:03d}.jpg": rng.randbytes(100_000) for i in range(100)}  # 10 MB
+    repo_id = f"alice/{repo_name}"
+    publish(server, repo_id, files, tmp_path)
+    repo = open_repo(server, repo_id, tmp_path / "cache", cache_size=4_000_000)
+    read = "train/img000.jpg"
     fork = multiprocessing.get_context("fork")
     _FORKED.append(repo)  # as a DataLoader's dataset: forked with it, not sent to each task
     try:
         with fork.Pool(1) as later, fork.Pool(1) as first:  # two workers of one epoch
-            first.apply(_read_in_fork, ([read],))  # one file of the folder: no prefetch
+            # one file a folder (no prefetch), the files of both outgrowing the cache
+            first.apply(_read_in_fork, (["big/img000.jpg", read],))
             key = f"{hashlib.sha256(files[read]).hexdigest()}:0"
             assert repo.client.cache._blocks.delete(key)  # evicted, as read files are first
             before = server.metrics()
-            later.apply(_read_in_fork, (["train/0/img004.jpg", "train/0/img008.jpg"],))
+            paths = ["big/img001.jpg", "train/img004.jpg", "train/img008.jpg"]
+            later.apply(_read_in_fork, (paths,))
             after = server.metrics()
     finally:
         _FORKED.clear()

@@ -821,19 +821,24 @@ def test_a_claim_leaves_out_what_another_process_read_since_the_claimers_pass_be
         store_numbered(one, 0, 4)
         one.spent(NUMBERED[:2])  # read here ...
         store_numbered(one, 4, 5)  # ... marked with the next write, not recorded
-        two.spent(NUMBERED[2:4])  # read by a worker
+        two.spent(NUMBERED[2:4], record=True)  # read by a worker
+        two.spent(NUMBERED[6:7])  # ... and one it was not told to record
         store_numbered(two, 5, 6, record_reads=True)
         ids = NUMBERED[:5]
         assert two.claim(ids, read_since=before) == [*NUMBERED[:2], NUMBERED[4]]
         after = time.time()
         assert one.claim(NUMBERED[2:4], read_since=after) == NUMBERED[2:4]  # its next pass
         assert two.claim(NUMBERED[2:4]) == []  # claimed by one now
+        assert two.claim(NUMBERED[6:7], read_since=before) == NUMBERED[6:7]
         # a record is not a claim: the reader is not counted as a prefetcher
         with BlockCache(directory, 64 * MiB) as three:
-            three.spent(NUMBERED[6:8])
-            store_numbered(three, 8, 9, record_reads=True)
+            three.spent(NUMBERED[7:9], record=True)
+            store_numbered(three, 9, 10, record_reads=True)
             assert three._announced[0] == 0
-            assert one.claim(NUMBERED[6:8], read_since=before) == []
+            assert one.claim(NUMBERED[7:9], read_since=before) == []
+            three.spent(NUMBERED[10:11], record=True)  # a process alone with its cache ...
+            store_numbered(three, 11, 12)  # ... records nothing
+            assert one.claim(NUMBERED[10:11], read_since=before) == NUMBERED[10:11]
 
 
 def test_a_prefetch_claim_is_taken_once_across_processes_until_it_expires(
