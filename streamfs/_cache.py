@@ -79,10 +79,11 @@ Invariants and choices:
   through a cache smaller than the data a file read is evicted first, after
   which it looked unread to the other workers' prefetchers: at 20 ms they
   fetched 14 % of an epoch again, files read a median of 16 s before
-  (docs/benchmarks.md, session 35). So a worker records the time of each
-  read (``put_many(record_reads=True)``, with the write that marks it
-  spent), and a claim leaves out the blobs read since the claimer's pass
-  began (``claim(read_since=...)``): a file read in this epoch is not
+  (docs/benchmarks.md, session 35). So a worker whose files outgrow the
+  cache records the time of each read (``spent(..., record=True)``, written
+  by the ``put_many(record_reads=True)`` that marks it spent), and a claim
+  leaves out the blobs read since the claimer's pass began
+  (``claim(read_since=...)``): a file read in this epoch is not
   wanted again before the next one, which may prefetch it as ever. Unlike
   a claim, a record says nothing of the reader as a prefetcher (session
   36's claims of reads made every worker count every other as a sharer,
