@@ -688,6 +688,7 @@ class BlockCache:
         self._blocks._cache.disk.remember = self._remember
         # (block key, when it was read) of blocks read and not yet marked spent, oldest first
         self._spent: collections.deque[tuple[str, float]] = collections.deque(maxlen=SPENT_LIMIT)
+        # (blob id, wall time) of reads to record for the other processes' claims (spent)
         self._reads: collections.deque[tuple[str, float]] = collections.deque(maxlen=SPENT_LIMIT)
         # processes that claimed prefetches in this cache lately, this one included (claim)
         self.sharers = 1
@@ -865,17 +866,15 @@ class BlockCache:
             self._record_reads(reads)
 
     def _record_reads(self, reads: list[tuple[str, float]]) -> None:
-        """Record when the small blobs of ``reads`` (block keys, monotonic read times) were
-        read, for ``claim``."""
-        shift = time.time() - time.monotonic()
+        """Record when the small blobs of ``reads`` (blob id, wall time) were read, for
+        ``claim``."""
         guard = _guard
         guard.enter()
         try:
             claims = self._claims._cache
             with claims.transact(retry=True):
-                for key, t in reads:
-                    blob = key.rpartition(":")[0]
-                    claims.set(READ_PREFIX + blob, shift + t, expire=READ_RECORD_SECONDS)
+                for blob, when in reads:
+                    claims.set(READ_PREFIX + blob, when, expire=READ_RECORD_SECONDS)
         except _DISK_ERRORS as exc:
             log.warning("%d reads not recorded: %s", len(reads), exc)
         finally:
@@ -889,11 +888,12 @@ class BlockCache:
         ``record``: their reads are also recorded by that ``put_many`` if it is told to
         (a DataLoader worker reading files that outgrow the cache: nothing read is evicted
         otherwise, and a record would be a write for nothing)."""
+        blobs = list(blobs)
         now = time.monotonic()
-        keys = [(_block_key(b, 0), now) for b in blobs]
-        self._spent.extend(keys)
+        self._spent.extend((_block_key(b, 0), now) for b in blobs)
         if record:
-            self._reads.extend(keys)
+            wall = time.time()
+            self._reads.extend((b, wall) for b in blobs)
 
     def _take_spent(self) -> list[tuple[str, float]]:
         return _take_all(self._spent)

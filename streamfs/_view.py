@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 
 import trio
@@ -42,7 +42,7 @@ from ._blobfront import MAX_IDS
 from ._client import Client
 from ._engine import Engine
 from ._errors import NotADirError, PathNotFoundError, StreamfsError
-from ._fetch import BlobRef
+from ._fetch import BlobRef, Told
 from ._model import (
     BLOCK_SIZE,
     Commit,
@@ -440,7 +440,7 @@ async def _sign_ahead(engine: Engine, owner: str, name: str, ids: list[str]) -> 
 async def _prefetch_whole(
     engine: Engine,
     blobs: list[BlobRef],
-    elsewhere: Callable[[list[str]], None],
+    elsewhere: Told,
     read_since: float,
 ) -> None:
     assert engine.fetcher is not None
