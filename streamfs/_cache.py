@@ -81,7 +81,10 @@ Invariants and choices:
   fetched 14 % of an epoch again, files read a median of 16 s before
   (docs/benchmarks.md, session 35). So a worker whose files outgrow the
   cache records the time of each read (``spent(..., record=True)``, written
-  by the ``put_many(record_reads=True)`` that marks it spent), and a claim
+  in the transaction of the ``put_many(record_reads=True)`` that marks it
+  spent, a row of a table of the blocks' own database that diskcache does not
+  know of; a second transaction on the claims' database for them made 8
+  workers ~12 % slower at RTT 0), and a claim
   leaves out the blobs read since the claimer's pass began
   (``claim(read_since=...)``): a file read in this epoch is not
   wanted again before the next one, which may prefetch it as ever. Unlike
@@ -133,7 +136,7 @@ RECALL_CHUNK = 500  # keys a query: SQLite allowed 999 variables before 3.32
 STATS_FLUSH_SECONDS = 1.0
 CLAIM_SECONDS = 60.0  # a prefetch claim lasts this long (a batch lands in well under that)
 READ_RECORD_SECONDS = 3600.0  # a read record outlives any pass it can matter to
-READ_PREFIX = "read:"  # the claims' keys of read records (a claim's key is its blob id)
+READ_CULL_SECONDS = 60.0  # a process deletes read records older than that at most this often
 # A spent block's store time is this minus when it was read: before 2002 for reads after that,
 # so before every block not spent, and lowest (evicted first) for the latest read.
 SPENT_BASE = 2e9
@@ -459,6 +462,32 @@ def _cull(cache: diskcache.Cache) -> None:
         cache.cull(retry=True)
 
 
+# Read records (see the module's docstring): a blob's last recorded read, wall time. One row
+# a blob, replaced by a later read; no index but the key, so a record costs one row write.
+_READS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS StreamfsReads (blob TEXT PRIMARY KEY, read_time REAL NOT NULL)"
+    " WITHOUT ROWID"
+)
+_RECORD_READ = "INSERT OR REPLACE INTO StreamfsReads(blob, read_time) VALUES (?, ?)"
+
+
+def _record_reads(cache: diskcache.Cache, reads: list[tuple[str, float]], cull: bool) -> None:
+    """In the caller's transaction, record the reads ``(blob id, wall time)``; with ``cull``,
+    first delete the records older than READ_RECORD_SECONDS (a scan of at most a row for
+    every file read in that time: cheaper now and then than an index kept at every read)."""
+    if cull:
+        cache._con.execute(
+            "DELETE FROM StreamfsReads WHERE read_time < ?", (time.time() - READ_RECORD_SECONDS,)
+        )
+    cache._con.executemany(_RECORD_READ, reads)  # oldest first: a blob's last read stays
+
+
+def _read_since(cache: diskcache.Cache, blobs: list[str], since: float) -> set[str]:
+    """The blobs of ``blobs`` with a read recorded at ``since`` (wall time) or later."""
+    query = "SELECT blob FROM StreamfsReads WHERE read_time >= ? AND blob IN ({marks})"
+    return {blob for (blob,) in _rows_for_keys(cache, query, blobs, since)}
+
+
 def _take_all(queue: collections.deque[tuple[str, float]]) -> list[tuple[str, float]]:
     """What ``queue`` holds, emptying it (other threads may append meanwhile)."""
     return [queue.popleft() for _ in range(len(queue))]
@@ -678,6 +707,8 @@ class BlockCache:
         # Eviction runs once per write (see put_many), not inside every add: this process only
         # (the setting is not saved), and every writer of blocks is put or put_many.
         self._blocks.reset("cull_limit", 0, update=False)
+        self._create_reads_table()
+        self._reads_culled = 0.0  # monotonic time this process last culled the read records
         self._meta = self._open("meta", meta_limit)
         self._counters = _Counters(self._open("stats", 0, eviction_policy="none"))
         # expired claims are deleted by later claims (diskcache culls them on add)
@@ -694,6 +725,14 @@ class BlockCache:
         self.sharers = 1
         self._announced = (0, 0.0)  # (pid, monotonic time) of this process's last count
         weakref.finalize(self, self._counters.flush)  # counts survive an exit without close()
+
+    def _create_reads_table(self) -> None:
+        guard = _guard
+        guard.enter()
+        try:
+            self._blocks._cache._sql(_READS_TABLE)
+        finally:
+            guard.leave()
 
     def _open(self, name: str, limit: int, eviction_policy: str = EVICTION_POLICY) -> Any:
         return _open_cache(
@@ -834,8 +873,15 @@ class BlockCache:
         """Store whole, verified blocks: their files, then their rows in one transaction.
 
         With ``record_reads`` (a DataLoader worker), the reads this marks spent are also
-        recorded for the other processes' prefetch claims (``claim``)."""
+        recorded, in the same transaction, for the other processes' prefetch claims
+        (``claim``)."""
         reads = _take_all(self._reads)
+        if not record_reads:
+            reads = []
+        now = time.monotonic()
+        cull = bool(reads) and now - self._reads_culled >= READ_CULL_SECONDS
+        if cull:
+            self._reads_culled = now
         guard = _guard
         guard.enter()
         try:
@@ -846,6 +892,8 @@ class BlockCache:
                 with cache.transact(retry=True):
                     added = _insert_rows(cache, rows)
                     found = _mark_spent(cache, spent)
+                    if reads:
+                        _record_reads(cache, reads, cull)
             except BaseException:
                 _remove_files(cache.disk, rows)
                 raise
@@ -860,23 +908,6 @@ class BlockCache:
             self._spent.extend((k, t) for k, t in spent if k not in found and t > stale)
         except _DISK_ERRORS as exc:
             log.warning("%d blocks not cached: %s", len(blocks), exc)
-        finally:
-            guard.leave()
-        if record_reads and reads:
-            self._record_reads(reads)
-
-    def _record_reads(self, reads: list[tuple[str, float]]) -> None:
-        """Record when the small blobs of ``reads`` (blob id, wall time) were read, for
-        ``claim``."""
-        guard = _guard
-        guard.enter()
-        try:
-            claims = self._claims._cache
-            with claims.transact(retry=True):
-                for blob, when in reads:
-                    claims.set(READ_PREFIX + blob, when, expire=READ_RECORD_SECONDS)
-        except _DISK_ERRORS as exc:
-            log.warning("%d reads not recorded: %s", len(reads), exc)
         finally:
             guard.leave()
 
@@ -916,12 +947,13 @@ class BlockCache:
         guard = _guard
         guard.enter()
         try:
+            if read_since is not None:  # a read recorded meanwhile is only a blob fetched twice
+                read = _read_since(self._blocks._cache, blobs, read_since)
+                blobs = [b for b in blobs if b not in read]
             cache = self._claims._cache
             pid = os.getpid()
             with cache.transact(retry=True):
                 self._count_sharers(cache, pid)
-                if read_since is not None:
-                    blobs = [b for b in blobs if cache.get(READ_PREFIX + b, 0.0) < read_since]
                 return [b for b in blobs if cache.add(b, pid, expire=seconds)]
         except _DISK_ERRORS as exc:
             log.warning("prefetch claims failed, fetching anyway: %s", exc)
@@ -989,6 +1021,7 @@ class BlockCache:
         """Remove every block and metadata object and reset the counters."""
         self._where.clear()
         self._blocks.clear(retry=True)
+        self._blocks._cache._sql("DELETE FROM StreamfsReads")
         self._meta.clear(retry=True)
         self._claims.clear(retry=True)
         self._counters.reset()

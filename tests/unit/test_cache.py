@@ -841,6 +841,22 @@ def test_a_claim_leaves_out_what_another_process_read_since_the_claimers_pass_be
             assert one.claim(NUMBERED[10:11], read_since=before) == NUMBERED[10:11]
 
 
+def test_read_records_outlive_a_pass_and_are_culled_after_that(tmp_path: Path) -> None:
+    with BlockCache(tmp_path / "c", 64 * MiB) as cache:
+        blocks = cache._blocks._cache
+        now = time.time()
+        with blocks.transact():
+            old = now - _cache.READ_RECORD_SECONDS - 1
+            _cache._record_reads(blocks, [("old", old), ("new", now - 5), ("new", now)], False)
+        assert _cache._read_since(blocks, ["old", "new", "other"], old) == {"old", "new"}
+        assert _cache._read_since(blocks, ["old", "new"], now) == {"new"}  # its last read
+        with blocks.transact():
+            _cache._record_reads(blocks, [("newer", now)], cull=True)
+        assert _cache._read_since(blocks, ["old", "new", "newer"], 0.0) == {"new", "newer"}
+        cache.clear()
+        assert _cache._read_since(blocks, ["new", "newer"], 0.0) == set()
+
+
 def test_a_prefetch_claim_is_taken_once_across_processes_until_it_expires(
     tmp_path: Path,
 ) -> None:
