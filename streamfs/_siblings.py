@@ -46,13 +46,16 @@ The policy, per view of a commit:
   left out by the batch.)
 - **Later passes through a small cache.** Once a folder is read again (the
   next epoch) and the files being read outgrow the cache (``cramped``, set
-  by the owner), the window is at most the bytes opened since: the cache is
-  then full of the last pass's files, which this one has yet to read, and
-  each file prefetched takes the room of one of them (fetched again later)
-  unless the room is that of a file this pass has read (those go first,
-  BlockCache.spent). With the window grown as in the first pass, a second
-  epoch through a cache half the data (8 threads, 20 ms) fetched 0.78x of
-  it at 1,172-1,180 files/s; with this, 0.69-0.70x at 1,411-1,466
+  by the owner), the window is at most the bytes this pass found cached
+  (other than this planner's own picks): the cache is then full of the last
+  pass's files, which this one has yet to read, and each file prefetched
+  takes the room of one of them (fetched again later) unless the room is
+  that of a file this pass has read (those go first, BlockCache.spent). A
+  file this pass fetched and read frees only the room its fetch took, so
+  only a cached file's read makes room for a prefetch. With the window
+  grown as in the first pass, a second epoch through a cache half the data
+  (8 threads, 20 ms) fetched 0.78x of it at 1,172-1,180 files/s; with the
+  window at most the bytes opened in the pass, 0.69-0.70x at 1,411-1,466
   (docs/benchmarks.md, session 37).
 - **Processes.** DataLoader workers each have a planner and share one disk
   cache; each opens a share of every folder. Each process starts a folder at
@@ -139,7 +142,7 @@ class SiblingPlanner:
         self.known_bytes = 0  # of the small files of the folders remembered: what is being read
         self.cramped = False  # set by the owner: those outgrow the cache
         self._pass = 0  # the furthest pass a folder has reached (0: the first)
-        self._pass_opened = 0  # opened_bytes when it began
+        self._pass_hits = 0  # bytes opened in it found cached, not prefetched by this planner
         self._opened: list[str] = []  # small files opened since take_opened, in passes that missed
 
     def allowance(self) -> int:
@@ -147,7 +150,7 @@ class SiblingPlanner:
         grown = self.growth * self.opened_bytes + self.reward * self.useful_bytes
         allowance = min(self.cap, self.base + grown)
         if self.cramped and self._pass > 0:  # a later pass through a small cache
-            return min(allowance, self.opened_bytes - self._pass_opened)
+            return min(allowance, self._pass_hits)
         return allowance
 
     def on_open(
@@ -168,14 +171,16 @@ class SiblingPlanner:
             state.active = state.missed = False
             state.passes = max(state.passes + 1, self._pass)
             if state.passes > self._pass:  # the first folder read again: the next epoch
-                self._pass, self._pass_opened = state.passes, self.opened_bytes
+                self._pass, self._pass_hits = state.passes, 0
         size = self._unpick(entry.id)
         if size is not None:
             self.useful_bytes += size
-        elif state.active and not missed:
-            # A folder being read through, and a file of it that this planner did not fetch
-            # was in the cache: another process's prefetch saved its request.
-            self.useful_bytes += entry.size
+        elif not missed:
+            self._pass_hits += entry.size  # its room was this pass's to take: it goes first
+            if state.active:
+                # A folder being read through, and a file of it that this planner did not
+                # fetch was in the cache: another process's prefetch saved its request.
+                self.useful_bytes += entry.size
         state.opened.add(entry.name)
         state.missed = state.missed or missed
         if state.missed:  # a pass that fetches: what it read may go before what it prefetched
