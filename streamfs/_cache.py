@@ -141,6 +141,8 @@ READ_CULL_SECONDS = 60.0  # a process deletes read records older than that at mo
 # A spent block's store time is this minus when it was read: before 2002 for reads after that,
 # so before every block not spent, and lowest (evicted first) for the latest read.
 SPENT_BASE = 2e9
+# Store times above this are of blocks not spent (stored after 2001); spent ones are below it.
+UNSPENT_ABOVE = SPENT_BASE / 2
 SPENT_LIMIT = 8192  # spent blocks waiting for the next write to mark them; older ones are dropped
 # seconds a spent block not stored yet (its reader's own fetch) is looked for in later writes:
 # its fetch's time bound and more. A count of writes ran out first: at RTT 20 ms, ~200 writes a
@@ -929,6 +931,24 @@ class BlockCache:
 
     def _take_spent(self) -> list[tuple[str, float]]:
         return _take_all(self._spent)
+
+    def unread(self, blobs: list[str]) -> set[str]:
+        """Of the small blobs ``blobs``, those cached and not read yet: marked spent by no
+        process (a read is marked at its process's next write). On a disk error, all of
+        them."""
+        guard = _guard
+        guard.enter()
+        try:
+            cache = self._blocks._cache
+            query = "SELECT key FROM Cache WHERE raw = 1 AND store_time > ? AND key IN ({marks})"
+            keys = [_block_key(b, 0) for b in blobs]
+            rows = _rows_for_keys(cache, query, keys, UNSPENT_ABOVE)
+            return {key.rpartition(":")[0] for (key,) in rows}
+        except _DISK_ERRORS as exc:
+            log.warning("cache lookup of %d blobs failed, taken as unread: %s", len(blobs), exc)
+            return set(blobs)
+        finally:
+            guard.leave()
 
     def contains(self, blob: str, index: int) -> bool:
         """Whether a block is cached (not counted as a hit or a miss)."""

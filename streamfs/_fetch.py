@@ -62,6 +62,14 @@ Told = Callable[[list[str]], None]  # told blob ids, on the loop (prefetch_whole
 
 
 @dataclass(frozen=True, slots=True)
+class _Listeners:
+    """Who a prefetch batch tells of its blobs, on the loop (BlockFetcher.prefetch_whole)."""
+
+    elsewhere: Told | None
+    landed: Told | None
+
+
+@dataclass(frozen=True, slots=True)
 class BlobRef:
     owner: str
     name: str
@@ -235,13 +243,15 @@ class BlockFetcher:
         blobs: Sequence[BlobRef],
         elsewhere: Told | None = None,
         read_since: float | None = None,
+        landed: Told | None = None,
     ) -> None:
         """Fetch whole small blobs (one block each) into the cache, many to a request.
 
         ``elsewhere`` is told, on the loop, the ids of those it leaves out because they are
         in the cache already or another process is prefetching them (DataLoader workers
         share the cache), or, with ``read_since`` (a wall time: when the caller's pass
-        began), another process has read them since then (see BlockCache.claim).
+        began), another process has read them since then (see BlockCache.claim);
+        ``landed``, those of each batch once they are in the cache.
         """
         unique = {b.id: b for b in blobs}  # one claim per blob: a twice-claimed one never resolves
         repos: dict[tuple[str, str], list[BlobRef]] = {}
@@ -249,34 +259,33 @@ class BlockFetcher:
             if 0 < blob.size <= BLOCK_SIZE:
                 repos.setdefault((blob.owner, blob.name), []).append(blob)
         for small in repos.values():  # a batch asks one repository
-            self._batches(small, elsewhere, read_since)
+            self._batches(small, _Listeners(elsewhere, landed), read_since)
 
-    def _batches(
-        self, small: list[BlobRef], elsewhere: Told | None, read_since: float | None
-    ) -> None:
+    def _batches(self, small: list[BlobRef], told: _Listeners, read_since: float | None) -> None:
         for start in range(0, len(small), BATCH_FILES):
             batch: list[BlobRef] = []
             size = 0
             for blob in small[start : start + BATCH_FILES]:
                 if batch and size + blob.size > BATCH_BYTES:
-                    self._spawn(self._fetch_batch, batch, elsewhere, read_since)
+                    self._spawn(self._fetch_batch, batch, told, read_since)
                     batch, size = [], 0
                 batch.append(blob)
                 size += blob.size
             if batch:
-                self._spawn(self._fetch_batch, batch, elsewhere, read_since)
+                self._spawn(self._fetch_batch, batch, told, read_since)
 
     async def _fetch_batch(
-        self, blobs: list[BlobRef], elsewhere: Told | None, read_since: float | None
+        self, blobs: list[BlobRef], told: _Listeners, read_since: float | None
     ) -> None:
         try:
-            await self._fetch_batch_claiming(blobs, elsewhere, read_since)
+            await self._fetch_batch_claiming(blobs, told, read_since)
         except Exception as exc:  # a prefetch must never take the engine down
             log.warning("prefetch of %d blobs failed: %s", len(blobs), exc)
 
     async def _fetch_batch_claiming(
-        self, blobs: list[BlobRef], elsewhere: Told | None, read_since: float | None
+        self, blobs: list[BlobRef], told: _Listeners, read_since: float | None
     ) -> None:
+        elsewhere = told.elsewhere
         async with self._batch_limiter:
             # Claim only what nobody fetched meanwhile (cache lookups are SQLite: off the loop).
             unclaimed = [b for b in blobs if (b.id, 0) not in self._inflight]
@@ -302,6 +311,8 @@ class BlockFetcher:
             if blob.id not in pieces:  # cut short or corrupt: fetched again on its own
                 self._spawn(self._fetch_claimed, blob, 0, 0, True)
         await self._deliver({(oid, 0): piece for oid, piece in pieces.items()}, keep=True)
+        if told.landed is not None and pieces:
+            told.landed(list(pieces))
 
     async def _read_batch(self, blobs: list[BlobRef]) -> dict[str, bytes]:
         """The blobs that arrived whole and match their ids (the rest are left out)."""

@@ -72,6 +72,13 @@ The policy, per view of a commit:
   against 0.20 for 8 threads (docs/benchmarks.md, sessions 17-18). The
   owner sets ``cap``: once ``known_bytes`` (the small files of the folders
   remembered) outgrow the cache, the processes share its room for windows.
+  Most of what a worker prefetched is opened by the others, which this
+  planner never sees: the owner hands back (``release``) the picks that
+  ``landed`` in the cache and have been read there or evicted since
+  (``landed_ids``), and tops the window up (``top_up``). Without that, a
+  window capped at its share (an eighth of half the cache) filled with
+  files other workers had read within seconds and stayed full for the rest
+  of the epoch (docs/benchmarks.md, session 37).
 - **Read before waiting.** The small files opened in a pass that missed the
   cache are handed out (``take_opened``) for the cache to evict first: with a
   cache smaller than the data, prefetched files waiting for their reader
@@ -136,6 +143,7 @@ class SiblingPlanner:
         self._folders: OrderedDict[str, _Folder] = OrderedDict()
         self._active: deque[str] = deque()  # active folders that may have candidates left
         self._outstanding: dict[str, int] = {}  # blob id -> size: prefetched, not opened yet
+        self._landed: dict[str, None] = {}  # of those, the ones in the cache (in landing order)
         self.outstanding_bytes = 0
         self.opened_bytes = 0
         self.useful_bytes = 0  # opened after being prefetched
@@ -209,14 +217,36 @@ class SiblingPlanner:
         return state.passes if state is not None else 0
 
     def release(self, ids: Iterable[str]) -> None:
-        """Picks that their batch left out (cached meanwhile, or claimed by another process
-        that is fetching them): this planner fetched nothing for them, so they take no
-        room in the window."""
+        """Picks that take no room in the window: those their batch left out (cached
+        meanwhile, or claimed by another process that is fetching them), and those that
+        landed and were read by another process or evicted (``landed_ids``)."""
         for oid in ids:
             self._unpick(oid)
 
+    def landed(self, ids: Iterable[str]) -> None:
+        """Picks that their batch fetched and wrote to the cache."""
+        for oid in ids:
+            if oid in self._outstanding:
+                self._landed[oid] = None
+
+    def landed_ids(self) -> list[str]:
+        """The picks in the cache and not opened here: once another process has read one (or
+        the cache evicted it), it no longer waits for a reader here, and the owner may
+        ``release`` it."""
+        return list(self._landed)
+
+    def full(self) -> bool:
+        """Whether the window has no room for a refill."""
+        allowance = self.allowance()
+        return allowance - self.outstanding_bytes < min(self.refill, allowance // 2)
+
+    def top_up(self) -> list[Entry]:
+        """Picks to fill the window up with after a ``release`` (none while it is full)."""
+        return self._pick()
+
     def _unpick(self, oid: str) -> int | None:
         """Take ``oid`` out of the window; its size, or None if it was not there."""
+        self._landed.pop(oid, None)
         size = self._outstanding.pop(oid, None)
         if size is not None:
             self.outstanding_bytes -= size
@@ -239,9 +269,9 @@ class SiblingPlanner:
 
     def _pick(self) -> list[Entry]:
         picks: list[Entry] = []
-        allowance = self.allowance()
-        if allowance - self.outstanding_bytes < min(self.refill, allowance // 2):
+        if self.full():
             return picks  # refill in batches, not a file or two per open
+        allowance = self.allowance()
         while self._active and self.outstanding_bytes < allowance:
             folder = self._active[0]
             state = self._folders.get(folder)

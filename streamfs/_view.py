@@ -78,6 +78,9 @@ PREFETCH_CAP_SHARE = 2
 # the cache full of files it has yet to read, which a bigger window evicts: half there (3/4 read
 # epoch 2 at 1,112 files/s, fetching 0.78x the data; half 1,300-1,340, 0.69x).
 CRAMPED_FIRST_PASS_CAP = 0.75
+# A DataLoader worker's full window: at most this often, the picks that other workers have read
+# since they landed leave it (SiblingPlanner.landed_ids), in one cache query.
+RELEASE_SECONDS = 0.25
 MAX_RECALLED = 4096  # folders a view remembers having recalled (then it starts over)
 KNOWN = -1  # a folder recalled whose cached files' names this process all knows
 
@@ -98,6 +101,7 @@ class RepoView:
         self._lock = threading.Lock()
         self._planner = self._new_planner()
         self._plan_lock = threading.Lock()
+        self._released_at = 0.0  # when picks read elsewhere were last looked for (monotonic)
         self._pass_seen = (0, time.time())  # the planner's furthest pass, and when it began (wall)
         # folder -> the pass over it (SiblingPlanner.pass_number) in which this process looked
         # up where its cached files are, or KNOWN
@@ -131,6 +135,7 @@ class RepoView:
         self._loading = {}
         self._planner = self._new_planner()
         self._plan_lock = threading.Lock()
+        self._released_at = 0.0  # when picks read elsewhere were last looked for (monotonic)
         self._pass_seen = (0, time.time())  # what the parent read is not this worker's pass
         self._recalled = {}  # the child's cache is new: it knows no block file's name
         self._signed = set()  # ... and its Remote no URLs
@@ -335,6 +340,7 @@ class RepoView:
                 self._planner.cap = self._window_cap(self._planner)
                 self._planner.cramped = self._planner.known_bytes > self.client.cache_size
             picks = self._planner.on_open(folder, siblings, entry, missed)
+            landed = self._landed_to_check(picks)
             if self._planner.furthest_pass != self._pass_seen[0]:
                 self._pass_seen = (self._planner.furthest_pass, time.time())
             read_since = self._pass_seen[1]
@@ -371,18 +377,54 @@ class RepoView:
             small = (e for e in siblings if not e.is_dir and 0 < e.size <= BLOCK_SIZE)
             ids = [e.id for e in small]
             self.client.engine.spawn(_sign_ahead, self.client.engine, self.owner, self.name, ids)
-        if picks:  # a window's worth at a time; the batch drops what is cached, off this thread
-            # (and, in a DataLoader worker, what the others read in this pass: BlockCache.claim)
-            blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
-            engine = self.client.engine
-            engine.spawn(_prefetch_whole, engine, blobs, self._elsewhere, read_since)
+        if picks:
+            self._prefetch(picks, read_since)
+        elif landed:  # one query (~1 ms for a window of 700 files), at most every 0.25 s
+            unread = self.client.cache.unread(landed)
+            self._elsewhere([oid for oid in landed if oid not in unread])
+
+    def _landed_to_check(self, picks: list[Entry]) -> list[str]:
+        """Under ``_plan_lock``, after an open: if it picked nothing because the window is
+        full and this process shares the cache (a DataLoader worker: the others read most of
+        what it prefetched), the picks in the cache, at most every RELEASE_SECONDS. Those read
+        since (or evicted) go."""
+        assert self._planner is not None
+        if picks or not self._planner.full():
+            return []
+        now = time.monotonic()
+        if now - self._released_at < RELEASE_SECONDS:
+            return []
+        engine = self.client.running_engine
+        if engine is None or engine.fetcher is None or not engine.fetcher.claims:
+            return []  # the only reader of this cache: every open of a pick came here
+        self._released_at = now
+        return self._planner.landed_ids()
 
     def _elsewhere(self, ids: list[str]) -> None:
-        """Picks the batch left out: cached already, or being prefetched or read in this pass
-        by another process (DataLoader workers). They take no room in this planner's window."""
+        """Picks that take no room in this planner's window: left out of their batch (cached
+        already, or being prefetched or read in this pass by another process: DataLoader
+        workers), or read by another process since they landed. The window is topped up at
+        once: in a worker, whose window the others empty, the next open may be a while."""
         assert self._planner is not None
         with self._plan_lock:
             self._planner.release(ids)
+            picks = self._planner.top_up()
+            read_since = self._pass_seen[1]
+        if picks:
+            self._prefetch(picks, read_since)
+
+    def _prefetch(self, picks: list[Entry], read_since: float) -> None:
+        """A window's worth at a time; the batch drops what is cached, off this thread (and,
+        in a DataLoader worker, what the others read in this pass: BlockCache.claim)."""
+        blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
+        engine = self.client.engine
+        engine.spawn(_prefetch_whole, engine, blobs, self._elsewhere, read_since, self._landed)
+
+    def _landed(self, ids: list[str]) -> None:
+        """Picks their batch wrote to the cache."""
+        assert self._planner is not None
+        with self._plan_lock:
+            self._planner.landed(ids)
 
 
 def entry_stat(entry: Entry, path: str, *, writable: bool = False) -> tuple[int, ...]:
@@ -442,9 +484,10 @@ async def _prefetch_whole(
     blobs: list[BlobRef],
     elsewhere: Told,
     read_since: float,
+    landed: Told,
 ) -> None:
     assert engine.fetcher is not None
-    await engine.fetcher.prefetch_whole(blobs, elsewhere, read_since)
+    await engine.fetcher.prefetch_whole(blobs, elsewhere, read_since, landed)
 
 
 async def _get_tree_bytes(engine: Engine, owner: str, name: str, oid: str) -> bytes:

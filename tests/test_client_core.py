@@ -577,6 +577,46 @@ def test_a_worker_does_not_prefetch_what_another_worker_read_in_this_pass(
     assert key not in repo.client.cache._blocks
 
 
+def _window_in_fork(paths: list[str]) -> list[str]:
+    """In a forked pool's worker: read ``paths`` through the repo, each followed by its
+    prefetches; the ids of the files its prefetch window holds then."""
+    repo = _FORKED[0]
+    _read_as_a_worker(repo, paths)
+    planner = repo.view._planner
+    assert planner is not None
+    return list(planner._outstanding)
+
+
+def test_a_worker_lets_go_of_prefetched_files_another_worker_read(
+    server: ServerProcess, repo_name: str, tmp_path: Path
+) -> None:
+    # A DataLoader worker's prefetches are mostly read by the other workers, which its planner
+    # never sees. Its window, capped at its share, stayed full of files read long before, and
+    # it prefetched nothing more for the rest of the epoch.
+    repo_id, files = published_folders(server, repo_name, tmp_path, 400, seed=17)  # 16 MB
+    paths = {hashlib.sha256(data).hexdigest(): path for path, data in files.items()}
+    _FORKED.append(open_repo(server, repo_id, tmp_path / "cache", cache_size=4_000_000))
+    fork = multiprocessing.get_context("fork")
+    try:
+        with fork.Pool(1) as first, fork.Pool(1) as second:
+            opened = ["train/0/img000.jpg", "train/0/img004.jpg"]
+            window = first.apply(_window_in_fork, (opened,))
+            assert len(window) >= 10 and set(window) <= set(paths)
+            # the other worker misses a file of the folder, then reads what the first fetched,
+            # then a file of another folder (its write marks them read in the cache)
+            folder = [p for i, p in paths.items() if p.startswith("train/0/") and i not in window]
+            unpicked = next(p for p in folder if p not in opened)
+            later = [unpicked, *(paths[i] for i in window), "train/3/img003.jpg"]
+            second.apply(_window_in_fork, (later,))
+            # the first opens another file: its window, full, lets go of what the other read
+            # and takes new picks in their place
+            after = first.apply(_window_in_fork, (["train/0/img008.jpg"],))
+            assert after and not set(after) & set(window), (len(after), len(window))
+    finally:
+        _FORKED[0].close()
+        _FORKED.clear()
+
+
 def test_a_cached_folder_plans_no_prefetch_and_an_evicted_one_is_refilled(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:

@@ -841,6 +841,17 @@ def test_a_claim_leaves_out_what_another_process_read_since_the_claimers_pass_be
             assert one.claim(NUMBERED[10:11], read_since=before) == NUMBERED[10:11]
 
 
+def test_unread_blobs_are_those_cached_and_marked_spent_by_no_process(tmp_path: Path) -> None:
+    with BlockCache(tmp_path / "c", 64 * MiB) as cache:
+        store_numbered(cache, 0, 4)
+        with BlockCache(tmp_path / "c", 64 * MiB) as other:  # another process's reads
+            other.spent(NUMBERED[1:3])
+            assert cache.unread(NUMBERED[:6]) == set(NUMBERED[:4])  # not marked yet
+            store_numbered(other, 4, 5)  # its next write marks them
+        assert cache.unread(NUMBERED[:6]) == {NUMBERED[0], NUMBERED[3], NUMBERED[4]}
+        assert cache.unread([]) == set()
+
+
 def test_read_records_outlive_a_pass_and_are_culled_after_that(tmp_path: Path) -> None:
     with BlockCache(tmp_path / "c", 64 * MiB) as cache:
         blocks = cache._blocks._cache
