@@ -56,7 +56,9 @@ The policy, per view of a commit:
   grown as in the first pass, a second epoch through a cache half the data
   (8 threads, 20 ms) fetched 0.78x of it at 1,172-1,180 files/s; with the
   window at most the bytes opened in the pass, 0.69-0.70x at 1,411-1,466
-  (docs/benchmarks.md, session 37).
+  (session 37); at most the bytes found cached, 0.537x at 1,504-1,522
+  against 0.69x at 1,306-1,334 in the same rounds (docs/benchmarks.md,
+  session 39).
 - **Processes.** DataLoader workers each have a planner and share one disk
   cache; each opens a share of every folder. Each process starts a folder at
   its own offset, so workers that prefetch the same folder mostly fetch
@@ -78,7 +80,9 @@ The policy, per view of a commit:
   (``landed_ids``), and tops the window up (``top_up``). Without that, a
   window capped at its share (an eighth of half the cache) filled with
   files other workers had read within seconds and stayed full for the rest
-  of the epoch (docs/benchmarks.md, session 37).
+  of the epoch (docs/benchmarks.md, session 37); letting go, 8 workers read
+  both epochs through a cache half the data ~30 % faster at 20 ms, fetching
+  as much as before (session 39).
 - **Read before waiting.** The small files opened in a pass that missed the
   cache are handed out (``take_opened``) for the cache to evict first: with a
   cache smaller than the data, prefetched files waiting for their reader
