@@ -394,10 +394,10 @@ class RepoView:
         now = time.monotonic()
         if now - self._released_at < RELEASE_SECONDS:
             return []
+        self._released_at = now  # a process alone with its cache asks no more often either
         engine = self.client.running_engine
         if engine is None or engine.fetcher is None or not engine.fetcher.claims:
             return []  # the only reader of this cache: every open of a pick came here
-        self._released_at = now
         return self._planner.landed_ids()
 
     def _elsewhere(self, ids: list[str]) -> None:
@@ -418,7 +418,11 @@ class RepoView:
         in a DataLoader worker, what the others read in this pass: BlockCache.claim)."""
         blobs = [BlobRef(self.owner, self.name, e.id, e.size) for e in picks]
         engine = self.client.engine
-        engine.spawn(_prefetch_whole, engine, blobs, self._elsewhere, read_since, self._landed)
+        # only a worker looks at what landed (_landed_to_check): the mount's loop and a process
+        # alone with its cache take no lock for it
+        shares = engine.fetcher is not None and engine.fetcher.claims
+        landed = self._landed if shares else None
+        engine.spawn(_prefetch_whole, engine, blobs, self._elsewhere, read_since, landed)
 
     def _landed(self, ids: list[str]) -> None:
         """Picks their batch wrote to the cache."""
@@ -484,7 +488,7 @@ async def _prefetch_whole(
     blobs: list[BlobRef],
     elsewhere: Told,
     read_since: float,
-    landed: Told,
+    landed: Told | None,
 ) -> None:
     assert engine.fetcher is not None
     await engine.fetcher.prefetch_whole(blobs, elsewhere, read_since, landed)
