@@ -588,13 +588,19 @@ def _window_in_fork(paths: list[str]) -> list[str]:
 
 
 def test_a_worker_lets_go_of_prefetched_files_another_worker_read(
-    server: ServerProcess, repo_name: str, tmp_path: Path
+    server: ServerProcess, repo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A DataLoader worker's prefetches are mostly read by the other workers, which its planner
     # never sees. Its window, capped at its share, stayed full of files read long before, and
     # it prefetched nothing more for the rest of the epoch.
-    repo_id, files = published_folders(server, repo_name, tmp_path, 400, seed=17)  # 16 MB
+    # 32 MB in folders of 200: more of a folder than both windows hold (with folders of 100,
+    # the other worker's window took all of the folder the first had left, one run in five,
+    # and the first had nothing to take in their place)
+    repo_id, files = published_folders(server, repo_name, tmp_path, 800, seed=17)
     paths = {hashlib.sha256(data).hexdigest(): path for path, data in files.items()}
+    # a full window asks at every open, not at most every 0.25 s: the other worker's reads may
+    # take less than that (the forked workers inherit the setting)
+    monkeypatch.setattr(streamfs._view, "RELEASE_SECONDS", 0.0)
     _FORKED.append(open_repo(server, repo_id, tmp_path / "cache", cache_size=4_000_000))
     fork = multiprocessing.get_context("fork")
     try:
