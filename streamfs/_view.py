@@ -71,18 +71,36 @@ PREFETCH_BASE = 32 * 1024 * 1024
 # (docs/benchmarks.md). Prefetched blocks are the newest in the cache, so the other half is
 # what eviction takes from first.
 PREFETCH_CAP_SHARE = 2
-# ... but in a first pass through a cache smaller than the files being read, three quarters: what
-# the pass has read goes first there (BlockCache.spent), so a window of more than half evicts no
-# file still waiting for its reader, and a shuffled epoch finds more of its files prefetched (8
-# threads at 20 ms through a cache half the data: ~710 -> 927-965 files/s). A later pass finds
-# the cache full of files it has yet to read, which a bigger window evicts: half there (3/4 read
-# epoch 2 at 1,112 files/s, fetching 0.78x the data; half 1,300-1,340, 0.69x).
-CRAMPED_FIRST_PASS_CAP = 0.75
+# ... but in a first pass through a cache smaller than the files being read, more: what the pass
+# has read goes first there (BlockCache.spent), so a window of more than half evicts no file
+# still waiting for its reader, and a shuffled epoch finds its next file prefetched about as often
+# as the window's share of the files it has yet to read; each file it lacks costs its reader a
+# round trip. 8 threads at 20 ms through a cache half the data: half ~700 files/s, 3/4 899-965,
+# 0.85 1,019, 0.9 1,054-1,082; 8 processes at 3/4 681-703, 0.85 782, 0.9 792-825. The rest of
+# the cache holds what the window does not count (files read and not yet evicted, the readers'
+# own fetches, the database; trees and commits keep 1/16, BlockCache), a few files a reader
+# whatever the cache's size: without room for them prefetches evict each other (at 1.0, 8
+# processes fetched 1.40x the data; at 0.85 and 0.9 a 4 MB cache fetched 2-9 of 400 files
+# twice). So 0.85 of the cache where that leaves CRAMPED_FIRST_PASS_SLACK out of it, down to
+# 3/4 (first_pass_cap). A later pass finds the cache full of files it has yet to read, which a
+# bigger window evicts: half there (3/4 read epoch 2 at 1,112 files/s, fetching 0.78x the data;
+# half 1,300-1,340, 0.69x).
+CRAMPED_FIRST_PASS_CAP = 0.85
+CRAMPED_FIRST_PASS_FLOOR = 0.75
+CRAMPED_FIRST_PASS_SLACK = 16 * 1024 * 1024
 # A DataLoader worker's full window: at most this often, the picks that other workers have read
 # since they landed leave it (SiblingPlanner.landed_ids), in one cache query.
 RELEASE_SECONDS = 0.25
 MAX_RECALLED = 4096  # folders a view remembers having recalled (then it starts over)
 KNOWN = -1  # a folder recalled whose cached files' names this process all knows
+
+
+def first_pass_cap(cache_size: int) -> int:
+    """The window's cap in a first pass through a cache of ``cache_size`` bytes that the files
+    being read outgrow: CRAMPED_FIRST_PASS_CAP of it if that leaves CRAMPED_FIRST_PASS_SLACK
+    out, else what does, but never under CRAMPED_FIRST_PASS_FLOOR of it."""
+    room = min(cache_size * CRAMPED_FIRST_PASS_CAP, cache_size - CRAMPED_FIRST_PASS_SLACK)
+    return int(max(cache_size * CRAMPED_FIRST_PASS_FLOOR, room))
 
 
 class RepoView:
@@ -117,7 +135,7 @@ class RepoView:
 
     def _window_cap(self, planner: SiblingPlanner) -> int:
         """Half the cache, or in a first pass through a cache the files being read outgrow,
-        CRAMPED_FIRST_PASS_CAP of it; once they outgrow it, shared by the processes
+        first_pass_cap of it; once they outgrow it, shared by the processes
         prefetching into it (DataLoader workers, BlockCache.sharers). Then windows that add
         up to more than it evict each other's files before their readers come; while the
         files fit, nothing of them is evicted, and a share only slows the prefetch down (at
@@ -127,7 +145,7 @@ class RepoView:
         if planner.known_bytes <= self.client.cache_size:
             return half
         if planner.furthest_pass == 0:
-            return int(self.client.cache_size * CRAMPED_FIRST_PASS_CAP) // self.client.cache.sharers
+            return first_pass_cap(self.client.cache_size) // self.client.cache.sharers
         return half // self.client.cache.sharers
 
     def _after_fork_in_child(self) -> None:

@@ -20,7 +20,7 @@ import trio.testing
 
 import streamfs
 from streamfs._model import BLOCK_SIZE
-from streamfs._view import CRAMPED_FIRST_PASS_CAP
+from streamfs._view import first_pass_cap
 
 from .conftest import ServerProcess, run_cli
 
@@ -513,7 +513,7 @@ def test_worker_processes_share_the_prefetch_window_once_the_files_outgrow_the_c
     half = repo.client.cache_size // 2
     if cache_size < 12_000_000:
         assert second["known"] == 12_000_000 > cache_size
-        assert second["cap"] == int(repo.client.cache_size * CRAMPED_FIRST_PASS_CAP) // 2
+        assert second["cap"] == first_pass_cap(repo.client.cache_size) // 2
     else:
         assert second["known"] == 12_000_000 <= cache_size
         assert second["cap"] == half
@@ -533,7 +533,7 @@ def test_the_window_takes_more_of_a_small_cache_in_a_first_pass_than_in_a_later_
     for path in ["train/0/img000.jpg", "train/1/img001.jpg", "train/2/img002.jpg"]:
         repo.read_bytes(path)
     assert planner.known_bytes == 12_000_000 > size  # the folders being read outgrow the cache
-    assert planner.cap == int(size * CRAMPED_FIRST_PASS_CAP) > size // 2
+    assert planner.cap == first_pass_cap(size) > size // 2
     repo.read_bytes("train/0/img000.jpg")  # read again: the next pass
     repo.read_bytes("train/3/img003.jpg")  # a miss
     assert planner.furthest_pass == 1

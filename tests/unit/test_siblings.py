@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from streamfs import _siblings
 from streamfs._model import Entry
 from streamfs._siblings import SiblingPlanner
+from streamfs._view import CRAMPED_FIRST_PASS_CAP, CRAMPED_FIRST_PASS_SLACK, first_pass_cap
 
 KiB = 1024
 
@@ -382,3 +383,16 @@ def test_known_bytes_are_the_small_files_of_the_folders_remembered(
     b2 = folder("b", [50 * KiB] * 2)  # b listed anew (its tree was loaded again)
     planner.on_open("b", b2, b2[0])
     assert planner.known_bytes == 130 * KiB
+
+
+def test_a_first_pass_window_leaves_room_beside_it_in_a_small_cache_as_in_a_big_one() -> None:
+    # 85 % of a big cache; in a small one, 85 % left too little beside the window for the files
+    # read and not yet evicted, and prefetches evicted each other (a 4 MB cache fetched files
+    # of one epoch twice), so it leaves a fixed slack there, down to three quarters
+    big = 1_200_000_000
+    assert first_pass_cap(big) == int(big * CRAMPED_FIRST_PASS_CAP)
+    assert big - first_pass_cap(big) >= CRAMPED_FIRST_PASS_SLACK
+    middle = 5 * CRAMPED_FIRST_PASS_SLACK  # 15 % of it is under the slack, 25 % over
+    assert first_pass_cap(middle) == middle - CRAMPED_FIRST_PASS_SLACK
+    for small in (4_000_000, 64_000_000):
+        assert first_pass_cap(small) == int(small * 0.75)
