@@ -76,7 +76,8 @@ PREFETCH_CAP_SHARE = 2
 # still waiting for its reader, and a shuffled epoch finds its next file prefetched about as often
 # as the window's share of the files it has yet to read; each file it lacks costs its reader a
 # round trip. 8 threads at 20 ms through a cache half the data: half ~700 files/s, 3/4 899-965,
-# 0.85 1,019, 0.9 1,054-1,082; 8 processes at 3/4 681-703, 0.85 782, 0.9 792-825. The rest of
+# 0.85 1,019-1,025, 0.9 1,054-1,082; 8 processes at 3/4 681-710, 0.85 713-782, 0.9 792-825
+# (docs/benchmarks.md, session 40: the second epoch was a little slower each time). The rest of
 # the cache holds what the window does not count (files read and not yet evicted, the readers'
 # own fetches, the database; trees and commits keep 1/16, BlockCache), a few files a reader
 # whatever the cache's size: without room for them prefetches evict each other (at 1.0, 8
