@@ -413,10 +413,9 @@ class RepoView:
         now = time.monotonic()
         if now - self._released_at < RELEASE_SECONDS:
             return []
-        self._released_at = now  # a process alone with its cache asks no more often either
-        engine = self.client.running_engine
-        if engine is None or engine.fetcher is None or not engine.fetcher.claims:
-            return []  # the only reader of this cache: every open of a pick came here
+        self._released_at = now
+        # none in a process alone with its cache (_prefetch tells only a worker's planner what
+        # landed): every open of its picks came here
         return self._planner.landed_ids()
 
     def _elsewhere(self, ids: list[str]) -> None:
