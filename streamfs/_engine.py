@@ -109,6 +109,13 @@ class Engine:
             raise RemoteUnavailableError("the streamfs engine is not running")
         return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
 
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds: the least round trip of this process's recent GETs of the blob front
+        (DirectGets.round_trip); None before the first or without a front."""
+        direct = self._direct
+        return direct.round_trip if direct is not None else None
+
     def get_direct(self, oid: str, size: int) -> bytes | None:
         """The verified bytes of a one-block blob, fetched in the caller's thread from the
         blob front (see _directget.py) and handed to the loop to cache; None: fetch it

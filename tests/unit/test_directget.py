@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import streamfs._directget
 from streamfs._blobfront import BlobUrl
 from streamfs._directget import DirectGets
 
@@ -27,6 +28,7 @@ class Front(ThreadingHTTPServer):
         self.status = 200
         self.close_after_answer = False  # close without saying so (an idle timeout)
         self.stall = threading.Event()  # set: never answer
+        self.delay = 0.0  # seconds before each answer
         self.connections = 0
 
 
@@ -42,6 +44,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.stall.is_set():
             time.sleep(5)
             return
+        time.sleep(self.server.delay)
         body = self.server.bodies.get(self.path.rsplit("/", 1)[-1], b"")
         self.send_response(self.server.status)
         self.send_header("Content-Length", str(len(body)))
@@ -163,3 +166,28 @@ def test_a_stalled_front_gives_up_within_the_read_timeout(front: Front) -> None:
     assert time.monotonic() - started < 3
     front.stall.clear()
     assert direct.get(oid, len(data)) is None  # resting after the stall
+
+
+def test_the_round_trip_is_the_least_of_the_last_seconds_gets(
+    front: Front, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streamfs._directget, "ROUND_TRIP_SECONDS", 0.5)
+    fake = FakeFront(front.server_address[1])
+    direct = gets(fake)
+    oid, data = blob(front, fake, 1_000)
+    assert direct.round_trip is None  # before the first GET
+    front.delay = 0.02
+    assert direct.get(oid, len(data)) == data
+    slow = direct.round_trip
+    assert slow is not None and slow >= 0.02
+    front.delay = 0.0
+    assert direct.get(oid, len(data)) == data
+    fast = direct.round_trip
+    assert fast is not None and fast < slow  # a quick answer: what a miss costs at best
+    front.delay = 0.02
+    assert direct.get(oid, len(data)) == data
+    assert direct.round_trip == fast  # still within the window
+    time.sleep(0.6)  # the window's length, with no GET: nothing newer to go by
+    assert direct.round_trip == fast
+    assert direct.get(oid, len(data)) == data
+    assert direct.round_trip is not None and direct.round_trip >= 0.02  # forgotten
