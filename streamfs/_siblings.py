@@ -82,7 +82,10 @@ The policy, per view of a commit:
   files other workers had read within seconds and stayed full for the rest
   of the epoch (docs/benchmarks.md, session 37); letting go, 8 workers read
   both epochs through a cache half the data ~30 % faster at 20 ms, fetching
-  as much as before (session 39).
+  as much as before (session 39). Where a miss costs a worker less than its
+  prefetches cost the processes (a round trip under a millisecond), the owner
+  sets ``cap`` to 0 and the worker prefetches nothing (_view.py,
+  WORKER_PREFETCH_ROUND_TRIP).
 - **Read before waiting.** The small files opened in a pass that missed the
   cache are handed out (``take_opened``) for the cache to evict first: with a
   cache smaller than the data, prefetched files waiting for their reader

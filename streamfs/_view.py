@@ -92,6 +92,18 @@ CRAMPED_FIRST_PASS_SLACK = 16 * 1024 * 1024
 # A DataLoader worker's full window: at most this often, the picks that other workers have read
 # since they landed leave it (SiblingPlanner.landed_ids), in one cache query.
 RELEASE_SECONDS = 0.25
+# A DataLoader worker prefetches nothing while a miss costs it less than this: the least round
+# trip of its recent GETs of the blob front (DirectGets.round_trip). Most of what a worker
+# prefetches is read by the others, each from the cache, after claims, landing and letting go
+# (SiblingPlanner, "Processes"): as much CPU a file as a reader's own GET or more, and at a
+# round trip this short the reader hardly waits for that GET. 8 processes at RTT 0 (0.1-0.3 ms
+# at best) through a cache half the data, in alternation with prefetching workers: epoch 1
+# 1.22-1.51x the files/s, fetching 1.01x the data against 1.03-1.30x, epoch 2 1.31-1.62x;
+# through a cache that holds the data 0.95-1.25x. At 2 ms of RTT prefetching paid in epoch 1
+# (1,730 against 1,305 files/s), not in epoch 2 (2,281 against 2,447) (docs/benchmarks.md,
+# session 42). Threads of one process (and a mount) take what they prefetched from memory;
+# they keep prefetching (8 threads at RTT 0: 1,467-1,914 files/s against 1,247-1,384).
+WORKER_PREFETCH_ROUND_TRIP = 0.001
 MAX_RECALLED = 4096  # folders a view remembers having recalled (then it starts over)
 KNOWN = -1  # a folder recalled whose cached files' names this process all knows
 
@@ -148,6 +160,16 @@ class RepoView:
         if planner.furthest_pass == 0:
             return first_pass_cap(self.client.cache_size) // self.client.cache.sharers
         return half // self.client.cache.sharers
+
+    def _misses_are_cheap(self) -> bool:
+        """Whether this is a DataLoader worker whose misses cost less than prefetching
+        (WORKER_PREFETCH_ROUND_TRIP). Unknown before its first GET of the blob front, and
+        without a front: it prefetches then."""
+        engine = self.client.running_engine
+        if engine is None or engine.fetcher is None or not engine.fetcher.claims:
+            return False
+        round_trip = engine.round_trip
+        return round_trip is not None and round_trip < WORKER_PREFETCH_ROUND_TRIP
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -354,9 +376,10 @@ class RepoView:
             siblings = (tree if tree is not None else self.listdir(folder)).entries
         except StreamfsError:  # e.g. a folder that only a branch mount's new files make
             return
+        cheap = missed and self._misses_are_cheap()
         with self._plan_lock:
             if missed:  # picks come after misses
-                self._planner.cap = self._window_cap(self._planner)
+                self._planner.cap = 0 if cheap else self._window_cap(self._planner)
                 self._planner.cramped = self._planner.known_bytes > self.client.cache_size
             picks = self._planner.on_open(folder, siblings, entry, missed)
             landed = self._landed_to_check(picks)

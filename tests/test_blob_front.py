@@ -5,6 +5,7 @@ _blobfront.py)."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import random
 import shutil
@@ -458,3 +459,52 @@ def test_a_folders_urls_signed_for_one_process_serve_another_sharing_its_cache(
     assert after["blob_get_requests"] == before["blob_get_requests"]
     assert after.get("blob_bytes_sent", 0) == before.get("blob_bytes_sent", 0)
     assert nginx.statuses()[-len(files) :] == [200] * len(files)
+
+
+_WORKER_REPO: list[streamfs.Repo] = []  # what a forked pool's worker reads (set before the fork)
+
+
+def _read_in_worker(paths: list[str], ids: list[str], round_trip: float) -> list[bytes]:
+    """In a forked pool's worker (a DataLoader's): with the URLs of ``ids`` asked ahead, read
+    ``paths``, a miss taken as cheaper than a prefetch below ``round_trip`` seconds."""
+    _view.WORKER_PREFETCH_ROUND_TRIP = round_trip
+    repo = _WORKER_REPO[0]
+    engine = repo.client.engine
+    assert engine.fetcher is not None and engine.fetcher.claims  # a worker's
+    engine.call(_view._sign_ahead, engine, "alice", repo.view.name, ids)
+    got = [repo.read_bytes(path) for path in paths]
+    engine.call(trio.testing.wait_all_tasks_blocked)  # the prefetches the reads began ...
+    engine.call(engine.fetcher.quiet)  # ... done
+    engine.settle()
+    return got
+
+
+@pytest.mark.parametrize("cheap", [True, False], ids=["cheap-misses", "dear-misses"])
+def test_a_worker_prefetches_only_when_a_miss_costs_more_than_a_round_trip_it_can_bear(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path, cheap: bool
+) -> None:
+    """A DataLoader worker whose GETs of the front come back quicker than
+    WORKER_PREFETCH_ROUND_TRIP fetches each file it reads itself and prefetches nothing:
+    the others would read most of what it prefetched, each from the cache, for more CPU than
+    their own GET. One whose round trip is longer prefetches the folder it reads through."""
+    server, nginx = front
+    files = small_files(40)
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    ids = [blob_id(data) for data in files.values()]
+    paths = random.Random(5).sample(list(files), 8)
+    repo = streamfs.Repo(f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c")
+    _WORKER_REPO.append(repo)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as worker:
+            # every round trip is under a minute, none is under no time at all
+            got = worker.apply(_read_in_worker, (paths, ids, 60.0 if cheap else 0.0))
+    finally:
+        _WORKER_REPO.clear()
+        repo.close()
+    assert got == [files[path] for path in paths]
+    statuses = nginx.statuses()
+    assert set(statuses) == {200}  # whole blobs from the front, none from the API
+    if cheap:
+        assert len(statuses) == len(paths)  # the files read, each once, and nothing else
+    else:
+        assert len(statuses) == len(files)  # the rest of the folder came ahead of its reader
