@@ -983,15 +983,20 @@ class BlockCache:
             guard.leave()
 
     def _count_sharers(self, claims: diskcache.Cache, pid: int) -> None:
-        """Every SHARERS_REFRESH seconds: say that this process prefetches here, and count the
-        processes that said so in the last SHARERS_SECONDS (``sharers``). DataLoader workers
-        each keep a prefetch window of their own; they share the cache's room for it."""
+        """Say, every SHARERS_REFRESH seconds, that this process prefetches here, and count,
+        at every claim, the processes that said so in the last SHARERS_SECONDS (``sharers``).
+        DataLoader workers each keep a prefetch window of their own; they share the cache's
+        room for it. Counted only when it said so, a worker's first count was of the workers
+        that had claimed before it, often one or two of 8: for 5 s their windows together
+        outgrew a cache half the data, and at 2 ms of RTT 8 workers fetched 1.31-1.36x the
+        data in epoch 1, a third of what they prefetched in its first 3 s evicted unread
+        (1.02x since; docs/benchmarks.md, session 42). The count reads a few rows of the
+        transaction the claim holds anyway."""
         now = time.monotonic()
         last_pid, last = self._announced
-        if last_pid == pid and now - last < SHARERS_REFRESH:
-            return
-        self._announced = (pid, now)
-        claims.set(f"sharer:{pid}", 1, expire=SHARERS_SECONDS)
+        if last_pid != pid or now - last >= SHARERS_REFRESH:
+            self._announced = (pid, now)
+            claims.set(f"sharer:{pid}", 1, expire=SHARERS_SECONDS)
         query = "SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND expire_time > ?"
         (count,) = claims._sql(query, ("sharer:", "sharer;", time.time())).fetchone()
         self.sharers = max(1, int(count))

@@ -667,8 +667,8 @@ def test_processes_that_claim_prefetches_count_each_other_as_sharers(tmp_path: P
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             # the first child still counts until its word expires (SHARERS_SECONDS)
             assert pool.apply(_claims_and_counts_sharers, (directory,)) == 3
-        cache.claim(["z"])  # counted again only every few seconds
-        assert cache.sharers == 2
+        cache.claim(["z"])  # counted at every claim: the second child too, at once
+        assert cache.sharers == 3
 
 
 def _writer(directory: str, count: int, started: Event) -> None:
