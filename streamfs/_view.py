@@ -96,7 +96,7 @@ RELEASE_SECONDS = 0.25
 # trip of its recent GETs of the blob front (DirectGets.round_trip). Most of what a worker
 # prefetches is read by the others, each from the cache, after claims, landing and letting go
 # (SiblingPlanner, "Processes"): as much CPU a file as a reader's own GET or more, and at a
-# round trip this short the reader hardly waits for that GET. 8 processes at RTT 0 (0.1-0.3 ms
+# round trip this short the reader hardly waits for that GET. 8 processes at RTT 0 (under 0.25 ms
 # at best) through a cache half the data, in alternation with prefetching workers: epoch 1
 # 1.22-1.51x the files/s, fetching 1.01x the data against 1.03-1.30x, epoch 2 1.31-1.62x;
 # through a cache that holds the data 0.95-1.25x. At 2 ms of RTT prefetching paid in epoch 1
