@@ -72,9 +72,8 @@ ROUND_TRIP_SLOTS = 10  # the window's minimum is kept a tenth of it at a time
 # Linux's SO_TIMESTAMPNS (and its control message's type) where its value is asm-generic's;
 # Python's socket module does not name it
 SO_TIMESTAMPNS = 35
-_STAMPS = sys.platform == "linux" and platform.machine() in (
-    *("x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"),
-)
+_GENERIC_SOCKET_ABI = frozenset(("x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"))
+_STAMPS = sys.platform == "linux" and platform.machine() in _GENERIC_SOCKET_ABI
 _STAMP_SPACE = socket.CMSG_SPACE(16) if _STAMPS else 0  # struct timespec: two 64-bit fields
 
 

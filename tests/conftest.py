@@ -18,7 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio.testing
 
+import streamfs
 from streamfs._client import close_all
 
 _counter = itertools.count()
@@ -152,3 +154,14 @@ def run_cli(
             f"streamfs {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def wait_for_prefetches(repo: streamfs.Repo) -> None:
+    """Until the prefetches that ``repo``'s reads began in this process are done."""
+    engine = repo.client.engine
+    assert engine.fetcher is not None
+    # Engine.spawn hands work to the loop without waiting for it to start: first let every task
+    # the reads queued take its first steps (so the fetcher counts what they began; a loaded
+    # machine can otherwise get here before the loop has run them), then wait for the fetches
+    engine.call(trio.testing.wait_all_tasks_blocked)
+    engine.call(engine.fetcher.quiet)

@@ -26,7 +26,7 @@ from streamfs._model import BLOCK_SIZE
 from streamfs._remote import Remote
 from streamfs.server._front import sign
 
-from .conftest import ServerProcess, run_cli
+from .conftest import ServerProcess, run_cli, wait_for_prefetches
 
 SECRET = "front-secret-0123456789abcdef"
 
@@ -473,8 +473,7 @@ def _read_in_worker(paths: list[str], ids: list[str], round_trip: float) -> list
     assert engine.fetcher is not None and engine.fetcher.claims  # a worker's
     engine.call(_view._sign_ahead, engine, "alice", repo.view.name, ids)
     got = [repo.read_bytes(path) for path in paths]
-    engine.call(trio.testing.wait_all_tasks_blocked)  # the prefetches the reads began ...
-    engine.call(engine.fetcher.quiet)  # ... done
+    wait_for_prefetches(repo)
     engine.settle()
     return got
 

@@ -15,14 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
 import streamfs
 from streamfs._model import BLOCK_SIZE
 from streamfs._view import first_pass_cap
 
-from .conftest import ServerProcess, run_cli
+from .conftest import ServerProcess, run_cli, wait_for_prefetches
 
 
 def publish(server: ServerProcess, repo: str, files: dict[str, bytes], tmp_path: Path) -> str:
@@ -385,16 +383,6 @@ def published_folders(
     repo_id = f"alice/{repo_name}"
     publish(server, repo_id, files, tmp_path)
     return repo_id, files
-
-
-def wait_for_prefetches(repo: streamfs.Repo) -> None:
-    engine = repo.client.engine
-    assert engine.fetcher is not None
-    # Engine.spawn hands work to the loop without waiting for it to start: first let every task
-    # the reads queued take its first steps (so the fetcher counts what they began; a loaded
-    # machine can otherwise get here before the loop has run them), then wait for the fetches
-    engine.call(trio.testing.wait_all_tasks_blocked)
-    engine.call(engine.fetcher.quiet)
 
 
 def test_reading_through_a_folder_prefetches_the_rest_in_batches(
