@@ -101,9 +101,14 @@ class DirectGets:
         # seconds: the least of _minima (None before the first GET); a float, written whole
         self.round_trip: float | None = None
 
+    @property
+    def in_use(self) -> bool:
+        """Whether GETs go here now: the server has a front, and it is not resting."""
+        return self._front.available is True and time.monotonic() >= self._resting_until
+
     def get(self, oid: str, size: int) -> bytes | None:
         """The verified bytes of the one-block blob ``oid`` of ``size`` bytes, or None."""
-        if self._front.available is not True or time.monotonic() < self._resting_until:
+        if not self.in_use:
             return None
         url = self._front.url_of(oid)
         if url is None:

@@ -116,6 +116,13 @@ class Engine:
         direct = self._direct
         return direct.round_trip if direct is not None else None
 
+    @property
+    def front_in_use(self) -> bool:
+        """Whether small files missed are GETs of the blob front now (DirectGets.in_use): a
+        round trip is to come."""
+        direct = self._direct
+        return direct is not None and direct.in_use
+
     def get_direct(self, oid: str, size: int) -> bytes | None:
         """The verified bytes of a one-block blob, fetched in the caller's thread from the
         blob front (see _directget.py) and handed to the loop to cache; None: fetch it

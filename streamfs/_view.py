@@ -104,6 +104,12 @@ RELEASE_SECONDS = 0.25
 # session 42). Threads of one process (and a mount) take what they prefetched from memory;
 # they keep prefetching (8 threads at RTT 0: 1,467-1,914 files/s against 1,247-1,384).
 WORKER_PREFETCH_ROUND_TRIP = 0.001
+# Until its first GET of the front comes back, a worker's misses are taken as cheap: at most
+# this many of them (then a front whose GETs fail, or whose URLs it never gets, lets it
+# prefetch). The first miss in each folder it reads is no such GET (the folder's URLs are asked
+# at that miss), so one comes at its first second miss in a folder: the 13th miss or so at
+# random through 100 folders, by the 32nd in all but 1 worker in 100.
+UNMEASURED_MISSES = 32
 MAX_RECALLED = 4096  # folders a view remembers having recalled (then it starts over)
 KNOWN = -1  # a folder recalled whose cached files' names this process all knows
 
@@ -138,6 +144,7 @@ class RepoView:
         # up where its cached files are, or KNOWN
         self._recalled: dict[str, int] = {}
         self._signed: set[str] = set()  # folders whose blob URLs were asked ahead (sign_ahead)
+        self._unmeasured = 0  # misses of a DataLoader worker before a round trip was known
         _views.add(self)
 
     def _new_planner(self) -> SiblingPlanner | None:
@@ -163,13 +170,18 @@ class RepoView:
 
     def _misses_are_cheap(self) -> bool:
         """Whether this is a DataLoader worker whose misses cost less than prefetching
-        (WORKER_PREFETCH_ROUND_TRIP). Unknown before its first GET of the blob front, and
-        without a front: it prefetches then."""
+        (WORKER_PREFETCH_ROUND_TRIP). Before its first GET of the blob front came back, taken
+        as so for UNMEASURED_MISSES misses; without a front (or while it rests) it prefetches."""
         engine = self.client.running_engine
         if engine is None or engine.fetcher is None or not engine.fetcher.claims:
             return False
         round_trip = engine.round_trip
-        return round_trip is not None and round_trip < WORKER_PREFETCH_ROUND_TRIP
+        if round_trip is not None:
+            return round_trip < WORKER_PREFETCH_ROUND_TRIP
+        if not engine.front_in_use or self._unmeasured >= UNMEASURED_MISSES:
+            return False
+        self._unmeasured += 1  # racing readers may count one miss short: no matter
+        return True
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -180,6 +192,7 @@ class RepoView:
         self._pass_seen = (0, time.time())  # what the parent read is not this worker's pass
         self._recalled = {}  # the child's cache is new: it knows no block file's name
         self._signed = set()  # ... and its Remote no URLs
+        self._unmeasured = 0  # ... nor any round trip
 
     def __reduce__(self) -> tuple[object, ...]:
         # Pickles as the pinned commit (DataLoader workers, multiprocessing): never re-resolved.

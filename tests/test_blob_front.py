@@ -465,45 +465,61 @@ _WORKER_REPO: list[streamfs.Repo] = []  # what a forked pool's worker reads (set
 
 
 def _read_in_worker(paths: list[str], ids: list[str], round_trip: float) -> list[bytes]:
-    """In a forked pool's worker (a DataLoader's): with the URLs of ``ids`` asked ahead, read
+    """In a forked pool's worker (a DataLoader's): with the URLs of ``ids`` asked ahead (if any), read
     ``paths``, a miss taken as cheaper than a prefetch below ``round_trip`` seconds."""
     _view.WORKER_PREFETCH_ROUND_TRIP = round_trip
     repo = _WORKER_REPO[0]
     engine = repo.client.engine
     assert engine.fetcher is not None and engine.fetcher.claims  # a worker's
-    engine.call(_view._sign_ahead, engine, "alice", repo.view.name, ids)
+    if ids:
+        engine.call(_view._sign_ahead, engine, "alice", repo.view.name, ids)
     got = [repo.read_bytes(path) for path in paths]
     wait_for_prefetches(repo)
     engine.settle()
     return got
 
 
-@pytest.mark.parametrize("cheap", [True, False], ids=["cheap-misses", "dear-misses"])
+@pytest.mark.parametrize(
+    ("cheap", "ahead"),
+    [(True, True), (False, True), (True, False), (False, False)],
+    ids=["cheap-misses", "dear-misses", "cheap-misses-urls-at-first-miss", "dear-urls-later"],
+)
 def test_a_worker_prefetches_only_when_a_miss_costs_more_than_a_round_trip_it_can_bear(
-    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path, cheap: bool
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path, cheap: bool, ahead: bool
 ) -> None:
     """A DataLoader worker whose GETs of the front come back quicker than
     WORKER_PREFETCH_ROUND_TRIP fetches each file it reads itself and prefetches nothing:
     the others would read most of what it prefetched, each from the cache, for more CPU than
-    their own GET. One whose round trip is longer prefetches the folder it reads through."""
+    their own GET. One whose round trip is longer prefetches the folder it reads through.
+    Without the folder's URLs asked ahead (``ahead``), its first miss is no GET of its own:
+    no round trip is known at its second, which prefetches nothing either until one is."""
     server, nginx = front
     files = small_files(40)
     publish(server, f"alice/{repo_name}", files, tmp_path)
     ids = [blob_id(data) for data in files.values()]
     paths = random.Random(5).sample(list(files), 8)
     repo = streamfs.Repo(f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c")
+    before = server.metrics().get("blob_get_requests", 0)
     _WORKER_REPO.append(repo)
     try:
         with multiprocessing.get_context("fork").Pool(1) as worker:
             # every round trip is under a minute, none is under no time at all
-            got = worker.apply(_read_in_worker, (paths, ids, 60.0 if cheap else 0.0))
+            got = worker.apply(
+                _read_in_worker, (paths, ids if ahead else [], 60.0 if cheap else 0.0)
+            )
     finally:
         _WORKER_REPO.clear()
         repo.close()
     assert got == [files[path] for path in paths]
     statuses = nginx.statuses()
-    assert set(statuses) == {200}  # whole blobs from the front, none from the API
+    # blobs from the front: whole, or (a miss fetched by the engine) as a block's range
+    assert set(statuses) == {200} if ahead else set(statuses) <= {200, 206}
+    # from the API: none with the URLs at hand, else misses before their folder's came
+    from_api = server.metrics().get("blob_get_requests", 0) - before
+    assert from_api == 0 if ahead else from_api < len(paths)
     if cheap:
-        assert len(statuses) == len(paths)  # the files read, each once, and nothing else
+        # the files read, each once, and nothing else
+        assert len(statuses) + from_api == len(paths)
     else:
-        assert len(statuses) == len(files)  # the rest of the folder came ahead of its reader
+        # the rest of the folder came ahead of its reader
+        assert len(statuses) + from_api == len(files)
