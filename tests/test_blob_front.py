@@ -465,8 +465,9 @@ _WORKER_REPO: list[streamfs.Repo] = []  # what a forked pool's worker reads (set
 
 
 def _read_in_worker(paths: list[str], ids: list[str], round_trip: float) -> list[bytes]:
-    """In a forked pool's worker (a DataLoader's): with the URLs of ``ids`` asked ahead (if any), read
-    ``paths``, a miss taken as cheaper than a prefetch below ``round_trip`` seconds."""
+    """In a forked pool's worker (a DataLoader's): with the URLs of ``ids`` (if any) asked
+    ahead, read ``paths``, a miss taken as cheaper than a prefetch below ``round_trip``
+    seconds."""
     _view.WORKER_PREFETCH_ROUND_TRIP = round_trip
     repo = _WORKER_REPO[0]
     engine = repo.client.engine
@@ -482,7 +483,7 @@ def _read_in_worker(paths: list[str], ids: list[str], round_trip: float) -> list
 @pytest.mark.parametrize(
     ("cheap", "ahead"),
     [(True, True), (False, True), (True, False), (False, False)],
-    ids=["cheap-misses", "dear-misses", "cheap-misses-urls-at-first-miss", "dear-urls-later"],
+    ids=["cheap-misses", "dear-misses", "cheap-misses-urls-later", "dear-misses-urls-later"],
 )
 def test_a_worker_prefetches_only_when_a_miss_costs_more_than_a_round_trip_it_can_bear(
     front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path, cheap: bool, ahead: bool
@@ -513,10 +514,10 @@ def test_a_worker_prefetches_only_when_a_miss_costs_more_than_a_round_trip_it_ca
     assert got == [files[path] for path in paths]
     statuses = nginx.statuses()
     # blobs from the front: whole, or (a miss fetched by the engine) as a block's range
-    assert set(statuses) == {200} if ahead else set(statuses) <= {200, 206}
+    assert (set(statuses) == {200}) if ahead else (set(statuses) <= {200, 206})
     # from the API: none with the URLs at hand, else misses before their folder's came
     from_api = server.metrics().get("blob_get_requests", 0) - before
-    assert from_api == 0 if ahead else from_api < len(paths)
+    assert (from_api == 0) if ahead else (from_api < len(paths))
     if cheap:
         # the files read, each once, and nothing else
         assert len(statuses) + from_api == len(paths)
