@@ -110,6 +110,13 @@ class Engine:
         return trio.from_thread.run(fn, *args, trio_token=self._trio_token)
 
     @property
+    def claims(self) -> bool:
+        """Whether this is a DataLoader worker's engine: its prefetches claim their blobs in
+        the cache it shares with the other workers (BlockFetcher.claims)."""
+        fetcher = self.fetcher
+        return fetcher is not None and fetcher.claims
+
+    @property
     def round_trip(self) -> float | None:
         """Seconds: the least round trip of this process's recent GETs of the blob front
         (DirectGets.round_trip); None before the first or without a front."""

@@ -173,7 +173,7 @@ class RepoView:
         (WORKER_PREFETCH_ROUND_TRIP). Before its first GET of the blob front came back, taken
         as so for UNMEASURED_MISSES misses; without a front (or while it rests) it prefetches."""
         engine = self.client.running_engine
-        if engine is None or engine.fetcher is None or not engine.fetcher.claims:
+        if engine is None or not engine.claims:
             return False
         round_trip = engine.round_trip
         if round_trip is not None:
@@ -474,8 +474,7 @@ class RepoView:
         engine = self.client.engine
         # only a worker looks at what landed (_landed_to_check): the mount's loop and a process
         # alone with its cache take no lock for it
-        shares = engine.fetcher is not None and engine.fetcher.claims
-        landed = self._landed if shares else None
+        landed = self._landed if engine.claims else None
         engine.spawn(_prefetch_whole, engine, blobs, self._elsewhere, read_since, landed)
 
     def _landed(self, ids: list[str]) -> None:

@@ -471,7 +471,7 @@ def _read_in_worker(paths: list[str], ids: list[str], round_trip: float) -> list
     _view.WORKER_PREFETCH_ROUND_TRIP = round_trip
     repo = _WORKER_REPO[0]
     engine = repo.client.engine
-    assert engine.fetcher is not None and engine.fetcher.claims  # a worker's
+    assert engine.claims  # a worker's
     if ids:
         engine.call(_view._sign_ahead, engine, "alice", repo.view.name, ids)
     got = [repo.read_bytes(path) for path in paths]
