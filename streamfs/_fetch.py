@@ -35,7 +35,8 @@ Invariants (all state here is touched only by the loop thread, so no locks):
 - A prefetched block (a small blob, or readahead) is also kept in memory
   (``fresh``) for the first reader in this process, which then skips reading
   it back from the cache. A block a reader waited for is not kept: the
-  reader has it.
+  reader has it. Nor is a DataLoader worker's prefetched small blob: the
+  other workers read most of them, from the cache (see ``_fresh``).
 """
 
 from __future__ import annotations
@@ -310,7 +311,9 @@ class BlockFetcher:
         for blob in todo:
             if blob.id not in pieces:  # cut short or corrupt: fetched again on its own
                 self._spawn(self._fetch_claimed, blob, 0, 0, True)
-        await self._deliver({(oid, 0): piece for oid, piece in pieces.items()}, keep=True)
+        await self._deliver(
+            {(oid, 0): piece for oid, piece in pieces.items()}, keep=True, hold=not self.claims
+        )
         if told.landed is not None and pieces:
             told.landed(list(pieces))
 
@@ -392,14 +395,17 @@ class BlockFetcher:
             pending.error = shown
             pending.done.set()
 
-    async def _deliver(self, blocks: dict[tuple[str, int], Block], keep: bool = False) -> None:
+    async def _deliver(
+        self, blocks: dict[tuple[str, int], Block], keep: bool = False, hold: bool = True
+    ) -> None:
         """Hand verified blocks to their waiters and write them to the cache.
 
         Blocks a reader waits for go to it before their write while fewer than
         ``EARLY_BYTES`` are served and unwritten: the write does not add to the
         wait of a read (a prefetch batch's write of 64 files took 10-30 ms in a
         cold epoch). Prefetched blocks (``keep``) that nobody waited for are
-        written first, then kept in ``fresh`` for a reader that comes later.
+        written first, then kept in ``fresh`` for a reader that comes later,
+        unless not ``hold`` (a DataLoader worker's small blobs).
         """
         size = sum(len(data) for data in blocks.values())
         waited = not keep or any(self._inflight[key].waited for key in blocks)
@@ -414,7 +420,7 @@ class BlockFetcher:
                 self._early.sub(size)
             for key, data in blocks.items():
                 pending = self._inflight.pop(key)
-                if keep and not pending.waited:
+                if keep and hold and not pending.waited:
                     self.fresh.add(key, data)
                 if not early:
                     pending.data = data
