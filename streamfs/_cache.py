@@ -259,11 +259,13 @@ class _ForkGuard:
 
 
 _guard = _ForkGuard()
+_forks = 0  # how many forks this process is from the one that imported this module
 
 
 def _after_fork_in_child() -> None:
-    global _guard
+    global _guard, _forks
     _guard = _ForkGuard()  # the parent's other threads do not exist here
+    _forks += 1
 
 
 os.register_at_fork(
@@ -592,19 +594,20 @@ def _open_cache(directory: str, **settings: Any) -> _Guarded:
 class _Counters:
     """This process's hits and misses, added to the shared totals now and then.
 
-    Guarded by ``_lock``: ``_hits``, ``_misses``, ``_last_flush``. ``_pid``
+    Guarded by ``_lock``: ``_hits``, ``_misses``, ``_last_flush``. ``_forks``
     says which process the counts belong to; a forked child starts at zero.
     """
 
     def __init__(self, store: _Guarded) -> None:
         self._store = store
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._forks = _forks
         self._hits = self._misses = 0
         self._last_flush = time.monotonic()
 
     def count(self, hit: bool) -> None:
-        self._adopt_process()
+        if self._forks != _forks:  # every cache hit comes here: no getpid() call
+            self._adopt_process()
         with self._lock:
             if hit:
                 self._hits += 1
@@ -640,9 +643,9 @@ class _Counters:
         self._store.clear(retry=True)
 
     def _adopt_process(self) -> None:
-        if self._pid != os.getpid():  # forked: the parent's counts are the parent's
+        if self._forks != _forks:  # forked: the parent's counts are the parent's
             self._lock = threading.Lock()
-            self._pid = os.getpid()
+            self._forks = _forks
             self._hits = self._misses = 0
 
 

@@ -359,7 +359,10 @@ class HookFS:
         repos = self.repos
         if not repos:
             return None
-        norm = os.path.abspath(path)
+        # an absolute path without '//', '/.' and a trailing '/' is normal already (what a
+        # loader passes): no normpath, ~0.3 µs of every open
+        plain = path[:1] == "/" and "//" not in path and "/." not in path and path[-1] != "/"
+        norm = path if plain else os.path.abspath(path)
         for repo in repos:
             root = repo.root
             if norm == root:

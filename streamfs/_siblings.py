@@ -236,6 +236,10 @@ class SiblingPlanner:
             if oid in self._outstanding:
                 self._landed[oid] = None
 
+    def any_landed(self) -> bool:
+        """Whether ``landed_ids`` has any (without making the list)."""
+        return bool(self._landed)
+
     def landed_ids(self) -> list[str]:
         """The picks in the cache and not opened here: once another process has read one (or
         the cache evicted it), it no longer waits for a reader here, and the owner may
@@ -276,7 +280,7 @@ class SiblingPlanner:
 
     def _pick(self) -> list[Entry]:
         picks: list[Entry] = []
-        if self.full():
+        if not self._active or self.full():  # nothing to pick from (a warm pass), or
             return picks  # refill in batches, not a file or two per open
         allowance = self.allowance()
         while self._active and self.outstanding_bytes < allowance:

@@ -444,7 +444,7 @@ class RepoView:
         what it prefetched), the picks in the cache, at most every RELEASE_SECONDS. Those read
         since (or evicted) go."""
         assert self._planner is not None
-        if picks or not self._planner.full():
+        if picks or not self._planner.any_landed() or not self._planner.full():
             return []
         now = time.monotonic()
         if now - self._released_at < RELEASE_SECONDS:

@@ -122,7 +122,7 @@ def test_specs_come_from_arguments_then_environment_then_toml(tmp_path: Path) ->
         specs_from(None, None, env={}, cwd="/")
 
 
-def test_paths_map_to_the_longest_hooked_root() -> None:
+def test_paths_map_to_the_longest_hooked_root(monkeypatch: pytest.MonkeyPatch) -> None:
     fs = HookFS()
 
     class Fake:
@@ -137,6 +137,13 @@ def test_paths_map_to_the_longest_hooked_root() -> None:
     assert fs.match("/w/data/./x/../z") == (outer, "z")
     assert fs.match("/w/data") == (outer, "")
     assert fs.match("/w/database") is None and fs.match("/w") is None
+    # paths that are not normal ones are made so first
+    assert fs.match("/w/data//x/y.bin/") == (outer, "x/y.bin")
+    assert fs.match("/w/data/labels/..") == (outer, "")
+    assert fs.match("/w/data/..") is None and fs.match("//w/data/x") is None
+    assert fs.match("/w/data/.hidden/a") == (outer, ".hidden/a")
+    monkeypatch.chdir("/")
+    assert fs.match("w/data/x") == (outer, "x")
 
 
 # ------------------------------------------------------------------ patching
