@@ -22,6 +22,7 @@ import trio.testing
 
 import streamfs
 from streamfs._client import close_all
+from streamfs._hookfs import HookedRepo
 
 _counter = itertools.count()
 
@@ -156,8 +157,9 @@ def run_cli(
     return proc
 
 
-def wait_for_prefetches(repo: streamfs.Repo) -> None:
-    """Until the prefetches that ``repo``'s reads began in this process are done."""
+def wait_for_prefetches(repo: streamfs.Repo | HookedRepo) -> None:
+    """Until the prefetches that ``repo``'s reads began in this process are done (a Repo, or
+    a folder the hooks show)."""
     engine = repo.client.engine
     assert engine.fetcher is not None
     # Engine.spawn hands work to the loop without waiting for it to start: first let every task

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio.testing
+import trio
 
 import streamfs
 from streamfs._errors import ReadOnlyError
@@ -37,7 +37,7 @@ from streamfs._hookfs import HookFS
 from streamfs._model import BLOCK_SIZE
 from streamfs._remote import Remote
 
-from .conftest import ServerProcess, run_cli
+from .conftest import ServerProcess, run_cli, wait_for_prefetches
 
 
 def publish(server: ServerProcess, repo: str, files: dict[str, bytes], src: Path) -> str:
@@ -353,8 +353,8 @@ def test_prefetched_files_open_from_the_cache_and_leave_no_copy_in_memory(
     env: Path, server: ServerProcess, repo_name: str
 ) -> None:
     """The prefetcher keeps what it fetched in memory for its first reader too; an open from
-    the cache's file drops that copy (a DataLoader worker's prefetches that other workers read
-    were otherwise held after epoch 1, and every later open read through Python)."""
+    the cache's file drops that copy (it is in the cache: a copy kept would wait for a reader
+    that never comes, and while any is held every open looks among them)."""
     from streamfs._hookpatch import fs
 
     rng = random.Random(5)
@@ -364,12 +364,9 @@ def test_prefetched_files_open_from_the_cache_and_leave_no_copy_in_memory(
     order = sorted(files)
     for rel in order[:2]:  # the second open starts the folder's prefetch
         assert (env / "data" / rel).read_bytes() == files[rel]
-    engine = fs.repos[0].client.engine
-    fetcher = engine.fetcher
-    assert fetcher is not None
-    engine.call(trio.testing.wait_all_tasks_blocked)  # the prefetch has begun ...
-    engine.call(fetcher.quiet)  # ... and ended
-    assert len(fetcher.fresh) == len(files) - 2
+    wait_for_prefetches(fs.repos[0])
+    fetcher = fs.repos[0].client.engine.fetcher
+    assert fetcher is not None and len(fetcher.fresh) == len(files) - 2
     for rel in order[2:]:
         with open(env / "data" / rel, "rb") as f:
             assert type(f.raw) is io.FileIO and f.read() == files[rel]
