@@ -308,12 +308,11 @@ class BlockFetcher:
                 if not isinstance(exc, Exception):
                     raise
                 return
+        hold = not self.claims  # a DataLoader worker's small files: the others read them
         for blob in todo:
             if blob.id not in pieces:  # cut short or corrupt: fetched again on its own
-                self._spawn(self._fetch_claimed, blob, 0, 0, True)
-        await self._deliver(
-            {(oid, 0): piece for oid, piece in pieces.items()}, keep=True, hold=not self.claims
-        )
+                self._spawn(self._fetch_claimed, blob, 0, 0, True, hold)
+        await self._deliver({(oid, 0): piece for oid, piece in pieces.items()}, True, hold)
         if told.landed is not None and pieces:
             told.landed(list(pieces))
 
@@ -343,10 +342,13 @@ class BlockFetcher:
         claimed = set(self.cache.claim([b.id for b in uncached], read_since=read_since))
         return [b for b in uncached if b.id in claimed]
 
-    async def _fetch_claimed(self, blob: BlobRef, first: int, last: int, keep: bool) -> None:
+    async def _fetch_claimed(
+        self, blob: BlobRef, first: int, last: int, keep: bool, hold: bool = True
+    ) -> None:
         """Fetch blocks first..last (inclusive) in one range request and resolve them.
 
-        The caller has made their in-flight entries; ``keep``: a prefetch (see ``_deliver``).
+        The caller has made their in-flight entries; ``keep``: a prefetch, ``hold``: kept in
+        memory for a reader to come (see ``_deliver``).
         """
         try:
             blocks = await self._fetch_verified(blob, first, last)
@@ -355,7 +357,7 @@ class BlockFetcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        await self._deliver({(blob.id, i): data for i, data in blocks.items()}, keep)
+        await self._deliver({(blob.id, i): data for i, data in blocks.items()}, keep, hold)
 
     def writer_behind(self) -> bool:
         """Whether more than UNWRITTEN_BYTES wait for the cache's writer (from any thread)."""
