@@ -673,7 +673,7 @@ def _prefetch_as_a_worker(repo: streamfs.Repo, order: list[str]) -> tuple[int, i
     wait_for_prefetches(repo)
     cache, engine = repo.client.cache, repo.client.engine
     assert engine.claims and engine.fetcher is not None  # a worker's
-    ids = [blob.id for blob in map(repo.view.lookup, order)]
+    ids = [entry.id for entry in map(repo.view.lookup, order)]
     return len(engine.fetcher.fresh), sum(cache.contains(oid, 0) for oid in ids)
 
 
