@@ -294,10 +294,7 @@ class BlockFetcher:
             if elsewhere is not None and len(mine) < len(unclaimed):
                 taken = {b.id for b in mine}
                 elsewhere([b.id for b in unclaimed if b.id not in taken])
-            busy, direct = self._inflight, self.reader_fetches
-            todo = [b for b in mine if (b.id, 0) not in busy and b.id not in direct]
-            for blob in todo:
-                self._inflight[(blob.id, 0)] = _Pending()
+            todo = self._take_in_flight(mine)
             if not todo:
                 return
             await self._writes.room(UNWRITTEN_BYTES)  # fetch no faster than the cache writes
@@ -331,6 +328,28 @@ class BlockFetcher:
             # session 31).
             return _verified_whole(pieces)
         return await trio.to_thread.run_sync(_verified_whole, pieces)
+
+    def _take_in_flight(self, blobs: list[BlobRef]) -> list[BlobRef]:
+        """Those of ``blobs`` (small ones) that neither this loop nor a reader's thread is
+        fetching, now in flight here.
+
+        A reader's thread adds a blob to ``reader_fetches`` and then looks in the in-flight
+        table (Engine.get_direct); this goes the other way round, each blob in flight first,
+        then a look at ``reader_fetches``. Whatever the threads' interleaving, one of the two
+        sees the other's mark, and the blob is fetched once. (Looking first and marking after
+        let a reader's thread slip in between: a blob fetched twice, once in CI.)"""
+        busy, direct = self._inflight, self.reader_fetches
+        todo: list[BlobRef] = []
+        for blob in blobs:
+            key = (blob.id, 0)
+            if key in busy:
+                continue
+            busy[key] = _Pending()
+            if blob.id in direct:  # a reader's thread is fetching it
+                del busy[key]
+                continue
+            todo.append(blob)
+        return todo
 
     def _claim_uncached(self, blobs: list[BlobRef], read_since: float | None) -> list[BlobRef]:
         """Those of ``blobs`` not in the cache that no other process is prefetching now (or,

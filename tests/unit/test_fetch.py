@@ -236,6 +236,22 @@ async def test_a_prefetch_leaves_out_what_is_cached_or_claimed_by_another_proces
     assert all(cache.get(oid, 0) == d for oid, d in zip(ids[2:], data[2:], strict=True))
 
 
+def test_a_batch_takes_only_what_neither_the_loop_nor_a_reader_is_fetching(
+    cache: BlockCache,
+) -> None:
+    # a reader's thread marks its blob and then looks at the in-flight table
+    # (Engine.get_direct); a batch marks each blob in flight first and then looks at the
+    # readers' marks, so one of the two always sees the other
+    blobs = [BlobRef("alice", "data", f"{i:064x}", 100) for i in range(4)]
+    fetcher = BlockFetcher(MemoryRemote(), cache)  # type: ignore[arg-type]
+    fetcher.reader_fetches.add(blobs[0].id)  # a reader's thread is fetching it
+    in_flight = fetcher._inflight[(blobs[1].id, 0)] = _fetch._Pending()  # the loop is
+    assert fetcher._take_in_flight(blobs) == blobs[2:]
+    assert not fetcher.in_flight(blobs[0].id, 0)  # left to the reader
+    assert fetcher._inflight[(blobs[1].id, 0)] is in_flight
+    assert all(fetcher.in_flight(b.id, 0) for b in blobs[2:])
+
+
 @pytest.mark.trio
 async def test_a_block_that_does_not_match_is_fetched_again_from_the_api(
     cache: BlockCache, caplog: pytest.LogCaptureFixture
