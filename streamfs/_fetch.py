@@ -294,7 +294,9 @@ class BlockFetcher:
             if elsewhere is not None and len(mine) < len(unclaimed):
                 taken = {b.id for b in mine}
                 elsewhere([b.id for b in unclaimed if b.id not in taken])
-            todo = self._take_in_flight(mine)
+            todo, written = self._take_in_flight(mine)
+            if elsewhere is not None and written:
+                elsewhere(written)
             if not todo:
                 return
             await self._writes.room(UNWRITTEN_BYTES)  # fetch no faster than the cache writes
@@ -329,17 +331,19 @@ class BlockFetcher:
             return _verified_whole(pieces)
         return await trio.to_thread.run_sync(_verified_whole, pieces)
 
-    def _take_in_flight(self, blobs: list[BlobRef]) -> list[BlobRef]:
+    def _take_in_flight(self, blobs: list[BlobRef]) -> tuple[list[BlobRef], list[str]]:
         """Those of ``blobs`` (small ones) that neither this loop nor a reader's thread is
-        fetching, now in flight here.
+        fetching, now in flight here; and the ids of those written to the cache since the
+        batch's claim looked.
 
         A reader's thread adds a blob to ``reader_fetches`` and then looks in the in-flight
         table (Engine.get_direct); this goes the other way round, each blob in flight first,
         then a look at ``reader_fetches``. Whatever the threads' interleaving, one of the two
         sees the other's mark, and the blob is fetched once. (Looking first and marking after
         let a reader's thread slip in between: a blob fetched twice, once in CI.)"""
-        busy, direct = self._inflight, self.reader_fetches
+        busy, direct, cache = self._inflight, self.reader_fetches, self.cache
         todo: list[BlobRef] = []
+        written: list[str] = []
         for blob in blobs:
             key = (blob.id, 0)
             if key in busy:
@@ -347,9 +351,12 @@ class BlockFetcher:
             busy[key] = _Pending()
             if blob.id in direct:  # a reader's thread is fetching it
                 del busy[key]
-                continue
-            todo.append(blob)
-        return todo
+            elif cache.known(blob.id, 0):  # what a reader fetched leaves reader_fetches
+                del busy[key]  # once it is in the cache
+                written.append(blob.id)
+            else:
+                todo.append(blob)
+        return todo, written
 
     def _claim_uncached(self, blobs: list[BlobRef], read_since: float | None) -> list[BlobRef]:
         """Those of ``blobs`` not in the cache that no other process is prefetching now (or,

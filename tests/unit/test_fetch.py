@@ -242,14 +242,16 @@ def test_a_batch_takes_only_what_neither_the_loop_nor_a_reader_is_fetching(
     # a reader's thread marks its blob and then looks at the in-flight table
     # (Engine.get_direct); a batch marks each blob in flight first and then looks at the
     # readers' marks, so one of the two always sees the other
-    blobs = [BlobRef("alice", "data", f"{i:064x}", 100) for i in range(4)]
+    blobs = [BlobRef("alice", "data", f"{i:064x}", 100) for i in range(5)]
     fetcher = BlockFetcher(MemoryRemote(), cache)  # type: ignore[arg-type]
     fetcher.reader_fetches.add(blobs[0].id)  # a reader's thread is fetching it
     in_flight = fetcher._inflight[(blobs[1].id, 0)] = _fetch._Pending()  # the loop is
-    assert fetcher._take_in_flight(blobs) == blobs[2:]
+    cache.put_many({(blobs[2].id, 0): b"x" * 100})  # a reader's, written since the claim
+    assert fetcher._take_in_flight(blobs) == (blobs[3:], [blobs[2].id])
     assert not fetcher.in_flight(blobs[0].id, 0)  # left to the reader
     assert fetcher._inflight[(blobs[1].id, 0)] is in_flight
-    assert all(fetcher.in_flight(b.id, 0) for b in blobs[2:])
+    assert not fetcher.in_flight(blobs[2].id, 0)
+    assert all(fetcher.in_flight(b.id, 0) for b in blobs[3:])
 
 
 @pytest.mark.trio
