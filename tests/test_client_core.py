@@ -465,8 +465,8 @@ def test_a_cache_smaller_than_the_data_fetches_each_file_of_an_epoch_once(
 
 
 def _read_as_a_worker(repo: streamfs.Repo, paths: list[str]) -> dict[str, int]:
-    planner = repo.view._planner
-    assert planner is not None
+    planner, engine = repo.view._planner, repo.client.engine
+    assert planner is not None and engine.fetcher is not None
     for path in paths:
         repo.read_bytes(path)
         wait_for_prefetches(repo)  # a batch claims its picks: the cache counts a sharer then
@@ -474,6 +474,8 @@ def _read_as_a_worker(repo: streamfs.Repo, paths: list[str]) -> dict[str, int]:
         "sharers": repo.client.cache.sharers,
         "cap": planner.cap,
         "known": planner.known_bytes,
+        "claims": engine.claims,  # a worker's engine
+        "held": len(engine.fetcher.fresh),  # prefetched blocks kept in memory
     }
 
 
@@ -665,18 +667,6 @@ def test_a_prefetched_file_is_handed_over_in_memory_and_left_in_the_cache(
     assert cache.stats()["hits"] == hits + 1
 
 
-def _prefetch_as_a_worker(repo: streamfs.Repo, order: list[str]) -> tuple[int, int]:
-    """In a forked pool's worker: read the first two of ``order`` (the second starts their
-    folder's prefetch); the blocks then held in memory, and those of ``order`` cached."""
-    for path in order[:2]:
-        repo.read_bytes(path)
-    wait_for_prefetches(repo)
-    cache, engine = repo.client.cache, repo.client.engine
-    assert engine.claims and engine.fetcher is not None  # a worker's
-    ids = [entry.id for entry in map(repo.view.lookup, order)]
-    return len(engine.fetcher.fresh), sum(cache.contains(oid, 0) for oid in ids)
-
-
 def test_a_worker_keeps_no_prefetched_file_in_memory(
     server: ServerProcess, repo_name: str, tmp_path: Path
 ) -> None:
@@ -687,10 +677,15 @@ def test_a_worker_keeps_no_prefetched_file_in_memory(
     repo_id, files = published_images(server, repo_name, tmp_path, 40, seed=8)
     repo = open_repo(server, repo_id, tmp_path / "cache")
     before = server.metrics()
+    order = sorted(files)
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        held, cached = pool.apply(_prefetch_as_a_worker, (repo, sorted(files)))
+        # the second read starts the folder's prefetch
+        worker = pool.apply(_read_as_a_worker, (repo, order[:2]))
+    assert worker["claims"]
     assert server.metrics()["blob_batch_blobs"] - before["blob_batch_blobs"] == len(files) - 2
-    assert (held, cached) == (0, len(files))
+    ids = [entry.id for entry in map(repo.view.lookup, order)]
+    cached = sum(repo.client.cache.contains(oid, 0) for oid in ids)  # the disk cache, shared
+    assert (worker["held"], cached) == (0, len(files))
 
 
 def test_readahead_blocks_are_handed_over_in_memory_and_left_in_the_cache(
