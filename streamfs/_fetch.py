@@ -53,7 +53,7 @@ from ._blocks import Block, block_span, coalesce
 from ._cache import BlockCache
 from ._errors import IntegrityError, RemoteError, RemoteUnavailableError
 from ._fresh import FreshBlocks
-from ._model import BLOCK_SIZE, block_count
+from ._model import BLOCK_HASHES, BLOCK_SIZE, block_count, block_digest, is_object_id
 from ._remote import Remote
 from ._writequeue import WriteQueue
 
@@ -143,7 +143,7 @@ class BlockFetcher:
         )
         self._inflight: dict[tuple[str, int], _Pending] = {}
         self._tasks = _Gauge()  # fetches started and not finished
-        self._blockmaps: dict[str, list[str]] = {}
+        self._blockmaps: dict[str, tuple[str, list[str]]] = {}  # blob id -> _block_hashes
         self._early = _Gauge()  # bytes handed to readers and not cached yet
         self.fresh = FreshBlocks()  # prefetched blocks, for their first reader
         # ids of small blobs that reader threads fetch themselves (see _directget.py): batches
@@ -465,7 +465,7 @@ class BlockFetcher:
         await self._early.wait_zero()
 
     async def _fetch_verified(self, blob: BlobRef, first: int, last: int) -> dict[int, Block]:
-        hashes = await self._block_hashes(blob)
+        algorithm, hashes = await self._block_hashes(blob)
         for attempt in range(2):
             start, _ = block_span(first, blob.size, BLOCK_SIZE)
             _, end = block_span(last, blob.size, BLOCK_SIZE)
@@ -482,9 +482,9 @@ class BlockFetcher:
             blocks = dict(zip(range(first, last + 1), parts, strict=True))
             expected = {i: hashes[i] for i in blocks}
             if end - start >= HASH_IN_THREAD:
-                bad = await trio.to_thread.run_sync(_bad_blocks, blocks, expected)
+                bad = await trio.to_thread.run_sync(_bad_blocks, blocks, expected, algorithm)
             else:
-                bad = _bad_blocks(blocks, expected)
+                bad = _bad_blocks(blocks, expected, algorithm)
             if not bad:
                 return blocks
             if attempt == 1:
@@ -498,30 +498,53 @@ class BlockFetcher:
             )
         raise AssertionError("unreachable")
 
-    async def _block_hashes(self, blob: BlobRef) -> list[str]:
+    async def _block_hashes(self, blob: BlobRef) -> tuple[str, list[str]]:
+        """The hash (of BLOCK_HASHES) to check the blob's blocks by, and each block's digest:
+        a one-block blob's is its id (sha256); a larger one's, the server's block list."""
         if blob.size <= BLOCK_SIZE:
-            return [blob.id]
-        hashes = self._blockmaps.get(blob.id)
-        if hashes is not None:
-            return hashes
-        key = f"blockmap:{blob.id}"
-        raw = self.cache.get_meta(key)
-        if raw is not None:
-            hashes = json.loads(raw)
-        else:
-            block_size, hashes = await self.remote.blob_blocks(blob.owner, blob.name, blob.id)
+            return "sha256", [blob.id]
+        known = self._blockmaps.get(blob.id)
+        if known is not None:
+            return known
+        # Not the key of the sha256-only lists an older version kept (a bare JSON list)
+        key = f"block-hashes:{blob.id}"
+        found = _cached_block_list(self.cache.get_meta(key), block_count(blob.size))
+        if found is None:
+            block_size, algorithm, hashes = await self.remote.blob_blocks(
+                blob.owner, blob.name, blob.id
+            )
             if block_size != BLOCK_SIZE or len(hashes) != block_count(blob.size):
                 raise RemoteError(
                     f"blob {blob.id[:12]}: the server's block list does not fit its size"
                 )
-            self.cache.put_meta(key, json.dumps(hashes).encode())
-        assert hashes is not None
-        self._blockmaps[blob.id] = hashes
-        return hashes
+            record = {"algorithm": algorithm, "hashes": hashes}
+            self.cache.put_meta(key, json.dumps(record).encode())
+            found = algorithm, hashes
+        self._blockmaps[blob.id] = found
+        return found
 
 
-def _bad_blocks(blocks: dict[int, Block], expected: dict[int, str]) -> list[int]:
-    return [i for i, b in blocks.items() if hashlib.sha256(b).hexdigest() != expected[i]]
+def _cached_block_list(raw: bytes | None, count: int) -> tuple[str, list[str]] | None:
+    """A block list this cache kept (``{"algorithm": ..., "hashes": [...]}``), if it is one
+    for ``count`` blocks; None to ask the server again."""
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    algorithm, hashes = record.get("algorithm"), record.get("hashes")
+    if algorithm not in BLOCK_HASHES or not isinstance(hashes, list) or len(hashes) != count:
+        return None
+    if not all(is_object_id(h) for h in hashes):
+        return None
+    return algorithm, hashes
+
+
+def _bad_blocks(blocks: dict[int, Block], expected: dict[int, str], algorithm: str) -> list[int]:
+    return [i for i, b in blocks.items() if block_digest(algorithm, b) != expected[i]]
 
 
 def _verified_whole(pieces: dict[str, bytes]) -> dict[str, bytes]:

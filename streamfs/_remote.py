@@ -734,11 +734,21 @@ class Remote:
         )
         return answer.parts if isinstance(answer, Answer) else (answer.content,)
 
-    async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, list[str]]:
+    async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, str, list[str]]:
+        """The blob's block size, and the hash (of _model.BLOCK_HASHES) and hex digest of each
+        block to check it by: BLAKE3 when the server lists it, else sha256 (an older server,
+        or a blob it stored before it listed BLAKE3)."""
         body = await self._json(
             "GET", self._repo(owner, name) + f"/blobs/{oid}/blocks", f"blocks of {oid[:12]}"
         )
-        return int(body["block_size"]), [_checked_id(b) for b in body["blocks"]]
+        sha256 = _checked_list(body.get("blocks"))
+        fast = body.get("blake3")
+        if fast is None:
+            return _checked_count(body.get("block_size")), "sha256", sha256
+        blake3 = _checked_list(fast)
+        if len(blake3) != len(sha256):
+            raise errors.RemoteError(f"the server's block lists of {oid[:12]} differ in length")
+        return _checked_count(body.get("block_size")), "blake3", blake3
 
     async def metrics(self) -> dict[str, int]:
         return await self._json("GET", "/metrics", "metrics")
@@ -769,6 +779,18 @@ class _FileBody(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         if self._file is not None:
             self._file.close()  # read-only: closing does not wait on the disk
+
+
+def _checked_list(value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise errors.RemoteError(f"the server sent {type(value).__name__} for a list of ids")
+    return [_checked_id(item) for item in value]
+
+
+def _checked_count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise errors.RemoteError(f"the server sent an invalid block size: {value!r}")
+    return value
 
 
 def _checked_id(value: object) -> str:

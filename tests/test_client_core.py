@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import multiprocessing
 import os
 import random
@@ -208,11 +209,17 @@ def test_forked_child_gets_its_own_engine(
     assert repo.client.engine is parent_engine and parent_engine.alive
 
 
+@pytest.mark.parametrize("listed", ["sha256 and blake3", "sha256 only (an older server)"])
 def test_corrupted_block_is_never_served(
-    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path
+    server: ServerProcess, big: tuple[str, bytes], tmp_path: Path, listed: str
 ) -> None:
     repo_id, data = big
     blob = hashlib.sha256(data).hexdigest()
+    if "only" in listed:  # the block list a server stored before it listed BLAKE3
+        path = server.root / "data" / "objects" / "blockmap" / blob[:2] / blob[2:]
+        block_list = json.loads(path.read_bytes())
+        del block_list["blake3"]
+        path.write_bytes(json.dumps(block_list).encode())
     stored = server.root / "data" / "objects" / "blob" / blob[:2] / blob[2:]
     with open(stored, "r+b") as f:  # the server's disk rots under block 1
         f.seek(BLOCK_SIZE + 100)
@@ -225,6 +232,9 @@ def test_corrupted_block_is_never_served(
             f.read(10)
     assert info.value.errno == errno.EIO and "big.bin" in str(info.value)
     assert repo.client.cache.get_block(blob, 1, 0, 10) is None
+    with repo.open("big.bin") as f:
+        f.seek(2 * BLOCK_SIZE)
+        assert f.read() == data[2 * BLOCK_SIZE :]  # block 2 is intact
 
 
 def test_a_corrupted_small_file_read_whole_is_never_served(

@@ -11,10 +11,11 @@ import threading
 import time
 from pathlib import Path
 
+import blake3
 import httpx
 import pytest
 
-from streamfs._model import decode_commit, decode_tree, object_id
+from streamfs._model import BLOCK_SIZE, decode_commit, decode_tree, object_id
 
 from .conftest import ServerProcess, run_cli
 
@@ -427,6 +428,24 @@ def test_batch_sends_whole_blobs_in_the_order_asked(server: ServerProcess, repo_
     assert after["blob_batch_blobs"] - before["blob_batch_blobs"] == len(order)
     assert after["blob_bytes_sent"] - before["blob_bytes_sent"] == len(expected)
     assert after["blob_get_requests"] == before["blob_get_requests"]
+
+
+def test_a_blobs_block_list_has_each_blocks_sha256_and_blake3(
+    server: ServerProcess, repo_name: str
+) -> None:
+    repo = f"alice/{repo_name}"
+    assert api(server, "POST", "/repos", json={"owner": "alice", "name": repo_name}).is_success
+    # 2.5 blocks (the last one short), and an empty blob (one empty block)
+    data = os.urandom(BLOCK_SIZE * 5 // 2)
+    for blob in (data, b""):
+        oid = put_blob(server, repo, blob)
+        body = api(server, "GET", f"/repos/{repo}/blobs/{oid}/blocks").json()
+        pieces = [blob[at : at + BLOCK_SIZE] for at in range(0, len(blob), BLOCK_SIZE)] or [b""]
+        assert body == {
+            "block_size": BLOCK_SIZE,
+            "blocks": [hashlib.sha256(p).hexdigest() for p in pieces],
+            "blake3": [blake3.blake3(p).hexdigest() for p in pieces],
+        }
 
 
 def test_batch_never_sends_another_repos_blob(server: ServerProcess, repo_name: str) -> None:

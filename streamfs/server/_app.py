@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import blake3
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -30,7 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _errors as errors
-from .._model import BLOCK_SIZE, check_name, check_object_id, check_ref_name
+from .._model import BLOCK_HASHES, BLOCK_SIZE, check_name, check_object_id, check_ref_name
 from .._treeops import Change
 from . import _metrics as metrics
 from ._auth import Principal, TokenBook
@@ -492,7 +493,22 @@ class _Staged:
     path: Path
     size: int
     sha256: str
-    blocks: list[str]
+    blocks: dict[str, list[str]]  # each of BLOCK_HASHES: the hex digest of every block
+
+
+class _BlockHashes:
+    """One block's hashes by each of BLOCK_HASHES, fed as its bytes arrive."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.blake3 = blake3.blake3()
+
+    def update(self, data: memoryview) -> None:
+        self.sha256.update(data)
+        self.blake3.update(data)
+
+    def hexdigests(self) -> dict[str, str]:
+        return {"blake3": self.blake3.hexdigest(), "sha256": self.sha256.hexdigest()}
 
 
 class _Receiver:
@@ -507,9 +523,9 @@ class _Receiver:
         self.limit = limit
         self.size = 0
         self.whole = hashlib.sha256()
-        self.block = hashlib.sha256()
+        self.block = _BlockHashes()
         self.block_fill = 0
-        self.blocks: list[str] = []
+        self.blocks: dict[str, list[str]] = {name: [] for name in BLOCK_HASHES}
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -524,12 +540,16 @@ class _Receiver:
             self.block_fill += take
             view = view[take:]
             if self.block_fill == BLOCK_SIZE:
-                self.blocks.append(self.block.hexdigest())
-                self.block, self.block_fill = hashlib.sha256(), 0
+                self._end_block()
+
+    def _end_block(self) -> None:
+        for name, digest in self.block.hexdigests().items():
+            self.blocks[name].append(digest)
+        self.block, self.block_fill = _BlockHashes(), 0
 
     def finish(self) -> _Staged:
-        if self.block_fill or not self.blocks:
-            self.blocks.append(self.block.hexdigest())
+        if self.block_fill or not self.blocks["sha256"]:
+            self._end_block()
         self.file.close()
         return _Staged(self.path, self.size, self.whole.hexdigest(), self.blocks)
 

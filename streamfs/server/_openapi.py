@@ -285,7 +285,10 @@ def schemas() -> Json:
         ),
         "BlobStored": obj(["id", "stored"], id=ID, stored=BOOL, size=COUNT),
         "BlockMap": obj(
-            ["block_size", "blocks"], block_size=typed("integer", "4194304"), blocks=array(ID)
+            ["block_size", "blocks"],
+            block_size=typed("integer", "4194304"),
+            blocks=array(ID),
+            blake3=array(ID),
         ),
         "Metrics": typed("object", additionalProperties=typed("integer")),
     }
@@ -419,7 +422,7 @@ def _blob_paths() -> Json:
         "201": ok("Verified and stored", ref("BlobStored")),
     }
     upload = body(BINARY, "application/octet-stream")
-    blocks = {"200": ok("sha256 of each block", ref("BlockMap"), CACHE_HEADERS)}
+    blocks = {"200": ok("sha256 and BLAKE3 of each block", ref("BlockMap"), CACHE_HEADERS)}
     return {
         "/blobs/missing": {
             "post": repo_op(

@@ -3,7 +3,7 @@
 Layout of keys (every name in them is validated before use)::
 
     objects/blob/ab/cdef...          blob bytes, stored once per server
-    objects/blockmap/ab/cdef...      per-block sha256 of a blob (JSON)
+    objects/blockmap/ab/cdef...      per-block sha256 and BLAKE3 of a blob (JSON)
     objects/tree/ab/cdef...          canonical tree bytes
     objects/commit/ab/cdef...        canonical commit bytes
     repos/OWNER/NAME/repo            the repo record (a ref: JSON)
@@ -174,13 +174,20 @@ class RepoStore:
     def blob_known(self, oid: str) -> bool:
         return self.storage.size(object_key("blob", oid)) is not None
 
-    def adopt_blob(self, owner: str, name: str, oid: str, staged: Any, blocks: list[str]) -> None:
-        """Keep a received and verified blob (``staged`` is a file in the staging dir)."""
+    def adopt_blob(
+        self, owner: str, name: str, oid: str, staged: Any, blocks: dict[str, list[str]]
+    ) -> None:
+        """Keep a received and verified blob (``staged`` is a file in the staging dir) and
+        its block list: ``blocks`` has every block's sha256 and BLAKE3 (_model.BLOCK_HASHES)."""
         if self.blob_known(oid):
             staged.unlink(missing_ok=True)
         else:
             self.storage.write_file(object_key("blob", oid), staged)
-        blockmap = {"block_size": BLOCK_SIZE, "blocks": blocks}
+        blockmap = {
+            "block_size": BLOCK_SIZE,
+            "blocks": blocks["sha256"],
+            "blake3": blocks["blake3"],
+        }
         self.storage.write(object_key("blockmap", oid), json.dumps(blockmap).encode())
         self._mark(owner, name, "blob", oid)
 

@@ -15,8 +15,9 @@ import trio.testing
 
 from streamfs import _fetch
 from streamfs._cache import BlockCache, MiB
+from streamfs._errors import IntegrityError
 from streamfs._fetch import BlobRef, BlockFetcher
-from streamfs._model import BLOCK_SIZE
+from streamfs._model import BLOCK_HASHES, BLOCK_SIZE, block_digest
 
 DATA = random.Random(3).randbytes(3 * BLOCK_SIZE)
 OID = hashlib.sha256(DATA).hexdigest()
@@ -39,10 +40,13 @@ class BlocksOfReadBlob:
 
 
 class MemoryRemote(BlocksOfReadBlob):
-    """The two calls a range fetch makes, answered from DATA."""
+    """The two calls a range fetch makes, answered from DATA; its block list by
+    ``algorithm`` (BLAKE3 as the server lists it, sha256 as an older server did)."""
 
-    def __init__(self) -> None:
+    def __init__(self, algorithm: str = "blake3") -> None:
         self.ranges: list[tuple[int, int]] = []
+        self.algorithm = algorithm
+        self.block_lists = 0  # how often the fetcher asked for the block list
 
     async def read_blob(
         self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
@@ -50,9 +54,23 @@ class MemoryRemote(BlocksOfReadBlob):
         self.ranges.append((start, end))
         return DATA[start:end]
 
-    async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, list[str]]:
+    async def blob_blocks(self, owner: str, name: str, oid: str) -> tuple[int, str, list[str]]:
+        self.block_lists += 1
         blocks = [DATA[i : i + BLOCK_SIZE] for i in range(0, len(DATA), BLOCK_SIZE)]
-        return BLOCK_SIZE, [hashlib.sha256(b).hexdigest() for b in blocks]
+        return BLOCK_SIZE, self.algorithm, [block_digest(self.algorithm, b) for b in blocks]
+
+
+class CorruptRemote(MemoryRemote):
+    """Serves block 1 with one byte changed, from its front and its API alike."""
+
+    async def read_blob(
+        self, owner: str, name: str, oid: str, start: int, end: int, *, front: bool = True
+    ) -> bytes:
+        data = bytearray(await super().read_blob(owner, name, oid, start, end))
+        at = BLOCK_SIZE + 100 - start
+        if 0 <= at < len(data):
+            data[at] ^= 1
+        return bytes(data)
 
 
 class BadFrontRemote(MemoryRemote):
@@ -363,3 +381,38 @@ async def test_a_batch_caches_only_blobs_that_match_their_ids_and_fetches_the_re
     assert remote.batches == [ids]
     assert remote.alone == [ids[2]]
     assert all(cache.get(oid, 0) == d for oid, d in zip(ids, data, strict=True))
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("algorithm", BLOCK_HASHES)
+async def test_blocks_are_checked_by_the_hash_their_list_names(
+    cache: BlockCache, algorithm: str
+) -> None:
+    fetcher = BlockFetcher(MemoryRemote(algorithm), cache)  # type: ignore[arg-type]
+    corrupt = BlockFetcher(CorruptRemote(algorithm), cache)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        fetcher.nursery = corrupt.nursery = nursery
+        assert await fetcher.blocks(BLOB, [0]) == {0: DATA[:BLOCK_SIZE]}
+        with pytest.raises(IntegrityError, match=r"block 1 .* does not match its hash, twice"):
+            await corrupt.blocks(BLOB, [1])
+        await fetcher.settled()
+    assert cache.get(OID, 0) == DATA[:BLOCK_SIZE]
+    assert cache.get(OID, 1) is None  # never served, never cached
+
+
+@pytest.mark.trio
+async def test_a_blobs_block_list_is_asked_once_for_every_process_on_the_cache(
+    tmp_path: Path,
+) -> None:
+    # a list an older version kept under the old key: a bare list of sha256 digests
+    BlockCache(tmp_path / "cache", 256 * MiB).put_meta("blockmap:" + OID, b'["00"]')
+    remotes = [MemoryRemote(), MemoryRemote()]
+    for remote, index in zip(remotes, (0, 2), strict=True):
+        cache = BlockCache(tmp_path / "cache", 256 * MiB)  # another process's
+        fetcher = BlockFetcher(remote, cache)  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            fetcher.nursery = nursery
+            got = await fetcher.blocks(BLOB, [index])
+            await fetcher.settled()
+        assert got == {index: DATA[index * BLOCK_SIZE : (index + 1) * BLOCK_SIZE]}
+    assert [r.block_lists for r in remotes] == [1, 0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -242,6 +243,29 @@ async def test_malformed_refs_are_an_error_not_a_crash() -> None:
         async with Remote(url) as remote:
             with pytest.raises(errors.RemoteError, match="malformed refs"):
                 await remote.resolve_rev("alice", "data", None)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_block_list_names_blake3_when_the_server_lists_it_and_is_checked() -> None:
+    sha, fast = ["ab" * 32, "cd" * 32], ["ef" * 32, "01" * 32]
+    lists = [
+        {"block_size": 4194304, "blocks": sha, "blake3": fast},
+        {"block_size": 4194304, "blocks": sha},  # an older server's, or an older blob's
+        {"block_size": 4194304, "blocks": sha, "blake3": fast[:1]},
+        {"block_size": 4194304, "blocks": sha, "blake3": ["EF" * 32, "01" * 32]},
+        {"block_size": "4194304", "blocks": sha},
+        {"block_size": 4194304, "blocks": "ab" * 32},
+    ]
+    answers = [_answer(b"200 OK", json.dumps(body).encode()) for body in lists]
+    async with trio.open_nursery() as nursery:
+        url = await _slow_server(nursery, functools.partial(_serve_answers, answers, []))
+        async with Remote(url) as remote:
+            oid = "99" * 32
+            assert await remote.blob_blocks("alice", "data", oid) == (4194304, "blake3", fast)
+            assert await remote.blob_blocks("alice", "data", oid) == (4194304, "sha256", sha)
+            for why in ("differ in length", "invalid id", "invalid block size", "for a list"):
+                with pytest.raises(errors.RemoteError, match=why):
+                    await remote.blob_blocks("alice", "data", oid)
         nursery.cancel_scope.cancel()
 
 
