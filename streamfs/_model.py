@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -293,17 +293,23 @@ def block_count(size: int, block_size: int = BLOCK_SIZE) -> int:
 # (7.7 against 1.9 GB/s a core): a cold read of a 2 GiB file spent ~1.2 s of CPU on sha256,
 # a quarter of what the reader, the server and the network stack took on two cores
 # (docs/benchmarks.md, session 45). Lists stored by older servers have sha256 only.
-BLOCK_HASHES = ("blake3", "sha256")  # the one a client prefers first
+_BLOCK_HASHERS: dict[str, Callable[..., Any]] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
+BLOCK_HASHES = tuple(_BLOCK_HASHERS)  # the one a client prefers first
+
+
+def block_hasher(algorithm: str, data: bytes | bytearray | memoryview = b"") -> Any:
+    """A hash object of one of BLOCK_HASHES (``update``, ``hexdigest``), fed ``data``; both
+    let go of the interpreter lock while they hash a large piece."""
+    try:
+        new = _BLOCK_HASHERS[algorithm]
+    except KeyError:
+        raise ValueError(f"unknown block hash {algorithm!r}") from None
+    return new(data)
 
 
 def block_digest(algorithm: str, data: bytes | bytearray | memoryview) -> str:
-    """The hex digest of a block by one of BLOCK_HASHES (both let go of the interpreter
-    lock while they hash a large block)."""
-    if algorithm == "blake3":
-        return blake3.blake3(data).hexdigest()
-    if algorithm == "sha256":
-        return hashlib.sha256(data).hexdigest()
-    raise ValueError(f"unknown block hash {algorithm!r}")
+    """The hex digest of a block by one of BLOCK_HASHES."""
+    return str(block_hasher(algorithm, data).hexdigest())
 
 
 # --------------------------------------------------------------------------- rev specs

@@ -741,14 +741,15 @@ class Remote:
         body = await self._json(
             "GET", self._repo(owner, name) + f"/blobs/{oid}/blocks", f"blocks of {oid[:12]}"
         )
+        block_size = _checked_count(body.get("block_size"))
         sha256 = _checked_list(body.get("blocks"))
         fast = body.get("blake3")
         if fast is None:
-            return _checked_count(body.get("block_size")), "sha256", sha256
+            return block_size, "sha256", sha256
         blake3 = _checked_list(fast)
         if len(blake3) != len(sha256):
             raise errors.RemoteError(f"the server's block lists of {oid[:12]} differ in length")
-        return _checked_count(body.get("block_size")), "blake3", blake3
+        return block_size, "blake3", blake3
 
     async def metrics(self) -> dict[str, int]:
         return await self._json("GET", "/metrics", "metrics")

@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import blake3
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -31,7 +30,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _errors as errors
-from .._model import BLOCK_HASHES, BLOCK_SIZE, check_name, check_object_id, check_ref_name
+from .._model import (
+    BLOCK_HASHES,
+    BLOCK_SIZE,
+    block_hasher,
+    check_name,
+    check_object_id,
+    check_ref_name,
+)
 from .._treeops import Change
 from . import _metrics as metrics
 from ._auth import Principal, TokenBook
@@ -496,19 +502,8 @@ class _Staged:
     blocks: dict[str, list[str]]  # each of BLOCK_HASHES: the hex digest of every block
 
 
-class _BlockHashes:
-    """One block's hashes by each of BLOCK_HASHES, fed as its bytes arrive."""
-
-    def __init__(self) -> None:
-        self.sha256 = hashlib.sha256()
-        self.blake3 = blake3.blake3()
-
-    def update(self, data: memoryview) -> None:
-        self.sha256.update(data)
-        self.blake3.update(data)
-
-    def hexdigests(self) -> dict[str, str]:
-        return {"blake3": self.blake3.hexdigest(), "sha256": self.sha256.hexdigest()}
+def _new_block() -> dict[str, Any]:
+    return {name: block_hasher(name) for name in BLOCK_HASHES}
 
 
 class _Receiver:
@@ -523,7 +518,7 @@ class _Receiver:
         self.limit = limit
         self.size = 0
         self.whole = hashlib.sha256()
-        self.block = _BlockHashes()
+        self.block = _new_block()  # each of BLOCK_HASHES, fed as the block's bytes arrive
         self.block_fill = 0
         self.blocks: dict[str, list[str]] = {name: [] for name in BLOCK_HASHES}
 
@@ -536,16 +531,17 @@ class _Receiver:
         view = memoryview(data)
         while view:
             take = min(len(view), BLOCK_SIZE - self.block_fill)
-            self.block.update(view[:take])
+            for hasher in self.block.values():
+                hasher.update(view[:take])
             self.block_fill += take
             view = view[take:]
             if self.block_fill == BLOCK_SIZE:
                 self._end_block()
 
     def _end_block(self) -> None:
-        for name, digest in self.block.hexdigests().items():
-            self.blocks[name].append(digest)
-        self.block, self.block_fill = _BlockHashes(), 0
+        for name, hasher in self.block.items():
+            self.blocks[name].append(hasher.hexdigest())
+        self.block, self.block_fill = _new_block(), 0
 
     def finish(self) -> _Staged:
         if self.block_fill or not self.blocks["sha256"]:
