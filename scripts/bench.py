@@ -250,9 +250,17 @@ def epoch_metrics(result: dict[str, Any], rss: float, fetched: int | None = None
         "epoch1_MBps": passes[0]["bytes"] / passes[0]["elapsed"] / 1e6,
         "rss_mb": rss,
     }
+    local = result.get("local_passes")
     if len(passes) > 1:  # warm: the median of the passes after the first (short, so noisy)
         out["epoch2_files_s"] = statistics.median(p["files"] / p["elapsed"] for p in passes[1:])
-    local = result.get("local_passes")
+        # a warm epoch reads nothing from disk unless memory ran short (whole machine, MB)
+        warm = passes[1:] + (local or [])
+        out["warm_disk_read_mb"] = sum(p.get("disk_read_mb", 0.0) for p in warm)
+        out["warm_mem_available_mb"] = min(p.get("mem_available_mb", 0.0) for p in warm)
+        # the machine's CPU in this system's warm epochs by kind (idle, steal, ...): a median
+        mine = [p["cpu_share"] for p in passes[1:] if "cpu_share" in p]
+        if mine:
+            out["warm_cpu_share"] = {k: statistics.median(c[k] for c in mine) for k in mine[0]}
     if local:  # local disk's warm epochs, each read just before one of these (same order)
         rates = [p["files"] / p["elapsed"] for p in local]
         out["epoch2_local_files_s"] = statistics.median(rates)

@@ -27,6 +27,30 @@ from typing import Any
 MiB = 1024 * 1024
 
 
+def machine_state() -> dict[str, float]:
+    """What the whole machine has read from its block devices so far (MB, /proc/vmstat's
+    pgpgin), the memory it has available (MB), and its CPU time so far by kind (/proc/stat,
+    in clock ticks): a warm epoch should read nothing from disk, and did not if its files
+    stayed in the page cache; and time stolen by the VM's host is time the readers lost."""
+    state = {"disk_read_mb": 0.0, "mem_available_mb": 0.0}
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+        kinds = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+        state.update({f"cpu_{kind}": float(n) for kind, n in zip(kinds, ticks, strict=True)})
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("pgpgin "):
+                    state["disk_read_mb"] = int(line.split()[1]) * 1024 / 1e6
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    state["mem_available_mb"] = int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return state
+
+
 def peak_rss_mb(pid: int | str = "self") -> float:
     """VmHWM (peak resident set) of a process in MB, 0 if it is gone."""
     try:
@@ -108,11 +132,17 @@ def _run_passes(
 
     def epoch(fn: Callable[[str], int], order: list[str]) -> dict[str, Any]:
         before = fetched() if fetched else 0
+        machine = machine_state()
         t0 = time.perf_counter()
         total = sum(each(fn, order))
         out = {"elapsed": time.perf_counter() - t0, "files": len(order), "bytes": total}
         if fetched:
             out["fetched"] = fetched() - before
+        after = machine_state()
+        out["disk_read_mb"] = after["disk_read_mb"] - machine["disk_read_mb"]
+        out["mem_available_mb"] = machine["mem_available_mb"]  # when it began
+        spent = {k: after[k] - machine[k] for k in after if k.startswith("cpu_")}
+        out["cpu_share"] = {k[4:]: v / (sum(spent.values()) or 1) for k, v in spent.items()}
         return out
 
     results: list[dict[str, Any]] = []
