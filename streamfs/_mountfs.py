@@ -74,29 +74,15 @@ class MountFS:
             return self.overlay.lookup(rel)
         return self.view.lookup(rel)
 
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+    def getattr(self, path: str, fh: int | None = None) -> tuple[int, ...]:
+        """stat(2) of ``path``: os.stat_result's first ten fields (mode, ino, dev, nlink,
+        uid, gid, size, atime, mtime, ctime), owned by the user who mounted."""
         rel = self._rel(path)
         if self.overlay is not None:
             st = self.overlay.stat(rel)
         else:
             st = entry_stat(self.view.lookup(rel), rel)
-        keys = (
-            "st_mode",
-            "st_ino",
-            "st_dev",
-            "st_nlink",
-            "st_uid",
-            "st_gid",
-            "st_size",
-            "st_atime",
-            "st_mtime",
-            "st_ctime",
-        )
-        attrs = dict(zip(keys, st, strict=True))
-        attrs["st_uid"], attrs["st_gid"] = self.uid, self.gid
-        attrs["st_blocks"] = (attrs["st_size"] + 511) // 512
-        attrs["st_blksize"] = 128 * 1024
-        return attrs
+        return (*st[:4], self.uid, self.gid, *st[6:])
 
     def readdir(self, path: str) -> list[str]:
         rel = self._rel(path)

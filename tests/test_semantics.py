@@ -122,9 +122,16 @@ def test_stat_sizes_mtimes_and_modes(front: FrontEnd) -> None:
         assert st.st_size == len(data)
         assert st.st_mtime == core.view.lookup(rel).mtime > 0
         assert st.st_uid == os.getuid()
+        assert st.st_gid == os.getgid() and st.st_nlink == 1
+        if front.kind.startswith("mount"):  # what the kernel was told (hooks: no such fields)
+            assert st.st_atime == st.st_ctime == st.st_mtime
+            assert st.st_blocks == (len(data) + 511) // 512 and st.st_blksize == 128 * 1024
+    inodes = {os.stat(front.root / rel).st_ino for rel in FILES}
+    assert len(inodes) == len(FILES) and 0 not in inodes
     for rel in DIRS:
         st = os.stat(front.root / rel)
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == dir_mode, rel
+        assert st.st_nlink == 2
     assert os.path.getsize(front.root / "big.bin") == len(FILES["big.bin"])
     assert os.path.isdir(front.root) and os.path.isfile(front.root / "empty")
 
