@@ -264,8 +264,9 @@ class StreamfsFUSE(FUSE):  # type: ignore[misc]
         """libfuse's stat buffer, filled from the operation's tuple field by field.
 
         fusepy's asks for a dictionary and sets each key it names on the buffer, looking each
-        up twice: ~30 µs of Python a call, and every file's first open and every entry of a
-        ``find`` + ``stat`` is one such call."""
+        up twice. Every file's first open and every entry of a ``find`` + ``stat`` is one such
+        call: the daemon spent 27 µs of CPU an entry of a ``find`` + ``stat`` that way, 24
+        this way."""
         fh = None if not fip else fip.contents.fh
         st = self.operations("getattr", self._decode_optional_path(path), fh)
         mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime = st
