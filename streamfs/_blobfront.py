@@ -52,8 +52,9 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from ._errors import RemoteError
+from ._errors import InvalidInputError, RemoteError
 from ._http1 import Http1Error, Http1Pool, host_header
+from ._model import load_json_object
 
 log = logging.getLogger("streamfs.remote")
 
@@ -277,10 +278,8 @@ def unpack_shared(record: bytes, count: int, now: float) -> tuple[list[str], int
     fresh; None if the record is malformed, of another length, or (almost) expired. The
     URLs are checked like the server's when remembered (BlobFront.remember)."""
     try:
-        value = json.loads(record)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
+        value = load_json_object(record, "shared URLs")
+    except InvalidInputError:
         return None
     urls, until = value.get("urls"), value.get("until")
     if not isinstance(urls, list) or len(urls) != count or not urls:

@@ -51,9 +51,16 @@ import trio
 
 from ._blocks import Block, block_span, coalesce
 from ._cache import BlockCache
-from ._errors import IntegrityError, RemoteError, RemoteUnavailableError
+from ._errors import IntegrityError, InvalidInputError, RemoteError, RemoteUnavailableError
 from ._fresh import FreshBlocks
-from ._model import BLOCK_HASHES, BLOCK_SIZE, block_count, block_digest, is_object_id
+from ._model import (
+    BLOCK_HASHES,
+    BLOCK_SIZE,
+    block_count,
+    block_digest,
+    is_object_id,
+    load_json_object,
+)
 from ._remote import Remote
 from ._writequeue import WriteQueue
 
@@ -530,10 +537,8 @@ def _cached_block_list(raw: bytes | None, count: int) -> tuple[str, list[str]] |
     if raw is None:
         return None
     try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(record, dict):
+        record = load_json_object(raw, "cached block list")
+    except InvalidInputError:
         return None
     algorithm, hashes = record.get("algorithm"), record.get("hashes")
     if algorithm not in BLOCK_HASHES or not isinstance(hashes, list) or len(hashes) != count:

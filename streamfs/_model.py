@@ -189,7 +189,7 @@ def encode_tree(tree: Tree) -> bytes:
 
 
 def decode_tree(data: bytes) -> Tree:
-    raw = _load_json_object(data, "tree")
+    raw = load_json_object(data, "tree")
     items = raw.get("entries")
     if not isinstance(items, list) or len(items) > MAX_TREE_ENTRIES:
         raise InvalidInputError("malformed tree: 'entries' must be a list")
@@ -250,7 +250,7 @@ def encode_commit(commit: Commit) -> bytes:
 
 
 def decode_commit(data: bytes) -> Commit:
-    raw = _load_json_object(data, "commit")
+    raw = load_json_object(data, "commit")
     parents = raw.get("parents")
     if not isinstance(parents, list) or len(parents) > 16:
         raise InvalidInputError("malformed commit: parents")
@@ -267,7 +267,9 @@ def decode_commit(data: bytes) -> Commit:
     )
 
 
-def _load_json_object(data: bytes, what: str) -> dict[str, Any]:
+def load_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object; InvalidInputError (naming ``what``) if it is not one, is
+    nested too deeply or is larger than MAX_OBJECT_BYTES."""
     if len(data) > MAX_OBJECT_BYTES:
         raise InvalidInputError(f"{what} is larger than {MAX_OBJECT_BYTES} bytes")
     try:
