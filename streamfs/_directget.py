@@ -11,8 +11,9 @@ readers' time.
 
 So when the engine knows the file's signed URL (the folder's URLs are asked
 at once when its prefetch starts, see _blobfront.py), the reader's thread
-sends the GET itself on a kept connection, checks the bytes against the blob
-id, and hands them to the engine to cache (``BlockFetcher.adopt``). The
+sends the GET itself on a kept connection, checks the bytes (by the BLAKE3
+the API sent with the URL, else the blob id: BlobUrl.whole_check), and hands
+them to the engine to cache (``BlockFetcher.adopt``). The
 interpreter lock is let go while it waits on the socket.
 
 Anything else returns None and the read goes the usual way through the
@@ -43,7 +44,6 @@ give back an idle connection and to note a round trip.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import platform
 import socket
@@ -54,8 +54,9 @@ import threading
 import time
 from collections import deque
 
-from ._blobfront import REST, BlobFront, Origin, tls_context
+from ._blobfront import REST, BlobFront, BlobUrl, Origin, tls_context
 from ._http1 import Head, Http1Error, host_header, take_head
+from ._model import block_digest
 
 log = logging.getLogger("streamfs.remote")
 
@@ -122,11 +123,11 @@ class DirectGets:
         try:
             if connection is not None:
                 try:
-                    return self._exchange(origin, connection, request, oid, size, reused=True)
+                    return self._exchange(origin, connection, request, url, oid, size, reused=True)
                 except _Stale:
                     pass
             connection = self._connect(origin)
-            return self._exchange(origin, connection, request, oid, size, reused=False)
+            return self._exchange(origin, connection, request, url, oid, size, reused=False)
         except (OSError, Http1Error, _Stale) as exc:
             self._resting_until = time.monotonic() + REST
             log.debug("direct GET of %s failed (%s): through the engine for %g s", oid, exc, REST)
@@ -137,6 +138,7 @@ class DirectGets:
         origin: Origin,
         connection: _Connection,
         request: bytes,
+        url: BlobUrl,
         oid: str,
         size: int,
         *,
@@ -171,7 +173,8 @@ class DirectGets:
             else:
                 _close(sock)
         data = bytes(body)
-        if hashlib.sha256(data).hexdigest() != oid:
+        algorithm, digest = url.whole_check(oid)
+        if block_digest(algorithm, data) != digest:
             log.warning("the blob front sent bytes that do not match blob %s", oid[:12])
             return None
         return data

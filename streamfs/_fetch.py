@@ -3,8 +3,9 @@
 Invariants (all state here is touched only by the loop thread, so no locks):
 
 - A block is stored in the cache and handed to a reader only after its
-  sha256 matched: the blob id for a one-block blob, else the per-block hash
-  the server published (``/blobs/ID/blocks``). A bad block is fetched once
+  hash matched: for a one-block blob its BLAKE3 if the API sent it with the
+  blob's URL, else its id (sha256); for a larger one the per-block hash the
+  server published (``/blobs/ID/blocks``). A bad block is fetched once
   more, from the API even if the server has a front (a static server that
   serves other bytes than the store's); if it is bad again the read fails
   with IntegrityError (EIO).
@@ -41,7 +42,6 @@ Invariants (all state here is touched only by the loop thread, so no locks):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -330,13 +330,14 @@ class BlockFetcher:
         if len(data) != len(blobs):
             return {}
         pieces = dict(zip(ids, data, strict=True))
+        checks = {oid: self.remote.whole_check(oid) for oid in ids}
         if max(sizes) < HASH_IN_THREAD:
-            # Hashed here, like a small blob fetched alone: ~4 ms for a batch of 64, the
-            # interpreter lock let go for each blob. A worker thread for it cost more in lock
-            # hand-offs among busy readers than it freed the loop for (docs/benchmarks.md,
-            # session 31).
-            return _verified_whole(pieces)
-        return await trio.to_thread.run_sync(_verified_whole, pieces)
+            # Hashed here, like a small blob fetched alone: ~1 ms for a batch of 64 by BLAKE3
+            # (~4 by sha256), the interpreter lock let go for each blob. A worker thread for it
+            # cost more in lock hand-offs among busy readers than it freed the loop for
+            # (docs/benchmarks.md, session 31).
+            return _verified_whole(pieces, checks)
+        return await trio.to_thread.run_sync(_verified_whole, pieces, checks)
 
     def _take_in_flight(self, blobs: list[BlobRef]) -> tuple[list[BlobRef], list[str]]:
         """Those of ``blobs`` (small ones) that neither this loop nor a reader's thread is
@@ -507,9 +508,11 @@ class BlockFetcher:
 
     async def _block_hashes(self, blob: BlobRef) -> tuple[str, list[str]]:
         """The hash (of BLOCK_HASHES) to check the blob's blocks by, and each block's digest:
-        a one-block blob's is its id (sha256); a larger one's, the server's block list."""
+        a one-block blob's (Remote.whole_check) is its BLAKE3 if the API sent it with its URL,
+        else its id (sha256); a larger one's, the server's block list."""
         if blob.size <= BLOCK_SIZE:
-            return "sha256", [blob.id]
+            algorithm, digest = self.remote.whole_check(blob.id)
+            return algorithm, [digest]
         known = self._blockmaps.get(blob.id)
         if known is not None:
             return known
@@ -552,6 +555,14 @@ def _bad_blocks(blocks: dict[int, Block], expected: dict[int, str], algorithm: s
     return [i for i, b in blocks.items() if block_digest(algorithm, b) != expected[i]]
 
 
-def _verified_whole(pieces: dict[str, bytes]) -> dict[str, bytes]:
-    """The pieces whose sha256 is their blob id."""
-    return {oid: b for oid, b in pieces.items() if hashlib.sha256(b).hexdigest() == oid}
+def _verified_whole(
+    pieces: dict[str, bytes], checks: dict[str, tuple[str, str]]
+) -> dict[str, bytes]:
+    """The pieces (whole one-block blobs) whose digest is what ``checks`` has for their id:
+    (a hash of BLOCK_HASHES, the digest)."""
+    verified = {}
+    for oid, piece in pieces.items():
+        algorithm, digest = checks[oid]
+        if block_digest(algorithm, piece) == digest:
+            verified[oid] = piece
+    return verified

@@ -625,6 +625,12 @@ class Remote:
         if front is not None and front.usable() and ids:
             await self._ask_urls(front, owner, name, ids[:MAX_IDS])
 
+    def whole_check(self, oid: str) -> tuple[str, str]:
+        """The hash (of _model.BLOCK_HASHES) to check the bytes of ``oid``, a one-block blob,
+        by, and their digest: the BLAKE3 the API sent with its URL, else its id (sha256)."""
+        front = self._front
+        return ("sha256", oid) if front is None else front.whole_check(oid)
+
     def signs_urls(self) -> bool:
         """Whether blob reads go to the server's front now (its URLs are worth asking)."""
         return self._front is not None and self._front.usable()
@@ -634,10 +640,10 @@ class Remote:
         (pack_shared), and the seconds they stay fresh; None if it lacks any."""
         front = self._front
         got = None if front is None else front.export(ids)
-        if got is None or got[1] <= SHARE_MARGIN:
+        if got is None or got[2] <= SHARE_MARGIN:
             return None
-        urls, seconds = got
-        return pack_shared(urls, seconds, time.time()), seconds
+        urls, digests, seconds = got
+        return pack_shared(urls, digests, seconds, time.time()), seconds
 
     def adopt_urls(self, ids: Sequence[str], record: bytes) -> bool:
         """Take the URLs of ``ids`` another process shared (shared_urls); False if the front
@@ -666,7 +672,7 @@ class Remote:
                     body = await self._signed_urls(owner, name, part)
                     if body.get("urls") is None:
                         return False  # the server has no front any more: its answers say so now
-                    front.remember(part, body["urls"], body.get("ttl"))
+                    front.remember(part, body["urls"], body.get("ttl"), body.get("blake3"))
                 except errors.NotFoundError:
                     return False  # a blob this repository lacks: the API says so
                 except errors.RemoteUnavailableError:

@@ -4,6 +4,7 @@ _blobfront.py)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import httpx
 import pytest
 import trio
@@ -215,6 +217,7 @@ def test_signed_urls_grant_one_blob_until_they_expire(
     assert asked.status_code == 200 and asked.headers["cache-control"] == "no-store"
     body = asked.json()
     assert body["ttl"] == 3600 and body["expires"] >= time.time() + 3000
+    assert body["blake3"] == [blake3.blake3(data_a).hexdigest()]
     url = body["urls"][0]
     assert url.startswith(nginx.url + f"/{a[:2]}/{a[2:]}?")
     assert httpx.get(url, timeout=10).content == data_a
@@ -364,6 +367,42 @@ def test_bytes_from_the_front_that_do_not_match_are_read_again_from_the_api(
     finally:
         server.stop()
         nginx.stop()
+
+
+def test_a_small_file_is_checked_by_the_blake3_its_url_came_with(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
+) -> None:
+    """The API sends a one-block blob's BLAKE3 with its URL and the client checks the bytes
+    by it: a digest the store recorded wrong (its marker) is never served, though the
+    bytes are the blob's; a blob stored before markers held one is checked by its id."""
+    server, _ = front
+    files = {**small_files(3), "big.bin": random.Random(5).randbytes(BLOCK_SIZE + 1)}
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    ids = [blob_id(data) for data in files.values()]
+    asked = httpx.post(
+        f"{server.url}/v1/repos/alice/{repo_name}/blobs/urls", json={"ids": ids}, timeout=10
+    )
+    assert asked.json()["blake3"] == [
+        *(blake3.blake3(data).hexdigest() for data in list(files.values())[:3]),
+        None,  # a larger blob: its blocks are checked by its block list
+    ]
+    has = server.root / "data" / "repos" / "alice" / repo_name / "has" / "blob"
+    wrong, older, _, _ = ids
+    (has / wrong[:2] / wrong).write_text(blake3.blake3(b"other bytes").hexdigest())
+    (has / older[:2] / older).write_bytes(b"")
+    repo = streamfs.Repo(
+        f"alice/{repo_name}@main", remote=server.url, cache_dir=tmp_path / "c", prefetch=False
+    )
+    engine = repo.client.engine
+    engine.call(_view._sign_ahead, engine, "alice", repo_name, ids)  # as a folder's first open
+    for rel, data in files.items():
+        if blob_id(data) == wrong:
+            with pytest.raises(streamfs.IntegrityError) as info:
+                repo.read_bytes(rel)
+            assert info.value.errno == errno.EIO and rel in str(info.value)
+        else:
+            assert repo.read_bytes(rel) == data
+    assert repo.client.cache.get_block(wrong, 0) is None
 
 
 def signed_repo(

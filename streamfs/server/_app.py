@@ -406,20 +406,19 @@ class Api:
         )
 
     async def blob_urls(self, request: Request) -> Response:
-        """Signed URLs of blobs on the front (``_front.py``), in the order asked; ``"urls":
+        """Signed URLs of blobs on the front (``_front.py``), in the order asked, and the
+        BLAKE3 of those of one block (null for others: see RepoStore.whole_blake3s); ``"urls":
         null`` when this server has no front (the client then reads bytes from the API)."""
         owner, name, ids = await self._batch(request)
         front = self.front
         if front is None:
             return JSONResponse({"urls": None}, headers={"Cache-Control": "no-store"})
-        missing = await self.run(self.store.missing_blobs, owner, name, ids)
-        if missing:
-            raise errors.NotFoundError(f"no blob {missing[0]} in {owner}/{name}")
+        digests = await self.run(self.store.whole_blake3s, owner, name, ids)
         expires = int(time.time()) + front.ttl
         self.metrics[metrics.BLOB_URLS_SIGNED] += len(ids)
         urls = [front.url(oid, expires) for oid in ids]
         return JSONResponse(
-            {"urls": urls, "expires": expires, "ttl": front.ttl},
+            {"urls": urls, "expires": expires, "ttl": front.ttl, "blake3": digests},
             headers={"Cache-Control": "no-store"},
         )
 

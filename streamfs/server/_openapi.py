@@ -282,6 +282,11 @@ def schemas() -> Json:
             urls=nullable(array(typed("string", "a URL that serves the blob until it expires"))),
             expires=typed("integer", "Unix time the URLs stop working"),
             ttl=typed("integer", "seconds they were valid for when signed"),
+            blake3=array(
+                nullable(ID),
+                description="the BLAKE3 of each blob of one block (null: a larger blob, or"
+                " one stored before the server kept it)",
+            ),
         ),
         "BlobStored": obj(["id", "stored"], id=ID, stored=BOOL, size=COUNT),
         "BlockMap": obj(

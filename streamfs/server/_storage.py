@@ -130,7 +130,8 @@ class LocalStorage:
 
     def read(self, key: str) -> bytes | None:
         try:
-            return self._path(key).read_bytes()
+            with open(self._file(key), "rb") as f:  # a signed URL reads its blob's marker
+                return f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
 

@@ -91,22 +91,27 @@ def test_urls_are_kept_for_90_percent_of_their_lifetime_and_bounded() -> None:
 
 
 @pytest.mark.parametrize(
-    ("urls", "ttl"),
+    ("urls", "ttl", "digests"),
     [
-        (["http://h/a"], 100),  # one URL for two ids
-        (["http://h/a", "http://h/b", "http://h/c"], 100),
-        (["http://h/a", "http://h/b"], 5),  # a lifetime under 10 s
-        (["http://h/a", "http://h/b"], True),
-        (["http://h/a", "http://h/b"], None),
-        ("http://h/a", 100),
-        (["http://h/a", "gopher://h/b"], 100),
+        (["http://h/a"], 100, None),  # one URL for two ids
+        (["http://h/a", "http://h/b", "http://h/c"], 100, None),
+        (["http://h/a", "http://h/b"], 5, None),  # a lifetime under 10 s
+        (["http://h/a", "http://h/b"], True, None),
+        (["http://h/a", "http://h/b"], None, None),
+        ("http://h/a", 100, None),
+        (["http://h/a", "gopher://h/b"], 100, None),
+        (["http://h/a", "http://h/b"], 100, ["d" * 64]),  # a BLAKE3 for one of two
+        (["http://h/a", "http://h/b"], 100, ["d" * 64, "D" * 64]),
+        (["http://h/a", "http://h/b"], 100, ["d" * 64, "d" * 63]),
+        (["http://h/a", "http://h/b"], 100, [None, 7]),
+        (["http://h/a", "http://h/b"], 100, "d" * 64),
     ],
 )
-def test_a_malformed_answer_is_refused_whole(urls: object, ttl: object) -> None:
+def test_a_malformed_answer_is_refused_whole(urls: object, ttl: object, digests: object) -> None:
     async def main() -> None:
         front = BlobFront(1.0, 1.0, 4)
         with pytest.raises(RemoteError):
-            front.remember(["a" * 64, "b" * 64], urls, ttl)
+            front.remember(["a" * 64, "b" * 64], urls, ttl, digests)
         assert front.lacking(["a" * 64, "b" * 64]) == ["a" * 64, "b" * 64]
 
     run(main)
@@ -144,19 +149,30 @@ def test_urls_shared_with_another_process_come_back_as_spelled_and_with_the_time
         front = BlobFront(1.0, 1.0, 4)
         ids = [f"{i:064x}" for i in range(3)]
         urls = [f"http://h/b/{oid}?md5=x&expires=9" for oid in ids] + ["http://[::1]:81/b/c"]
-        front.remember([*ids, "c" * 64], urls, 1000)
+        digests = ["d" * 64, None, "e" * 64, None]  # a larger blob's or an older server's: None
+        front.remember([*ids, "c" * 64], urls, 1000, digests)
         await trio.sleep(100)
         exported = front.export([*ids, "c" * 64])
         assert exported is not None
-        spelled, left = exported
+        spelled, sent, left = exported
+        assert sent == digests
         assert left == pytest.approx(800)  # kept for 90 % of the lifetime, 100 s gone
         other = BlobFront(1.0, 1.0, 4)  # another process
-        got = unpack_shared(pack_shared(spelled, left, 5_000.0), 4, 5_010.0)
-        assert got == (spelled, 790)
+        got = unpack_shared(pack_shared(spelled, sent, left, 5_000.0), 4, 5_010.0)
+        assert got == (spelled, 790, digests)
         other.remember([*ids, "c" * 64], *got)
         theirs, ours = other.known([*ids, "c" * 64]), front.known([*ids, "c" * 64])
         assert theirs is not None and ours is not None
-        assert [(u.origin, u.target) for u in theirs] == [(u.origin, u.target) for u in ours]
+        assert [(u.origin, u.target, u.blake3) for u in theirs] == [
+            (u.origin, u.target, u.blake3) for u in ours
+        ]
+        assert [other.whole_check(oid) for oid in ids] == [
+            ("blake3", "d" * 64),
+            ("sha256", ids[1]),
+            ("blake3", "e" * 64),
+        ]
+        older = b'{"until": 6000, "urls": ["http://h/b/a"]}'  # shared by an older version
+        assert unpack_shared(older, 1, 5_000.0) == (["http://h/b/a"], 1000, [None])
         assert front.export([*ids, "d" * 64]) is None  # one lacks a URL
 
     run(main)
@@ -174,6 +190,8 @@ def test_urls_shared_with_another_process_come_back_as_spelled_and_with_the_time
         (b'{"urls": ["http://h/a"]}', 1),
         (b'{"until": %d, "urls": ["http://h/a"]}' % (1000 + SHARE_MARGIN - 1), 1),  # nearly gone
         (b'{"until": 1e12, "urls": ["http://h/a"]}', 1),  # beyond any URL's lifetime
+        (b'{"until": 10000, "urls": ["http://h/a"], "blake3": []}', 1),
+        (b'{"until": 10000, "urls": ["http://h/a"], "blake3": "%s"}' % (b"d" * 64), 1),
     ],
 )
 def test_a_shared_record_that_will_not_do_is_ignored(record: bytes, count: int) -> None:

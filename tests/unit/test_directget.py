@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import blake3
 import pytest
 
 import streamfs._directget
@@ -64,11 +65,13 @@ class FakeFront:
         self.available: bool | None = True
         self.port = port
         self.ids: set[str] = set()
+        self.blake3: dict[str, str] = {}  # the BLAKE3 the API sent with a blob's URL
 
     def url_of(self, oid: str) -> BlobUrl | None:
         if oid not in self.ids:
             return None
-        return BlobUrl(("http", "127.0.0.1", self.port), f"/blobs/{oid}".encode(), 0.0)
+        origin = ("http", "127.0.0.1", self.port)
+        return BlobUrl(origin, f"/blobs/{oid}".encode(), 0.0, self.blake3.get(oid))
 
 
 @pytest.fixture
@@ -130,6 +133,20 @@ def test_what_it_cannot_fetch_is_left_to_the_engine(front: Front) -> None:
     assert direct.get(oid, len(data)) == data
     fake.available = None  # a server that has not said it has a front
     assert direct.get(oid, len(data)) is None
+
+
+def test_a_blob_whose_url_came_with_its_blake3_is_checked_by_that(front: Front) -> None:
+    fake = FakeFront(front.server_address[1])
+    direct = gets(fake)
+    oid, data = blob(front, fake)
+    fake.blake3[oid] = blake3.blake3(data).hexdigest()
+    assert direct.get(oid, len(data)) == data
+    fake.blake3[oid] = blake3.blake3(data[1:] + b"x").hexdigest()  # not these bytes' BLAKE3
+    assert direct.get(oid, len(data)) is None  # though their sha256 is the id
+    front.bodies[oid] = os.urandom(len(data))
+    fake.blake3[oid] = blake3.blake3(front.bodies[oid]).hexdigest()
+    # checked by the BLAKE3 alone, the id not hashed as well: bytes the API vouched for
+    assert direct.get(oid, len(data)) == front.bodies[oid]
 
 
 def test_a_connection_closed_while_idle_is_replaced_without_rest(front: Front) -> None:

@@ -38,6 +38,9 @@ class BlocksOfReadBlob:
         data = await self.read_blob(owner, name, oid, start, end, front=front)
         return [data[at : at + BLOCK_SIZE] for at in range(0, len(data), BLOCK_SIZE)]
 
+    def whole_check(self, oid: str) -> tuple[str, str]:
+        return "sha256", oid  # no BLAKE3 came with a URL
+
 
 class MemoryRemote(BlocksOfReadBlob):
     """The two calls a range fetch makes, answered from DATA; its block list by
@@ -219,6 +222,11 @@ class SmallBlobsRemote:
     def __init__(self, blobs: dict[str, bytes]) -> None:
         self.blobs = blobs
         self.batches: list[list[str]] = []
+        self.blake3: dict[str, str] = {}  # what the API sent with a blob's URL
+
+    def whole_check(self, oid: str) -> tuple[str, str]:
+        digest = self.blake3.get(oid)
+        return ("sha256", oid) if digest is None else ("blake3", digest)
 
     async def read_blobs(
         self, owner: str, name: str, ids: list[str], sizes: list[int]
@@ -364,15 +372,21 @@ class CorruptBatchRemote(SmallBlobsRemote, BlocksOfReadBlob):
         return self.blobs[oid][start:end]
 
 
+@pytest.mark.parametrize("checked_by", ["sha256", "blake3"])  # the id; what came with the URLs
 @pytest.mark.parametrize("hash_in_thread", [1 << 40, 1000])  # on the loop; in a worker thread
 @pytest.mark.trio
 async def test_a_batch_caches_only_blobs_that_match_their_ids_and_fetches_the_rest_alone(
-    cache: BlockCache, monkeypatch: pytest.MonkeyPatch, hash_in_thread: int
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch, hash_in_thread: int, checked_by: str
 ) -> None:
     monkeypatch.setattr(_fetch, "HASH_IN_THREAD", hash_in_thread)
+    hashed: list[str] = []
+    digest = _fetch.block_digest
+    monkeypatch.setattr(_fetch, "block_digest", lambda a, b: hashed.append(a) or digest(a, b))
     data = [random.Random(i).randbytes(2000) for i in range(4)]
     ids = [hashlib.sha256(d).hexdigest() for d in data]
     remote = CorruptBatchRemote(dict(zip(ids, data, strict=True)), bad=ids[2])
+    if checked_by == "blake3":
+        remote.blake3 = {oid: digest("blake3", d) for oid, d in zip(ids, data, strict=True)}
     fetcher = BlockFetcher(remote, cache)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         fetcher.nursery = nursery
@@ -381,6 +395,7 @@ async def test_a_batch_caches_only_blobs_that_match_their_ids_and_fetches_the_re
     assert remote.batches == [ids]
     assert remote.alone == [ids[2]]
     assert all(cache.get(oid, 0) == d for oid, d in zip(ids, data, strict=True))
+    assert set(hashed) == {checked_by} and len(hashed) == 5  # the batch's 4, then the bad one
 
 
 @pytest.mark.trio
