@@ -314,6 +314,46 @@ def block_digest(algorithm: str, data: bytes | bytearray | memoryview) -> str:
     return str(block_hasher(algorithm, data).hexdigest())
 
 
+class BlobDigests:
+    """A blob's sha256 (its id) and every block's digest by each of BLOCK_HASHES (its block
+    list), from its bytes fed in pieces of any size."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.whole = hashlib.sha256()
+        self.blocks: dict[str, list[str]] = {name: [] for name in BLOCK_HASHES}
+        self._block = self._new_block()  # fed as the block's bytes arrive
+        self._fill = 0
+
+    @staticmethod
+    def _new_block() -> dict[str, Any]:
+        return {name: block_hasher(name) for name in BLOCK_HASHES}
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self.size += len(data)
+        self.whole.update(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), BLOCK_SIZE - self._fill)
+            for hasher in self._block.values():
+                hasher.update(view[:take])
+            self._fill += take
+            view = view[take:]
+            if self._fill == BLOCK_SIZE:
+                self._end_block()
+
+    def _end_block(self) -> None:
+        for name, hasher in self._block.items():
+            self.blocks[name].append(hasher.hexdigest())
+        self._block, self._fill = self._new_block(), 0
+
+    def finish(self) -> str:
+        """The blob's sha256; ``blocks`` is then complete (a blob of 0 bytes has one block)."""
+        if self._fill or not self.blocks["sha256"]:
+            self._end_block()
+        return str(self.whole.hexdigest())
+
+
 # --------------------------------------------------------------------------- rev specs
 
 

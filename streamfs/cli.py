@@ -165,6 +165,40 @@ def nginx_location(root: str, blob_url: str, blob_secret_file: str) -> None:
     click.echo(location(root, front.path, secret), nl=False)
 
 
+@cli.command("upgrade-store")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Directory of the store.",
+)
+def upgrade_store(root: str) -> None:
+    """Give blobs an older server stored what this version keeps: the BLAKE3 of their blocks,
+    which clients check them by (about 4x as fast as by sha256).
+
+    It reads every blob that lacks them once; a blob whose bytes do not match its id is
+    reported and left as it is (exit status 1). Safe to run while the server runs; running
+    it again does nothing more.
+    """
+    from ._progress import ProgressBars
+    from .server._storage import LocalStorage
+    from .server._store import RepoStore
+
+    if not (Path(root) / "data").is_dir():
+        raise click.ClickException(f"{root} is not the root of a store (it has no data folder)")
+    store = RepoStore(LocalStorage(root))
+    with ProgressBars() as bars:
+        done = store.upgrade(lambda hashed, total: bars.update("hashing", hashed, total))
+    click.echo(
+        f"{done.block_lists} block lists given BLAKE3 ({_size(done.hashed_bytes)} hashed),"
+        f" {done.markers} markers of small blobs"
+    )
+    for oid in done.damaged:
+        click.echo(f"error: blob {oid}: its bytes do not match its id (left as they are)", err=True)
+    if done.damaged:
+        raise SystemExit(1)
+
+
 # ------------------------------------------------------------------ repos
 
 

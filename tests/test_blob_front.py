@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import multiprocessing
 import os
 import random
@@ -403,6 +404,63 @@ def test_a_small_file_is_checked_by_the_blake3_its_url_came_with(
         else:
             assert repo.read_bytes(rel) == data
     assert repo.client.cache.get_block(wrong, 0) is None
+
+
+def test_upgrade_store_gives_an_older_servers_blobs_their_blake3(
+    front: tuple[ServerProcess, Nginx], repo_name: str, tmp_path: Path
+) -> None:
+    """`streamfs upgrade-store` on a store an older server left (block lists of sha256
+    only, empty markers), while the server runs: block lists and small blobs' URLs then
+    come with BLAKE3; a blob whose bytes rotted is reported and left as it is."""
+    server, _ = front
+    files = {**small_files(3), "big.bin": random.Random(6).randbytes(BLOCK_SIZE + 5)}
+    publish(server, f"alice/{repo_name}", files, tmp_path)
+    ids = [blob_id(data) for data in files.values()]
+    data_dir = server.root / "data"
+    for oid in ids:
+        block_list = data_dir / "objects" / "blockmap" / oid[:2] / oid[2:]
+        listed = json.loads(block_list.read_bytes())
+        del listed["blake3"]
+        block_list.write_text(json.dumps(listed))
+        (data_dir / "repos" / "alice" / repo_name / "has" / "blob" / oid[:2] / oid).write_bytes(b"")
+    rotten = ids[2]
+    with open(data_dir / "objects" / "blob" / rotten[:2] / rotten[2:], "r+b") as f:
+        f.write(bytes([files["images/002.jpg"][0] ^ 1]))
+    urls = f"{server.url}/v1/repos/alice/{repo_name}/blobs/urls"
+    assert httpx.post(urls, json={"ids": ids}, timeout=10).json()["blake3"] == [None] * 4
+
+    def upgrade(root: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "streamfs", "upgrade-store", "--root", str(root)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    first = upgrade(server.root)
+    assert first.returncode == 1, first.stderr
+    assert first.stdout.startswith("3 block lists given BLAKE3 (") and "2 markers" in first.stdout
+    assert first.stderr.splitlines() == [
+        f"error: blob {rotten}: its bytes do not match its id (left as they are)"
+    ]
+    assert httpx.post(urls, json={"ids": ids}, timeout=10).json()["blake3"] == [
+        *(blake3.blake3(data).hexdigest() for data in list(files.values())[:2]),
+        None,  # rotten
+        None,  # two blocks: checked by its block list
+    ]
+    big = files["big.bin"]
+    blocks = httpx.get(f"{server.url}/v1/repos/alice/{repo_name}/blobs/{ids[3]}/blocks").json()
+    assert blocks["blake3"] == [
+        blake3.blake3(big[:BLOCK_SIZE]).hexdigest(),
+        blake3.blake3(big[BLOCK_SIZE:]).hexdigest(),
+    ]
+    assert (
+        "blake3"
+        not in httpx.get(f"{server.url}/v1/repos/alice/{repo_name}/blobs/{rotten}/blocks").json()
+    )
+    again = upgrade(server.root)
+    assert again.returncode == 1 and again.stderr == first.stderr  # read again, still rotten
+    assert again.stdout.startswith("0 block lists given BLAKE3 (") and "0 markers" in again.stdout
+    source = sorted(p.name for p in (tmp_path / "src").iterdir())
+    not_a_store = upgrade(tmp_path / "src")
+    assert not_a_store.returncode == 1 and "not the root of a store" in not_a_store.stderr
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == source  # nothing made there
 
 
 def signed_repo(

@@ -8,7 +8,6 @@ bug. Blocking store calls never run on the event loop.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -31,9 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _errors as errors
 from .._model import (
-    BLOCK_HASHES,
-    BLOCK_SIZE,
-    block_hasher,
+    BlobDigests,
     check_name,
     check_object_id,
     check_ref_name,
@@ -501,10 +498,6 @@ class _Staged:
     blocks: dict[str, list[str]]  # each of BLOCK_HASHES: the hex digest of every block
 
 
-def _new_block() -> dict[str, Any]:
-    return {name: block_hasher(name) for name in BLOCK_HASHES}
-
-
 class _Receiver:
     """A staging file being written; all methods block (run them in a thread)."""
 
@@ -515,38 +508,18 @@ class _Receiver:
         self.path = Path(name)
         self.file = open(fd, "wb")  # noqa: SIM115 - closed in finish/abort
         self.limit = limit
-        self.size = 0
-        self.whole = hashlib.sha256()
-        self.block = _new_block()  # each of BLOCK_HASHES, fed as the block's bytes arrive
-        self.block_fill = 0
-        self.blocks: dict[str, list[str]] = {name: [] for name in BLOCK_HASHES}
+        self.digests = BlobDigests()
 
     def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
+        if self.digests.size + len(data) > self.limit:
             raise errors.TooLargeError(f"blob is larger than {self.limit} bytes")
         self.file.write(data)
-        self.whole.update(data)
-        view = memoryview(data)
-        while view:
-            take = min(len(view), BLOCK_SIZE - self.block_fill)
-            for hasher in self.block.values():
-                hasher.update(view[:take])
-            self.block_fill += take
-            view = view[take:]
-            if self.block_fill == BLOCK_SIZE:
-                self._end_block()
-
-    def _end_block(self) -> None:
-        for name, hasher in self.block.items():
-            self.blocks[name].append(hasher.hexdigest())
-        self.block, self.block_fill = _new_block(), 0
+        self.digests.update(data)
 
     def finish(self) -> _Staged:
-        if self.block_fill or not self.blocks["sha256"]:
-            self._end_block()
+        sha256 = self.digests.finish()
         self.file.close()
-        return _Staged(self.path, self.size, self.whole.hexdigest(), self.blocks)
+        return _Staged(self.path, self.digests.size, sha256, self.digests.blocks)
 
     def abort(self) -> None:
         self.file.close()

@@ -23,8 +23,8 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
@@ -39,6 +39,7 @@ from .._errors import (
 from .._model import (
     BLOCK_SIZE,
     EMPTY_TREE,
+    BlobDigests,
     Commit,
     Tree,
     check_name,
@@ -49,6 +50,7 @@ from .._model import (
     encode_commit,
     encode_tree,
     is_object_id,
+    load_json_object,
     object_id,
 )
 from .._treeops import Change, FileDiff, apply_changes, diff_trees, find_conflicts
@@ -60,6 +62,16 @@ MAX_COMMIT_ATTEMPTS = 50
 
 def object_key(kind: str, oid: str) -> str:
     return f"objects/{kind}/{oid[:2]}/{oid[2:]}"
+
+
+@dataclass
+class Upgraded:
+    """What RepoStore.upgrade did."""
+
+    block_lists: int = 0  # blobs' block lists given every block's BLAKE3
+    hashed_bytes: int = 0
+    markers: int = 0  # repos' markers of one-block blobs given the blob's BLAKE3
+    damaged: list[str] = field(default_factory=list)  # blobs whose bytes are not their id's
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,14 +211,79 @@ class RepoStore:
             staged.unlink(missing_ok=True)
         else:
             self.storage.write_file(object_key("blob", oid), staged)
+        self._write_block_list(oid, blocks)
+        whole = blocks["blake3"][0].encode() if len(blocks["blake3"]) == 1 else b""
+        self._mark(owner, name, "blob", oid, whole)
+
+    def _write_block_list(self, oid: str, blocks: dict[str, list[str]]) -> None:
         blockmap = {
             "block_size": BLOCK_SIZE,
             "blocks": blocks["sha256"],
             "blake3": blocks["blake3"],
         }
         self.storage.write(object_key("blockmap", oid), json.dumps(blockmap).encode())
-        whole = blocks["blake3"][0].encode() if len(blocks["blake3"]) == 1 else b""
-        self._mark(owner, name, "blob", oid, whole)
+
+    def _listed_blake3(self, oid: str) -> list[str] | None:
+        """The BLAKE3 of every block of ``oid`` its block list has; None if it lacks them
+        (a list an older server wrote), or the list is missing or malformed."""
+        raw = self.storage.read(object_key("blockmap", oid))
+        try:
+            listed = None if raw is None else load_json_object(raw, "block list")
+        except InvalidInputError:
+            return None
+        if listed is None:
+            return None
+        sha256, digests = listed.get("blocks"), listed.get("blake3")
+        if not isinstance(sha256, list) or not isinstance(digests, list):
+            return None
+        if len(digests) != len(sha256) or not all(is_object_id(d) for d in digests):
+            return None
+        return digests
+
+    # ------------------------------------------------------------ upgrade
+
+    def upgrade(self, progress: Callable[[int, int], None] | None = None) -> Upgraded:
+        """Give what an older server stored what this one keeps for clients to check blobs
+        by BLAKE3 (~4x as fast as sha256): every block's in a blob's block list, hashed from
+        the stored bytes, which must match the blob's id (a blob that does not is reported
+        and left as it is); and a one-block blob's in every repo's marker of it, which
+        blobs/urls sends. ``progress(done, total)``: bytes hashed so far. Idempotent, and
+        safe while a server runs on the store: each write replaces a file whole with what
+        the server would write itself."""
+        done = Upgraded()
+        lacking = []  # (id, size) of the blobs whose block lists lack BLAKE3
+        for key in self.storage.list("objects/blob"):
+            oid = "".join(key.split("/")[2:])
+            size = self.storage.size(key)
+            if is_object_id(oid) and size is not None and self._listed_blake3(oid) is None:
+                lacking.append((oid, size))
+        total = sum(size for _, size in lacking)
+        for oid, size in lacking:
+            digests = BlobDigests()
+            try:
+                for piece in self.storage.iter_range(object_key("blob", oid), 0, size, BLOCK_SIZE):
+                    digests.update(piece)
+                    done.hashed_bytes += len(piece)
+                    if progress is not None:
+                        progress(done.hashed_bytes, total)
+            except OSError:  # cut short meanwhile, or unreadable
+                done.damaged.append(oid)
+                continue
+            if digests.finish() != oid:
+                done.damaged.append(oid)
+                continue
+            self._write_block_list(oid, digests.blocks)
+            done.block_lists += 1
+        for info in self.list_repos():
+            for key in self.storage.list(f"{self._repo_prefix(info.owner, info.name)}/has/blob"):
+                oid = key.rsplit("/", 1)[1]
+                if not is_object_id(oid) or self.storage.read(key) != b"":
+                    continue
+                listed = self._listed_blake3(oid)
+                if listed is not None and len(listed) == 1:
+                    self.storage.write(key, listed[0].encode())
+                    done.markers += 1
+        return done
 
     def _load_tree_uncached(self, oid: str) -> Tree:
         data = self.storage.read(object_key("tree", oid))

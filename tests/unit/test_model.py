@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import pickle
 from typing import Any
@@ -546,3 +547,32 @@ def test_any_error_message_survives_pickling(
 ) -> None:
     back = pickle.loads(pickle.dumps(cls(message, filename=filename)))
     assert (type(back), back.message, back.filename) == (cls, message, filename)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 3 * 64), st.lists(st.integers(1, 100), min_size=1, max_size=8), st.data())
+def test_blob_digests_fed_in_any_pieces_are_the_whole_blobs(
+    size: int, cuts: list[int], data: st.DataObject
+) -> None:
+    """A blob's id and block list, from its bytes in pieces that do not follow its blocks
+    (blocks of 64 bytes here, so pieces straddle them)."""
+    block = 64
+    blob = data.draw(st.binary(min_size=size, max_size=size))
+    original = _model.BLOCK_SIZE
+    _model.BLOCK_SIZE = block
+    try:
+        digests = _model.BlobDigests()
+        at = 0
+        for cut in itertools.cycle(cuts):
+            if at >= len(blob):
+                break
+            digests.update(blob[at : at + cut])
+            at += cut
+        assert digests.finish() == hashlib.sha256(blob).hexdigest()
+    finally:
+        _model.BLOCK_SIZE = original
+    pieces = [blob[i : i + block] for i in range(0, len(blob), block)] or [b""]
+    assert digests.size == len(blob)
+    assert digests.blocks == {
+        name: [_model.block_digest(name, p) for p in pieces] for name in _model.BLOCK_HASHES
+    }
