@@ -194,7 +194,8 @@ def upgrade_store(root: str) -> None:
         f" {done.markers} markers of small blobs"
     )
     for oid in done.damaged:
-        click.echo(f"error: blob {oid}: its bytes do not match its id (left as they are)", err=True)
+        why = "its stored bytes do not match its id or cannot be read"
+        click.echo(f"error: blob {oid}: {why} (left as they are)", err=True)
     if done.damaged:
         raise SystemExit(1)
 
