@@ -187,8 +187,8 @@ class RepoStore:
     def whole_blake3s(self, owner: str, name: str, ids: Sequence[str]) -> list[str | None]:
         """The BLAKE3 of each of ``ids`` (NotFoundError for one this repo lacks): a one-block
         blob's, which its marker holds (a client checks a small blob by it, ~4x as fast as by
-        sha256); None for a larger blob and for one stored before markers held it. Read with
-        the marker, so asking costs what ``missing_blobs`` does: a read, not a stat."""
+        sha256); None for a larger blob and for one stored before markers held it (see
+        ``upgrade``). One small read an id, of the marker ``missing_blobs`` stats."""
         self.get_repo(owner, name)
         found: list[str | None] = []
         for oid in ids:
