@@ -84,10 +84,13 @@ class BlobUrl:
     fresh_until: float  # trio.current_time() past which it is asked again
     blake3: str | None  # the blob's BLAKE3 (a one-block blob's), from the API
 
-    def whole_check(self, oid: str) -> tuple[str, str]:
-        """The hash (of _model.BLOCK_HASHES) to check the bytes of ``oid``, a one-block
-        blob, by, and their digest: its BLAKE3 if the API sent it, else its id."""
-        return ("sha256", oid) if self.blake3 is None else ("blake3", self.blake3)
+
+def whole_check(oid: str, url: BlobUrl | None) -> tuple[str, str]:
+    """The hash (of _model.BLOCK_HASHES) to check the bytes of ``oid``, a one-block blob,
+    by, and their digest: the BLAKE3 the API sent with its URL, else its id (sha256)."""
+    if url is None or url.blake3 is None:
+        return "sha256", oid
+    return "blake3", url.blake3
 
 
 def parse_url(url: object, prefixes: dict[str, Origin] | None = None) -> tuple[Origin, bytes]:
@@ -167,9 +170,8 @@ class BlobFront:
         return self._urls.get(oid)
 
     def whole_check(self, oid: str) -> tuple[str, str]:
-        """What to check the bytes of ``oid``, a one-block blob, by (BlobUrl.whole_check)."""
-        url = self._urls.get(oid)
-        return ("sha256", oid) if url is None else url.whole_check(oid)
+        """What to check the bytes of ``oid``, a one-block blob, by (see whole_check)."""
+        return whole_check(oid, self._urls.get(oid))
 
     def lacking(self, ids: Sequence[str]) -> list[str]:
         """Those of ``ids`` without a fresh URL that no task is asking for now."""

@@ -12,7 +12,7 @@ readers' time.
 So when the engine knows the file's signed URL (the folder's URLs are asked
 at once when its prefetch starts, see _blobfront.py), the reader's thread
 sends the GET itself on a kept connection, checks the bytes (by the BLAKE3
-the API sent with the URL, else the blob id: BlobUrl.whole_check), and hands
+the API sent with the URL, else the blob id: _blobfront.whole_check), and hands
 them to the engine to cache (``BlockFetcher.adopt``). The
 interpreter lock is let go while it waits on the socket.
 
@@ -54,7 +54,7 @@ import threading
 import time
 from collections import deque
 
-from ._blobfront import REST, BlobFront, BlobUrl, Origin, tls_context
+from ._blobfront import REST, BlobFront, BlobUrl, Origin, tls_context, whole_check
 from ._http1 import Head, Http1Error, host_header, take_head
 from ._model import block_digest
 
@@ -173,7 +173,7 @@ class DirectGets:
             else:
                 _close(sock)
         data = bytes(body)
-        algorithm, digest = url.whole_check(oid)
+        algorithm, digest = whole_check(oid, url)
         if block_digest(algorithm, data) != digest:
             log.warning("the blob front sent bytes that do not match blob %s", oid[:12])
             return None

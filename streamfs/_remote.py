@@ -23,7 +23,15 @@ import httpx
 import trio
 
 from . import _errors as errors
-from ._blobfront import BIG_READ, MAX_IDS, SHARE_MARGIN, BlobFront, pack_shared, unpack_shared
+from ._blobfront import (
+    BIG_READ,
+    MAX_IDS,
+    SHARE_MARGIN,
+    BlobFront,
+    pack_shared,
+    unpack_shared,
+    whole_check,
+)
 from ._blobfront import HEADER as FRONT_HEADER
 from ._http1 import Answer, Http1Error, Http1Pool, Http1Timeout, joined
 from ._model import BLOCK_SIZE, Commit, Tree, decode_commit, decode_tree, object_id
@@ -629,7 +637,7 @@ class Remote:
         """The hash (of _model.BLOCK_HASHES) to check the bytes of ``oid``, a one-block blob,
         by, and their digest: the BLAKE3 the API sent with its URL, else its id (sha256)."""
         front = self._front
-        return ("sha256", oid) if front is None else front.whole_check(oid)
+        return whole_check(oid, None) if front is None else front.whole_check(oid)
 
     def signs_urls(self) -> bool:
         """Whether blob reads go to the server's front now (its URLs are worth asking)."""
