@@ -200,9 +200,9 @@ class BlockFetcher:
         cache = self.cache
         candidates = [i for i in indices if (blob.id, i) not in self._inflight]
         cache.recall((blob.id, i) for i in candidates)
-        wanted = [
-            i for i in candidates if not cache.known(blob.id, i) and not cache.has_block(blob.id, i)
-        ]
+        unknown = [i for i in candidates if not cache.known(blob.id, i)]
+        cached = cache.cached((blob.id, i) for i in unknown)
+        wanted = [i for i in unknown if (blob.id, i) not in cached]
         if wanted:
             self._start(blob, wanted, keep=True)
 
@@ -370,7 +370,8 @@ class BlockFetcher:
         """Those of ``blobs`` not in the cache that no other process is prefetching now (or,
         with ``read_since``, has read since then), claimed (see BlockCache.claim; only with
         ``claims``)."""
-        uncached = [b for b in blobs if not self.cache.has_block(b.id, 0)]
+        cached = self.cache.cached((b.id, 0) for b in blobs)
+        uncached = [b for b in blobs if (b.id, 0) not in cached]
         if not uncached or not self.claims:
             return uncached
         claimed = set(self.cache.claim([b.id for b in uncached], read_since=read_since))

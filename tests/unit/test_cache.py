@@ -441,6 +441,26 @@ def test_a_recall_finds_where_blocks_another_process_cached_are_in_few_queries(
         assert cache.get(blobs[0], 0) is None
 
 
+def test_which_blocks_are_cached_is_one_query_for_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("streamfs._cache.RECALL_CHUNK", 4)
+    blobs = [f"{i:02x}" * 32 for i in range(10)]
+    with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
+        put_blocks(other, blobs[:6])  # files of their own, cached by another process
+        other.put(blobs[6], 0, b"small")  # kept inside SQLite
+        other.put(blobs[7], 1, pattern(7, 40 * KiB))  # another block of the blob
+        hits = cache.stats()["hits"]
+        with sql_statements(cache) as statements:
+            wanted = [(b, 0) for b in blobs] + [(blobs[0], 0)]  # a block asked twice
+            assert cache.cached(wanted) == {(b, 0) for b in blobs[:7]}
+            assert len(statements) == 3  # 10 blocks, 4 a query
+        assert cache.cached([]) == set()
+        assert cache.stats()["hits"] == hits  # a look, not a read
+        other.clear()
+        assert cache.cached([(b, 0) for b in blobs]) == set()
+
+
 def test_a_recall_looks_up_at_most_its_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
