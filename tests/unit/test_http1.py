@@ -371,10 +371,16 @@ def bodies_by_target(count: int) -> dict[bytes, bytes]:
 
 
 def pipelined(
-    bodies: dict[bytes, bytes], *, close_after: int | None = None, status: bytes = b"200 OK"
+    bodies: dict[bytes, bytes],
+    *,
+    close_after: int | None = None,
+    status: bytes = b"200 OK",
+    split: int = 50_001,
+    padding: int = 0,
 ) -> Handler:
     """Read every request of the first batch before answering any (a client that waited for
-    each answer before its next request would stall here), then answer them in one odd split."""
+    each answer before its next request would stall here), then answer them in writes of
+    ``split`` bytes; ``padding``: bytes of a header more in every answer's head."""
 
     async def handler(server: Server, stream: trio.abc.Stream) -> None:
         buffer = bytearray()
@@ -390,15 +396,16 @@ def pipelined(
             for n, head in enumerate(heads):
                 target = head.split(b" ")[1]
                 last = first and n + 1 == close_after
+                extra = b"X-Pad: %b\r\n" % (b"p" * padding) if padding else b""
                 wire += answer(
                     bodies[target],
                     status if n == 1 else b"200 OK",
-                    b"Connection: close\r\n" if last else b"",
+                    extra + (b"Connection: close\r\n" if last else b""),
                 )
                 if last:
                     break
-            for start in range(0, len(wire), 50_001):
-                await stream.send_all(wire[start : start + 50_001])
+            for start in range(0, len(wire), split):
+                await stream.send_all(wire[start : start + split])
             if close_after is not None and first:
                 await stream.aclose()
                 return
@@ -418,6 +425,33 @@ async def test_many_gets_are_pipelined_on_one_connection() -> None:
     assert got == list(bodies.values())
     assert server.connections == 1
     assert all(b"X-A: 1" in head.split(b"\r\n") for head in server.heads)
+
+
+async def test_pipelined_answers_are_taken_apart_however_they_arrive() -> None:
+    bodies = {**bodies_by_target(3), b"/empty": b"", b"/one": b"x"}
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, pipelined(bodies, split=7))  # heads cut anywhere
+        async with pool(server.port) as p:
+            targets = list(bodies)
+            got = await p.get_many(targets, [len(bodies[t]) for t in targets], [])
+            again = await p.get_many(targets[3:], [0, 1], [])  # the connection was kept
+        nursery.cancel_scope.cancel()
+    assert got == list(bodies.values()) and again == [b"", b"x"]
+    assert server.connections == 1
+
+
+async def test_answers_whose_heads_outgrow_the_batchs_buffer_get_the_rest_anew() -> None:
+    # 40 answers with 5 KB heads: more than the buffer keeps for heads (one of up to 64 KiB,
+    # HEAD_ROOM each), so the answers that did not fit are asked for again, on a new connection
+    bodies = {b"/s/%d" % i: os.urandom(100 + i) for i in range(40)}
+    async with trio.open_nursery() as nursery:
+        server = await serve(nursery, pipelined(bodies, padding=5_000))
+        async with pool(server.port) as p:
+            targets = list(bodies)
+            got = await p.get_many(targets, [len(bodies[t]) for t in targets], [])
+        nursery.cancel_scope.cancel()
+    assert got == list(bodies.values())
+    assert server.connections >= 2
 
 
 async def test_a_server_that_closes_midway_gets_the_rest_on_a_new_connection() -> None:
