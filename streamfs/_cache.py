@@ -963,23 +963,29 @@ class BlockCache:
 
     def cached(self, blocks: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
         """Those of ``blocks`` that are cached (not counted as hits or misses), in one query
-        per RECALL_CHUNK of them. A prefetch batch asks this of its blobs: ``contains`` for
-        each was a statement and two hand-offs of the interpreter lock a blob, and with 8
-        reader threads waiting on that lock the batch's look took 7.6 ms (mean) of the worker
-        thread's time instead of 4 (docs/benchmarks.md, session 48). On a disk error, none
-        (fetching a cached block again is only a waste)."""
+        per RECALL_CHUNK of them; where their files are is remembered, as ``recall`` does. A
+        prefetch batch asks this of its blobs: ``contains`` for each was a statement and two
+        hand-offs of the interpreter lock a blob, and with 8 reader threads waiting on that
+        lock the batch's look took 7.6 ms (mean) of the worker thread's time instead of 4
+        (docs/benchmarks.md, session 48). On a disk error, none (fetching a cached block
+        again is only a waste)."""
         keys = {_block_key(blob, index): (blob, index) for blob, index in blocks}
         if not keys:
             return set()
         guard = _guard
         guard.enter()
         try:
+            cache = self._blocks._cache
             query = (  # what ``contains`` asks of diskcache's table, for many keys
-                "SELECT key FROM Cache WHERE raw = 1"
+                "SELECT key, filename FROM Cache WHERE raw = 1"
                 " AND (expire_time IS NULL OR expire_time > ?) AND key IN ({marks})"
             )
-            rows = _rows_for_keys(self._blocks._cache, query, list(keys), time.time())
-            return {keys[key] for (key,) in rows}
+            found = set()
+            for key, name in _rows_for_keys(cache, query, list(keys), time.time()):
+                found.add(keys[key])
+                if name is not None:
+                    self._remember(key, os.path.join(cache.directory, name))
+            return found
         except _DISK_ERRORS as exc:
             log.warning("cache lookup of %d blocks failed, treated as misses: %s", len(keys), exc)
             return set()

@@ -196,11 +196,12 @@ class BlockFetcher:
 
     async def prefetch(self, blob: BlobRef, indices: Sequence[int]) -> None:
         """Fetch blocks into the cache in the background (readahead). Blocks other processes
-        cached are recalled (one query), so that the reads that follow skip SQLite."""
+        cached are looked up in one query, which remembers their files, so that the reads
+        that follow skip SQLite."""
         cache = self.cache
-        candidates = [i for i in indices if (blob.id, i) not in self._inflight]
-        cache.recall((blob.id, i) for i in candidates)
-        unknown = [i for i in candidates if not cache.known(blob.id, i)]
+        unknown = [
+            i for i in indices if (blob.id, i) not in self._inflight and not cache.known(blob.id, i)
+        ]
         cached = cache.cached((blob.id, i) for i in unknown)
         wanted = [i for i in unknown if (blob.id, i) not in cached]
         if wanted:

@@ -414,9 +414,8 @@ class Http1Pool:
         nothing came after them)."""
         stream = connection.stream
         sock = stream.socket if isinstance(stream, trio.SocketStream) else None
-        spans: list[tuple[int, int]] = []
-        filled = parsed = 0  # bytes received; of those, the answers' taken apart
-        head: Head | None = None  # the next answer's, while its body is still coming
+        answers = _Answers(sizes)
+        filled = 0  # bytes received
         keep = False
         try:
             with trio.CancelScope() as timer:
@@ -424,29 +423,14 @@ class Http1Pool:
                     timer.deadline = trio.current_time() + self.read_timeout
                     await stream.send_all(wire)
                     while True:
-                        while len(spans) < len(sizes):
-                            if head is None:
-                                head, parsed = _next_head(buffer, parsed, filled)
-                                if head is None:
-                                    break
-                                size = sizes[len(spans)]
-                                if head.status != 200 or head.length != size:
-                                    raise Http1Error(
-                                        f"the server answered {head.status} with {head.length}"
-                                        f" bytes for a blob of {size}"
-                                    )
-                            if parsed + head.length > filled:
-                                break
-                            spans.append((parsed, parsed + head.length))
-                            parsed += head.length
-                            alive, head = head.keep_alive, None
-                            if not alive:
-                                return spans
-                        if len(spans) == len(sizes):
-                            keep = filled == parsed and not self._closed
-                            return spans
+                        answers.take(buffer, filled)
+                        if answers.closing:
+                            return answers.spans
+                        if len(answers.spans) == len(sizes):
+                            keep = filled == answers.parsed and not self._closed
+                            return answers.spans
                         if filled == len(view):  # heads longer than HEAD_ROOM: the rest anew
-                            return spans
+                            return answers.spans
                         timer.deadline = trio.current_time() + self.read_timeout
                         if sock is not None:
                             n = await sock.recv_into(view[filled:])
@@ -457,8 +441,8 @@ class Http1Pool:
                         if not n:
                             if reused and not filled:
                                 raise _Stale
-                            if spans:
-                                return spans
+                            if answers.spans:
+                                return answers.spans
                             raise Http1Error("the server closed the connection in mid-answer")
                         filled += n
                 except _FAILURES as exc:
@@ -527,15 +511,45 @@ def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
 def take_head(received: bytearray) -> Head | None:
     """The answer head at the front of ``received``, parsed and cut off it (what follows stays);
     None while it is incomplete. Http1Error past ``MAX_HEADER_BYTES``."""
-    end = received.find(b"\r\n\r\n")
-    if end < 0:
-        if len(received) > MAX_HEADER_BYTES:
-            raise Http1Error("the answer's headers are too long")
-        return None
-    head = Head()
-    head.parse(bytes(received[: end + 4]))
-    del received[: end + 4]
+    head, end = _next_head(received, 0, len(received))
+    if head is not None:
+        del received[:end]
     return head
+
+
+class _Answers:
+    """Pipelined answers to GETs of ``sizes`` bytes each, taken apart as their bytes come into
+    a buffer: where each body is in it (``spans``), in order."""
+
+    __slots__ = ("closing", "head", "parsed", "sizes", "spans")
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sizes
+        self.spans: list[tuple[int, int]] = []
+        self.parsed = 0  # bytes of the buffer taken apart
+        self.head: Head | None = None  # the next answer's, while its body is still coming
+        self.closing = False  # an answer said the connection ends after it
+
+    def take(self, buffer: bytearray, filled: int) -> None:
+        """Take apart the answers that the first ``filled`` bytes of ``buffer`` complete."""
+        while len(self.spans) < len(self.sizes) and not self.closing:
+            head = self.head
+            if head is None:
+                head, self.parsed = _next_head(buffer, self.parsed, filled)
+                if head is None:
+                    return
+                size = self.sizes[len(self.spans)]
+                if head.status != 200 or head.length != size:
+                    raise Http1Error(
+                        f"the server answered {head.status} with {head.length}"
+                        f" bytes for a blob of {size}"
+                    )
+                self.head = head
+            if self.parsed + head.length > filled:
+                return
+            self.spans.append((self.parsed, self.parsed + head.length))
+            self.parsed += head.length
+            self.head, self.closing = None, not head.keep_alive
 
 
 def _next_head(buffer: bytearray, start: int, end: int) -> tuple[Head | None, int]:

@@ -414,14 +414,23 @@ def pipelined(
     return handler
 
 
-async def test_many_gets_are_pipelined_on_one_connection() -> None:
-    bodies = bodies_by_target(6)
+async def get_all(
+    bodies: dict[bytes, bytes], headers: list[tuple[bytes, bytes]] | None = None, **options: Any
+) -> tuple[list[bytes], Server]:
+    """``get_many`` of every target of ``bodies`` from a ``pipelined(bodies, **options)``
+    server: what came, and the server (its connections and the request heads it saw)."""
     async with trio.open_nursery() as nursery:
-        server = await serve(nursery, pipelined(bodies))
+        server = await serve(nursery, pipelined(bodies, **options))
         async with pool(server.port) as p:
             targets = list(bodies)
-            got = await p.get_many(targets, [len(bodies[t]) for t in targets], [(b"X-A", b"1")])
+            got = await p.get_many(targets, [len(bodies[t]) for t in targets], headers or [])
         nursery.cancel_scope.cancel()
+    return got, server
+
+
+async def test_many_gets_are_pipelined_on_one_connection() -> None:
+    bodies = bodies_by_target(6)
+    got, server = await get_all(bodies, [(b"X-A", b"1")])
     assert got == list(bodies.values())
     assert server.connections == 1
     assert all(b"X-A: 1" in head.split(b"\r\n") for head in server.heads)
@@ -444,24 +453,14 @@ async def test_answers_whose_heads_outgrow_the_batchs_buffer_get_the_rest_anew()
     # 40 answers with 5 KB heads: more than the buffer keeps for heads (one of up to 64 KiB,
     # HEAD_ROOM each), so the answers that did not fit are asked for again, on a new connection
     bodies = {b"/s/%d" % i: os.urandom(100 + i) for i in range(40)}
-    async with trio.open_nursery() as nursery:
-        server = await serve(nursery, pipelined(bodies, padding=5_000))
-        async with pool(server.port) as p:
-            targets = list(bodies)
-            got = await p.get_many(targets, [len(bodies[t]) for t in targets], [])
-        nursery.cancel_scope.cancel()
+    got, server = await get_all(bodies, padding=5_000)
     assert got == list(bodies.values())
     assert server.connections >= 2
 
 
 async def test_a_server_that_closes_midway_gets_the_rest_on_a_new_connection() -> None:
     bodies = bodies_by_target(7)
-    async with trio.open_nursery() as nursery:
-        server = await serve(nursery, pipelined(bodies, close_after=3))
-        async with pool(server.port) as p:
-            targets = list(bodies)
-            got = await p.get_many(targets, [len(bodies[t]) for t in targets], [])
-        nursery.cancel_scope.cancel()
+    got, server = await get_all(bodies, close_after=3)
     assert got == list(bodies.values())
     assert server.connections == 2
     assert len(server.heads) == 7 + 4  # the four unanswered requests were sent again
