@@ -20,6 +20,7 @@ from streamfs._model import (
     Commit,
     Entry,
     RepoSpec,
+    Tree,
     check_name,
     check_path,
     check_ref_name,
@@ -289,6 +290,79 @@ def _entry(**changes: object) -> dict[str, object]:
 def test_decode_tree_rejects_malformed_input(data: bytes) -> None:
     with pytest.raises(errors.InvalidInputError):
         decode_tree(data)
+
+
+# What a tree's entries may carry instead of a good field
+_BAD_FIELDS: dict[str, list[Any]] = {
+    "name": ["", ".", "..", "a/b", "a\x00", "\ud800", "\u00e9" * 128, None, 1, ["a"]],
+    "kind": ["link", "", "File", None, 1, ["file"]],
+    "id": [ID_A.upper(), ID_A[:-1], ID_A + "a", "g" * 64, " " * 64, "", None, 5],
+    "size": [-1, 2**63, True, False, 1.0, "1", None, [1]],
+    "mtime": [-1, 2**63, True, 0.0, "0", None],
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(field, value) for field, bad in _BAD_FIELDS.items() for value in bad]
+)
+def test_a_tree_with_a_bad_field_is_not_checked_by_columns(field: str, value: Any) -> None:
+    items = [_entry(**{field: value})]
+    assert _model._well_formed_fields(items) is None
+    with pytest.raises(errors.InvalidInputError):
+        decode_tree(_tree_bytes(*items))
+
+
+@st.composite
+def _entry_objects(draw: st.DrawFn) -> list[Any]:
+    """A tree's entries as JSON objects, sorted by name, with at most one flaw: a bad or
+    missing field, an entry that is no object, two entries out of order, a name twice."""
+    items: list[Any] = [e.to_json() for e in sorted(draw(entry_lists), key=lambda e: e.name)]
+    if not items:
+        return items
+    at = draw(st.integers(0, len(items) - 1))
+    flaw = draw(st.sampled_from(["none", "field", "missing", "not an object", "order", "twice"]))
+    if flaw == "field":
+        field = draw(st.sampled_from(sorted(_BAD_FIELDS)))
+        items[at][field] = draw(st.sampled_from(_BAD_FIELDS[field]))
+    elif flaw == "missing":
+        del items[at][draw(st.sampled_from(["name", "kind", "id", "size", "mtime"]))]
+    elif flaw == "not an object":
+        items[at] = draw(st.sampled_from(["a", 1, None, [], {}]))
+    elif flaw == "order" and len(items) > 1:
+        items[at], items[at - 1] = items[at - 1], items[at]
+    elif flaw == "twice" and len(items) > 1:
+        items[at] = items[at - 1] | {"kind": "dir"}
+    return items
+
+
+@given(_entry_objects())
+def test_a_tree_checked_by_columns_accepts_what_entry_by_entry_accepts(items: list[Any]) -> None:
+    # decode_tree checks a tree's entries a column at a time, falling back to one at a time
+    # (which names what is wrong) when anything is off; it must accept nothing more
+    try:
+        expected = _model._decode_entries(items)
+    except errors.InvalidInputError:
+        expected = None
+    fields = _model._well_formed_fields(items)
+    if expected is None:
+        assert fields is None
+    elif fields is not None:
+        assert Tree(tuple(itertools.starmap(Entry, fields))) == expected
+    data = json.dumps({"entries": items}).encode()
+    if expected is None:
+        with pytest.raises(errors.InvalidInputError):
+            decode_tree(data)
+    else:
+        assert decode_tree(data) == expected
+
+
+@given(entry_lists)
+def test_a_well_formed_tree_is_checked_by_columns(items: list[Entry]) -> None:
+    # names of up to 63 characters: the column check takes every such tree itself
+    short = [e for e in items if len(e.name) <= 63]
+    data = encode_tree(make_tree(short))
+    assert _model._well_formed_fields(json.loads(data)["entries"]) is not None
+    assert decode_tree(data) == make_tree(short)
 
 
 def test_decode_refuses_objects_over_the_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
