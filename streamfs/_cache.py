@@ -841,23 +841,31 @@ class BlockCache:
         keys = list(itertools.islice(unknown, RECALL_LIMIT))
         if not keys:
             return 0, True
+        try:
+            found = sum(self._look_up(keys).values())  # those with a file of their own
+        except _DISK_ERRORS as exc:
+            log.warning("cache recall of %d blocks failed: %s", len(keys), exc)
+            return 0, False
+        return found, found == len(keys) < RECALL_LIMIT
+
+    def _look_up(self, keys: list[str]) -> dict[str, bool]:
+        """Which of ``keys`` are cached, each with whether its block has a file of its own
+        (else SQLite keeps it), in one query per RECALL_CHUNK of them; the files are
+        remembered (see ``_lookup``). Disk errors are the caller's."""
         guard = _guard
         guard.enter()
         try:
             cache = self._blocks._cache
-            directory = cache.directory
-            found = 0
-            query = (  # diskcache's own table; values in files have a filename
-                "SELECT key, filename FROM Cache WHERE raw = 1 AND filename IS NOT NULL"
+            query = (  # diskcache's own table (what ``contains`` asks); files have a filename
+                "SELECT key, filename FROM Cache WHERE raw = 1"
                 " AND (expire_time IS NULL OR expire_time > ?) AND key IN ({marks})"
             )
+            found = {}
             for key, name in _rows_for_keys(cache, query, keys, time.time()):
-                self._remember(key, os.path.join(directory, name))
-                found += 1
-            return found, found == len(keys) < RECALL_LIMIT
-        except _DISK_ERRORS as exc:
-            log.warning("cache recall of %d blocks failed: %s", len(keys), exc)
-            return 0, False
+                found[key] = name is not None
+                if name is not None:
+                    self._remember(key, os.path.join(cache.directory, name))
+            return found
         finally:
             guard.leave()
 
@@ -972,25 +980,11 @@ class BlockCache:
         keys = {_block_key(blob, index): (blob, index) for blob, index in blocks}
         if not keys:
             return set()
-        guard = _guard
-        guard.enter()
         try:
-            cache = self._blocks._cache
-            query = (  # what ``contains`` asks of diskcache's table, for many keys
-                "SELECT key, filename FROM Cache WHERE raw = 1"
-                " AND (expire_time IS NULL OR expire_time > ?) AND key IN ({marks})"
-            )
-            found = set()
-            for key, name in _rows_for_keys(cache, query, list(keys), time.time()):
-                found.add(keys[key])
-                if name is not None:
-                    self._remember(key, os.path.join(cache.directory, name))
-            return found
+            return {keys[key] for key in self._look_up(list(keys))}
         except _DISK_ERRORS as exc:
             log.warning("cache lookup of %d blocks failed, treated as misses: %s", len(keys), exc)
             return set()
-        finally:
-            guard.leave()
 
     def claim(
         self, blobs: list[str], seconds: float = CLAIM_SECONDS, read_since: float | None = None

@@ -413,52 +413,60 @@ def test_a_remembered_block_file_that_another_process_evicted_is_looked_up_again
         assert cache.get(BLOB, 0) == pattern(3, 100 * KiB)
 
 
-def test_a_recall_finds_where_blocks_another_process_cached_are_in_few_queries(
+@pytest.fixture
+def two_caches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[tuple[BlockCache, BlockCache, list[str]]]:
+    """A cache, another on its directory (a second process's), ten blob ids, and lookups of
+    many keys made 4 keys a query."""
     monkeypatch.setattr("streamfs._cache.RECALL_CHUNK", 4)
     blobs = [f"{i:02x}" * 32 for i in range(10)]
     with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
-        put_blocks(other, blobs[:8])
-        other.put(blobs[8], 0, b"small")  # kept inside SQLite: no file to remember
-        cache.put(BLOB, 0, pattern(20, 40 * KiB))  # this one's own: known already
-        with sql_statements(cache) as statements:
-            wanted = [(b, 0) for b in blobs] + [(BLOB, 0)]  # blobs[9] was never cached
-            assert cache.recall(wanted) == (
-                8,
-                False,
-            )  # blobs[8] has no file, blobs[9] is not cached
-            assert len(statements) == 3  # 10 keys not known yet, 4 a query
-            statements.clear()
-            for i, blob in enumerate(blobs[:8]):
-                assert cache.get(blob, 0) == pattern(i, 40 * KiB)
-            assert cache.get(BLOB, 0) == pattern(20, 40 * KiB)
-            assert statements == []  # all read without SQLite
-            assert cache.recall([(b, 0) for b in blobs[:8]]) == (0, True)  # nothing left to look up
-            assert statements == []
-            assert cache.get(blobs[8], 0) == b"small" and cache.get(blobs[9], 0) is None
-        other.clear()  # recalled files that are gone since: looked up again, a miss
-        assert cache.get(blobs[0], 0) is None
+        yield cache, other, blobs
+
+
+def test_a_recall_finds_where_blocks_another_process_cached_are_in_few_queries(
+    two_caches: tuple[BlockCache, BlockCache, list[str]],
+) -> None:
+    cache, other, blobs = two_caches
+    put_blocks(other, blobs[:8])
+    other.put(blobs[8], 0, b"small")  # kept inside SQLite: no file to remember
+    cache.put(BLOB, 0, pattern(20, 40 * KiB))  # this one's own: known already
+    with sql_statements(cache) as statements:
+        wanted = [(b, 0) for b in blobs] + [(BLOB, 0)]  # blobs[9] was never cached
+        assert cache.recall(wanted) == (
+            8,
+            False,
+        )  # blobs[8] has no file, blobs[9] is not cached
+        assert len(statements) == 3  # 10 keys not known yet, 4 a query
+        statements.clear()
+        for i, blob in enumerate(blobs[:8]):
+            assert cache.get(blob, 0) == pattern(i, 40 * KiB)
+        assert cache.get(BLOB, 0) == pattern(20, 40 * KiB)
+        assert statements == []  # all read without SQLite
+        assert cache.recall([(b, 0) for b in blobs[:8]]) == (0, True)  # nothing left to look up
+        assert statements == []
+        assert cache.get(blobs[8], 0) == b"small" and cache.get(blobs[9], 0) is None
+    other.clear()  # recalled files that are gone since: looked up again, a miss
+    assert cache.get(blobs[0], 0) is None
 
 
 def test_which_blocks_are_cached_is_one_query_for_many(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    two_caches: tuple[BlockCache, BlockCache, list[str]],
 ) -> None:
-    monkeypatch.setattr("streamfs._cache.RECALL_CHUNK", 4)
-    blobs = [f"{i:02x}" * 32 for i in range(10)]
-    with BlockCache(tmp_path / "c", 256 * MiB) as cache, BlockCache(tmp_path / "c") as other:
-        put_blocks(other, blobs[:6])  # files of their own, cached by another process
-        other.put(blobs[6], 0, b"small")  # kept inside SQLite
-        other.put(blobs[7], 1, pattern(7, 40 * KiB))  # another block of the blob
-        hits = cache.stats()["hits"]
-        with sql_statements(cache) as statements:
-            wanted = [(b, 0) for b in blobs] + [(blobs[0], 0)]  # a block asked twice
-            assert cache.cached(wanted) == {(b, 0) for b in blobs[:7]}
-            assert len(statements) == 3  # 10 blocks, 4 a query
-        assert cache.cached([]) == set()
-        assert cache.stats()["hits"] == hits  # a look, not a read
-        other.clear()
-        assert cache.cached([(b, 0) for b in blobs]) == set()
+    cache, other, blobs = two_caches
+    put_blocks(other, blobs[:6])  # files of their own, cached by another process
+    other.put(blobs[6], 0, b"small")  # kept inside SQLite
+    other.put(blobs[7], 1, pattern(7, 40 * KiB))  # another block of the blob
+    hits = cache.stats()["hits"]
+    with sql_statements(cache) as statements:
+        wanted = [(b, 0) for b in blobs] + [(blobs[0], 0)]  # a block asked twice
+        assert cache.cached(wanted) == {(b, 0) for b in blobs[:7]}
+        assert len(statements) == 3  # 10 blocks, 4 a query
+    assert cache.cached([]) == set()
+    assert cache.stats()["hits"] == hits  # a look, not a read
+    other.clear()
+    assert cache.cached([(b, 0) for b in blobs]) == set()
 
 
 def test_a_recall_looks_up_at_most_its_limit(
