@@ -70,6 +70,7 @@ WORKLOADS = ("ttfb", "epoch", "loader", "smallcache", "seq", "random", "meta", "
 READERS = 8
 DOWNLOAD_CONNECTIONS = 32
 WARM_PASSES = 3  # warm figures are the median of these passes after the cold one
+LOCAL_COPY = "local-small"  # in the scratch folder, kept across the systems of a run (local_copy)
 
 
 @dataclass
@@ -170,7 +171,7 @@ def clear_outputs() -> None:
     docs/benchmarks.md).
     """
     for path in (WORK / "run").iterdir():
-        if path.is_dir() and path.name != "lost+found":
+        if path.is_dir() and path.name not in ("lost+found", LOCAL_COPY):
             remove(path)
 
 
@@ -407,6 +408,7 @@ def w_epoch(ctx: Run, run: int, workload: str = "epoch", procs: int = 0) -> None
         add_fetched(record, ctx.small_bytes)
         if "error" not in record:  # files fetched by a request of their own, not in a batch
             record["gets_per_file"] = record["blob_get_requests"] / len(ctx.sets.small)
+    remove(local_root)
 
 
 def local_copy(ctx: Run) -> Path:
@@ -415,8 +417,9 @@ def local_copy(ctx: Run) -> Path:
     themselves read 10-25 % slower than a copy of them once hours of other workloads had
     passed over the machine (session 49; not where their bytes sit in the page cache, the
     cause not wholly found), while the streamfs cache files a warm epoch reads were written
-    minutes before. Written out to disk before the systems' cold epochs begin."""
-    dest = fresh("local-small")
+    minutes before. In the scratch folder, beside those caches; written out to disk before
+    the systems' cold epochs begin."""
+    dest = fresh(LOCAL_COPY)
     dest.rmdir()
     shutil.copytree(ctx.sets.root / "small", dest)
     os.sync()
