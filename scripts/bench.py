@@ -70,7 +70,7 @@ WORKLOADS = ("ttfb", "epoch", "loader", "smallcache", "seq", "random", "meta", "
 READERS = 8
 DOWNLOAD_CONNECTIONS = 32
 WARM_PASSES = 3  # warm figures are the median of these passes after the cold one
-LOCAL_COPY = "local-small"  # in the scratch folder, kept across the systems of a run (local_copy)
+LOCAL_COPY = "local-"  # local_copy's folders in the scratch folder, kept across a run's systems
 
 
 @dataclass
@@ -171,7 +171,7 @@ def clear_outputs() -> None:
     docs/benchmarks.md).
     """
     for path in (WORK / "run").iterdir():
-        if path.is_dir() and path.name not in ("lost+found", LOCAL_COPY):
+        if path.is_dir() and path.name != "lost+found" and not path.name.startswith(LOCAL_COPY):
             remove(path)
 
 
@@ -352,7 +352,7 @@ def w_epoch(ctx: Run, run: int, workload: str = "epoch", procs: int = 0) -> None
     reader processes (w_loader)."""
     common = _epoch_args(run, WARM_PASSES + 1, procs)
     spec = "bench/small@v1"
-    local_root = local_copy(ctx)
+    local_root = local_copy(ctx, "small")
     # streamfs's warm epochs alternate with local disk's, in the same process (epoch_metrics)
     paired = {**common, "local_root": str(local_root)}
 
@@ -411,17 +411,17 @@ def w_epoch(ctx: Run, run: int, workload: str = "epoch", procs: int = 0) -> None
     remove(local_root)
 
 
-def local_copy(ctx: Run) -> Path:
-    """A fresh copy of the small files on local disk, what a download leaves there, made at
-    the start of each run of the epochs: local disk's epochs read it. The generated files
-    themselves read 10-25 % slower than a copy of them once hours of other workloads had
-    passed over the machine (session 49; not where their bytes sit in the page cache, the
-    cause not wholly found), while the streamfs cache files a warm epoch reads were written
-    minutes before. In the scratch folder, beside those caches; written out to disk before
-    the systems' cold epochs begin."""
-    dest = fresh(LOCAL_COPY)
+def local_copy(ctx: Run, name: str) -> Path:
+    """A fresh copy of a dataset (``small``, ``big``) on local disk, what a download leaves
+    there, made at the start of each run of a workload: local disk's reads are of it. The
+    generated files themselves read 10-25 % slower than a copy of them once hours of other
+    workloads had passed over the machine (session 49; not where their bytes sit in the page
+    cache, the cause not wholly found), while the streamfs cache files a warm read finds were
+    written minutes before. In the scratch folder, beside those caches; written out to disk
+    before the systems' cold reads begin."""
+    dest = fresh(LOCAL_COPY + name)
     dest.rmdir()
-    shutil.copytree(ctx.sets.root / "small", dest)
+    shutil.copytree(ctx.sets.root / name, dest)
     os.sync()
     return dest
 
@@ -503,7 +503,7 @@ def w_seq(ctx: Run, run: int) -> None:
         return go
 
     def local() -> dict[str, Any]:
-        r = worker("fs_seq", path=str(ctx.sets.root / "big" / path), passes=WARM_PASSES + 1)
+        r = worker("fs_seq", path=str(local_root / path), passes=WARM_PASSES + 1)
         return seq_metrics(r, r["rss_mb"])
 
     def rclone() -> dict[str, Any]:
@@ -519,8 +519,10 @@ def w_seq(ctx: Run, run: int) -> None:
     ]
     systems += [(report.DL_FRONT, download("download_curl_signed", 1))] if ctx.front else []
     systems += [(report.LOCAL, local)] + ([(report.RCLONE, rclone)] if ctx.rclone else [])
+    local_root = local_copy(ctx, "big")
     for name, fn in in_turn(systems, run):
         add_fetched(ctx.measure("seq", name, run, fn), ctx.big_bytes)
+    remove(local_root)
 
 
 def w_random(ctx: Run, run: int) -> None:
