@@ -26,7 +26,7 @@ from ._remote import RetryPolicy, remote_from_env
 T = TypeVar("T")
 _OFF = {"0", "false", "no", "off"}
 
-_caches: dict[tuple[str, int, int], BlockCache] = {}
+_caches: dict[tuple[str, int], BlockCache] = {}  # emptied in a forked child (below)
 _caches_lock = threading.Lock()
 # Clients held open (Client.hold) in this process, by engine (server, token, cache) and by cache
 _engine_holders: Counter[tuple[str, str | None, str]] = Counter()
@@ -89,7 +89,7 @@ class Client:
 
     @property
     def cache(self) -> BlockCache:
-        key = (self.cache_dir, self.cache_size, os.getpid())
+        key = (self.cache_dir, self.cache_size)  # no getpid(), a system call: see _caches
         cache = _caches.get(key)  # every read asks: no lock once it exists
         if cache is not None:
             return cache
@@ -149,7 +149,7 @@ class Client:
             cache = None
             if cache_done:
                 del _cache_holders[cache_key]
-                cache = _caches.pop((*cache_key, os.getpid()), None)
+                cache = _caches.pop(cache_key, None)
         if engine_done:
             close_engine(self.url, self.token, self.cache_dir)
         if cache is not None:

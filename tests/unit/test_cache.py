@@ -31,6 +31,7 @@ from streamfs._cache import (
     parse_size,
     size_for_free_space,
 )
+from streamfs._client import Client
 from streamfs._errors import InvalidInputError
 from streamfs._model import BLOCK_SIZE
 from streamfs._realos import WRITE_PIECE
@@ -746,6 +747,24 @@ def test_a_forked_child_keeps_using_the_cache_without_double_counting(tmp_path: 
         assert os.waitstatus_to_exitcode(status) == 0
         assert cache.get(BLOB, 1) == b"c" * 10
         assert cache.stats()["hits"] == 3  # parent 2, child 1
+
+
+def test_a_forked_child_opens_a_cache_of_its_own_and_keeps_it(tmp_path: Path) -> None:
+    client = Client("http://127.0.0.1:9", cache_dir=str(tmp_path / "c"), cache_size=64 * MiB)
+    parent = client.cache
+    parent.put(BLOB, 0, b"p" * 10)
+    pid = os.fork()
+    if pid == 0:  # the child: not the parent's object (its SQLite connections), one of its own
+        code = 1
+        try:
+            mine = client.cache
+            code = 0 if mine is not parent and mine is client.cache else 2
+            code = code or (0 if mine.get(BLOB, 0) == b"p" * 10 else 3)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.cache is parent
 
 
 # ----------------------------------------------------------------- settings
