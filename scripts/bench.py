@@ -475,6 +475,7 @@ def w_smallcache(ctx: Run, run: int) -> None:
 
 def w_seq(ctx: Run, run: int) -> None:
     spec, path = "bench/big@v1", ctx.sets.big
+    local_root = local_copy(ctx, "big")
 
     def mount() -> dict[str, Any]:
         with sf_mount(ctx, spec) as m:
@@ -519,7 +520,6 @@ def w_seq(ctx: Run, run: int) -> None:
     ]
     systems += [(report.DL_FRONT, download("download_curl_signed", 1))] if ctx.front else []
     systems += [(report.LOCAL, local)] + ([(report.RCLONE, rclone)] if ctx.rclone else [])
-    local_root = local_copy(ctx, "big")
     for name, fn in in_turn(systems, run):
         add_fetched(ctx.measure("seq", name, run, fn), ctx.big_bytes)
     remove(local_root)
