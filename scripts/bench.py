@@ -420,8 +420,7 @@ def local_copy(ctx: Run, name: str) -> Path:
     written minutes before. In the scratch folder, beside those caches; written out to disk
     before the systems' cold reads begin."""
     dest = fresh(LOCAL_COPY + name)
-    dest.rmdir()
-    shutil.copytree(ctx.sets.root / name, dest)
+    shutil.copytree(ctx.sets.root / name, dest, dirs_exist_ok=True)
     os.sync()
     return dest
 

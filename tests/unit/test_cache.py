@@ -435,10 +435,8 @@ def test_a_recall_finds_where_blocks_another_process_cached_are_in_few_queries(
     cache.put(BLOB, 0, pattern(20, 40 * KiB))  # this one's own: known already
     with sql_statements(cache) as statements:
         wanted = [(b, 0) for b in blobs] + [(BLOB, 0)]  # blobs[9] was never cached
-        assert cache.recall(wanted) == (
-            8,
-            False,
-        )  # blobs[8] has no file, blobs[9] is not cached
+        # blobs[8] has no file, blobs[9] is not cached
+        assert cache.recall(wanted) == (8, False)
         assert len(statements) == 3  # 10 keys not known yet, 4 a query
         statements.clear()
         for i, blob in enumerate(blobs[:8]):
