@@ -179,7 +179,10 @@ class SiblingPlanner:
         if entry.size > self.small:
             return []
         self.opened_bytes += entry.size
-        state = self._folder(folder, siblings)
+        state = self._folders.get(folder)
+        if state is None or state.entries is not siblings:
+            state = self._new_folder(folder, siblings)
+        self._folders.move_to_end(folder)
         if entry.name in state.opened or state.passes < self._pass:  # a new pass over it
             state.opened.clear()
             state.cursor = 0
@@ -187,7 +190,7 @@ class SiblingPlanner:
             state.passes = max(state.passes + 1, self._pass)
             if state.passes > self._pass:  # the first folder read again: the next epoch
                 self._pass, self._pass_hits = state.passes, 0
-        size = self._unpick(entry.id)
+        size = self._unpick(entry.id) if self._outstanding else None
         if size is not None:
             self.useful_bytes += size
         elif not missed:
@@ -203,7 +206,7 @@ class SiblingPlanner:
         if not state.active and state.missed and len(state.opened) >= 2:
             state.active = True
             self._active.append(folder)
-        return self._pick()
+        return self._pick() if self._active else []  # none: a warm pass
 
     def take_opened(self) -> list[str]:
         """The ids of the small files opened since the last call in folders whose current
@@ -263,19 +266,19 @@ class SiblingPlanner:
             self.outstanding_bytes -= size
         return size
 
-    def _folder(self, folder: str, siblings: Sequence[Entry]) -> _Folder:
-        state = self._folders.get(folder)
-        if state is None or state.entries is not siblings:
-            if state is not None:
-                self.known_bytes -= state.small_bytes
-            digest = hashlib.blake2b(f"{self._salt}:{folder}".encode(), digest_size=8).digest()
-            start = int.from_bytes(digest, "big") % max(1, len(siblings))
-            small = sum(e.size for e in siblings if not e.is_dir and 0 < e.size <= self.small)
-            state = self._folders[folder] = _Folder(siblings, start, small)
-            self.known_bytes += small
-            while len(self._folders) > MAX_FOLDERS:
-                self.known_bytes -= self._folders.popitem(last=False)[1].small_bytes
-        self._folders.move_to_end(folder)
+    def _new_folder(self, folder: str, siblings: Sequence[Entry]) -> _Folder:
+        """The state of ``folder`` seen for the first time, or with other entries (a branch's
+        next commit): it starts over."""
+        old = self._folders.pop(folder, None)
+        if old is not None:
+            self.known_bytes -= old.small_bytes
+        digest = hashlib.blake2b(f"{self._salt}:{folder}".encode(), digest_size=8).digest()
+        start = int.from_bytes(digest, "big") % max(1, len(siblings))
+        small = sum(e.size for e in siblings if not e.is_dir and 0 < e.size <= self.small)
+        state = self._folders[folder] = _Folder(siblings, start, small)
+        self.known_bytes += small
+        while len(self._folders) > MAX_FOLDERS:
+            self.known_bytes -= self._folders.popitem(last=False)[1].small_bytes
         return state
 
     def _pick(self) -> list[Entry]:

@@ -394,7 +394,11 @@ class RepoView:
         return fd
 
     def _note_open(self, path: str, entry: Entry, tree: Tree | None, missed: bool) -> None:
-        assert self._planner is not None
+        # Every open of a small file comes here, a warm one too (8 DataLoader workers that
+        # skipped this for a warm open read a warm epoch 20-25 % faster): that path looks
+        # each thing up once (2.5 -> 1.9 µs, one process).
+        planner = self._planner
+        assert planner is not None
         folder = path.strip("/").rpartition("/")[0]
         try:
             # in memory either way: looking up ``path`` loaded it
@@ -404,21 +408,24 @@ class RepoView:
         cheap = missed and self._misses_are_cheap()
         with self._plan_lock:
             if missed:  # picks come after misses
-                self._planner.cap = 0 if cheap else self._window_cap(self._planner)
-                self._planner.cramped = self._planner.known_bytes > self.client.cache_size
-            picks = self._planner.on_open(folder, siblings, entry, missed)
-            landed = self._landed_to_check(picks)
-            if self._planner.furthest_pass != self._pass_seen[0]:
-                self._pass_seen = (self._planner.furthest_pass, time.time())
+                planner.cap = 0 if cheap else self._window_cap(planner)
+                planner.cramped = planner.known_bytes > self.client.cache_size
+            picks = planner.on_open(folder, siblings, entry, missed)
+            landed = self._landed_to_check(picks) if planner.any_landed() else []
+            furthest = planner.furthest_pass
+            if furthest != self._pass_seen[0]:
+                self._pass_seen = (furthest, time.time())
             read_since = self._pass_seen[1]
-            spent = self._planner.take_opened()
-            record = self._planner.cramped  # read files are evicted: others must be told
-            planned = self._planner.pass_number
-            recall = not missed and self._recalled.get(folder) not in (planned(folder), KNOWN)
-            if recall:
-                if len(self._recalled) >= MAX_RECALLED:
-                    self._recalled.clear()
-                self._recalled[folder] = planned(folder)
+            spent = planner.take_opened()
+            record = planner.cramped  # read files are evicted: others must be told
+            recall = False
+            if not missed:
+                recalled = self._recalled.get(folder)
+                if recalled != KNOWN and recalled != (planned := planner.pass_number(folder)):
+                    recall = True
+                    if len(self._recalled) >= MAX_RECALLED:
+                        self._recalled.clear()
+                    self._recalled[folder] = planned
         if spent:  # evicted before what still waits for its reader (BlockCache.spent)
             self.client.cache.spent(spent, record)
         if recall:
