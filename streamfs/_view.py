@@ -111,6 +111,10 @@ WORKER_PREFETCH_ROUND_TRIP = 0.001
 # random through 100 folders, by the 32nd in all but 1 worker in 100.
 UNMEASURED_MISSES = 32
 MAX_RECALLED = 4096  # folders a view remembers having recalled (then it starts over)
+# Folders whose trees a view finds by their path in one look-up (RepoView.locate); then it
+# starts over. A warm epoch through the hooks or the API looks up 20,000 paths: the walk down
+# the trees was a fifth of the Python of each open.
+MAX_FOLDER_PATHS = 1024
 KNOWN = -1  # a folder recalled whose cached files' names this process all knows
 
 
@@ -136,6 +140,9 @@ class RepoView:
         self._entries = 0  # entries of the trees in self._trees
         self._loading: dict[str, Future[Tree | None]] = {}  # trees being loaded, by id
         self._lock = threading.Lock()
+        # folder path -> its tree, of folders that paths were found in lately; only trees in
+        # _trees, and emptied when one goes from there (guarded by _lock for writes)
+        self._folder_trees: dict[str, Tree] = {}
         self._planner = self._new_planner()
         self._plan_lock = threading.Lock()
         self._released_at = 0.0  # when picks read elsewhere were last looked for (monotonic)
@@ -289,6 +296,7 @@ class RepoView:
         ):
             _, dropped = self._trees.popitem(last=False)
             self._entries -= len(dropped)
+            self._folder_trees.clear()  # it may be one of them
 
     def load_root_soon(self) -> None:
         """Start loading the root folder in the background (a mount's first lookup needs it,
@@ -308,24 +316,43 @@ class RepoView:
 
     def locate(self, path: str) -> tuple[Entry, Tree | None]:
         """The entry at ``path`` and the tree of the folder it is in (None for the root)."""
-        entry, folder = self.root, None
         stripped = path.strip("/")
         if not stripped:
+            return self.root, None
+        # A folder found before is one look-up away. Only paths found by a walk put their
+        # folder's path here, and every name in a tree is a valid one: a path whose folder
+        # is here and whose name is in it is one the walk would find (and valid).
+        folder_path, _, name = stripped.rpartition("/")
+        folder = self._folder_trees.get(folder_path)
+        if folder is not None and (entry := folder.get(name)) is not None:
             return entry, folder
+        entry, folder, folder_id = self._walk(stripped)
+        with self._lock:
+            if self._trees.get(folder_id) is folder:  # not dropped meanwhile
+                if len(self._folder_trees) >= MAX_FOLDER_PATHS:
+                    self._folder_trees.clear()
+                self._folder_trees[folder_path] = folder
+        return entry, folder
+
+    def _walk(self, stripped: str) -> tuple[Entry, Tree, str]:
+        """The entry at ``stripped`` (not the root), the tree of its folder and that tree's
+        id, from the root down."""
         # Checked only when the walk fails: every name in a tree is a valid one, so a path
         # that is found is valid, and one that is not gets its InvalidInputError first.
+        entry = self.root
         parts = stripped.split("/")
         for i, part in enumerate(parts):
             if not entry.is_dir:
                 check_path(stripped)
                 raise NotADirError("not a directory", filename="/".join(parts[:i]))
-            folder = self.tree(entry.id)
+            folder_id = entry.id
+            folder = self.tree(folder_id)
             child = folder.get(part)
             if child is None:
                 check_path(stripped)
                 raise PathNotFoundError("no such file or directory", filename=stripped)
             entry = child
-        return entry, folder
+        return entry, folder, folder_id
 
     def listdir(self, path: str) -> Tree:
         entry = self.lookup(path)
