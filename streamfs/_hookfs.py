@@ -203,12 +203,25 @@ class HookedRepo:
     def reader(self, rel: str) -> BlobReader:
         return self.view.reader(rel, *self._locate_file(rel))
 
-    def open_read(self, rel: str) -> BlobReader | int:
-        """What an ``open`` of ``rel`` for reading reads: a descriptor of the cache's own
-        file when ``rel`` is a small file wholly cached where this process knows the file
-        (a warm epoch: native reads, no Python per read), else a reader."""
-        entry, folder = self._locate_file(rel)
-        view = self.view
+    def open_read(self, rel: str) -> Path | BlobReader | int:
+        """What an ``open`` of ``rel`` for reading reads: the local file of a file staged
+        (written) in this process; a descriptor of the cache's own file when ``rel`` is a
+        small file wholly cached where this process knows the file (a warm epoch: native
+        reads, no Python per read); else a reader."""
+        if self._writer is None:  # a pinned revision (a warm epoch's path: no overlay to ask)
+            view = self._view
+            try:
+                entry, folder = view.locate(rel)
+            except InvalidInputError:  # a name no repository path can have
+                raise PathNotFoundError("no such file or directory", filename=rel) from None
+            if entry.is_dir:
+                raise IsADirError("is a directory", filename=rel)
+        else:
+            staged = self.staged_path(rel)
+            if staged is not None:
+                return staged
+            view = self.view
+            entry, folder = self._locate_file(rel)
         fd = view.open_cached(rel, entry, folder)
         return fd if fd is not None else view.reader(rel, entry, folder)
 

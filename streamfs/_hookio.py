@@ -98,6 +98,8 @@ def layer(
     newline: str | None,
 ) -> IO[Any]:
     """Buffering and text layers over ``raw``, the way ``open`` builds them."""
+    if mode == "rb" and buffering == -1:  # what loaders open, every file
+        return io.BufferedReader(raw, BUFFER_SIZE)
     if buffering == 0:
         return raw  # type: ignore[return-value]
     size = BUFFER_SIZE if buffering in (-1, 1) else buffering

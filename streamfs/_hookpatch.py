@@ -33,6 +33,7 @@ from ._hookio import (
     layer,
     raw_mode,
 )
+from ._reader import BlobReader
 
 WRITE_MODES = frozenset("wxa+")
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -99,19 +100,14 @@ def _open_hooked(
     newline: str | None,
 ) -> Any:
     repo, rel = hit
+    raw: io.RawIOBase
     if WRITE_MODES.isdisjoint(mode):
-        staged = repo.staged_path(rel)
-        raw: io.RawIOBase
-        if staged is not None:
-            raw = io.FileIO(staged, "r")
+        source = repo.open_read(rel)
+        if isinstance(source, BlobReader):
+            raw = HookedReadFile(source, name, lambda: repo.materialize(rel))
+        else:  # the cache's own file of a cached small file, or a staged file
+            raw = io.FileIO(source, "r")
             raw.name = name
-        else:
-            source = repo.open_read(rel)
-            if isinstance(source, int):  # the cache's own file of a cached small file
-                raw = io.FileIO(source, "r")
-                raw.name = name
-            else:
-                raw = HookedReadFile(source, name, lambda: repo.materialize(rel))
     else:
         handle = repo.open_write(
             rel, create="r" not in mode, truncate="w" in mode, exclusive="x" in mode
