@@ -62,6 +62,20 @@ def real_exists(path: str) -> bool:
         return False
 
 
+def is_normal(path: str) -> bool:
+    """Whether ``path`` is absolute and ``os.path.abspath`` would return it unchanged: no
+    empty, '.' or '..' part and no '/' at the end. What a loader passes, every open: then no
+    ``abspath`` (0.53 µs for a path 7 parts deep). A path through a dot-folder
+    (``~/.cache/data``, the bench's ``.bench/run``) is normal too."""
+    return (
+        path[:1] == "/"
+        and "//" not in path
+        and "/./" not in path
+        and "/../" not in path
+        and not path.endswith(("/", "/.", "/.."))
+    )
+
+
 def _parent(rel: str) -> str:
     return rel.rsplit("/", 1)[0] if "/" in rel else ""
 
@@ -372,10 +386,7 @@ class HookFS:
         repos = self.repos
         if not repos:
             return None
-        # an absolute path without '//', '/.' and a trailing '/' is normal already (what a
-        # loader passes): no normpath, ~0.3 µs of every open
-        plain = path[:1] == "/" and "//" not in path and "/." not in path and path[-1] != "/"
-        norm = path if plain else os.path.abspath(path)
+        norm = path if is_normal(path) else os.path.abspath(path)
         for repo in repos:
             root = repo.root
             if norm == root:

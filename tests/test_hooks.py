@@ -33,7 +33,7 @@ import trio
 import streamfs
 from streamfs._errors import ReadOnlyError
 from streamfs._hookconfig import ENV_HOOKS, HookSpec, specs_from
-from streamfs._hookfs import HookFS
+from streamfs._hookfs import HookFS, is_normal
 from streamfs._model import BLOCK_SIZE
 from streamfs._remote import Remote
 
@@ -144,6 +144,23 @@ def test_paths_map_to_the_longest_hooked_root(monkeypatch: pytest.MonkeyPatch) -
     assert fs.match("/w/data/.hidden/a") == (outer, ".hidden/a")
     monkeypatch.chdir("/")
     assert fs.match("w/data/x") == (outer, "x")
+
+
+def test_a_path_taken_as_normal_is_what_abspath_makes_of_it() -> None:
+    parts = ["w", "data", ".", "..", "", ".hidden", "..x", "x..", ".bench", "a.b", "..."]
+    paths = {"/", "//", "", "."}
+    for a in parts:
+        for b in parts:
+            for c in parts:
+                for lead, tail in (("/", ""), ("/", "/"), ("//", ""), ("", "")):
+                    paths.add(f"{lead}{a}/{b}/{c}{tail}")
+    normal = [p for p in paths if is_normal(p)]
+    assert all(os.path.abspath(p) == p for p in normal)  # no normpath skipped that mattered
+    # and no path that abspath leaves alone is normalized for nothing, but the root and
+    # those starting '//' (which POSIX lets a system read its own way, and abspath keeps)
+    kept = [p for p in paths if os.path.abspath(p) == p and p != "/" and p[:2] != "//"]
+    assert kept and all(is_normal(p) for p in kept)
+    assert is_normal("/home/me/.cache/streamfs/.bench/run/hooked/d03/f0001.bin")
 
 
 # ------------------------------------------------------------------ patching
