@@ -147,9 +147,9 @@ class HookedRepo:
 
     def _locate(self, rel: str) -> tuple[Entry, Tree | None]:
         """The entry at ``rel`` and, on a pinned view, the tree of its folder (one walk)."""
-        overlay = self._overlay_or_none()
+        writer = self._writer  # none on a pinned revision: every warm open comes this way
         try:
-            return (overlay.lookup(rel), None) if overlay is not None else self._view.locate(rel)
+            return self._view.locate(rel) if writer is None else (writer.overlay.lookup(rel), None)
         except InvalidInputError:  # a name no repository path can have
             raise PathNotFoundError("no such file or directory", filename=rel) from None
 
@@ -222,20 +222,10 @@ class HookedRepo:
         (written) in this process; a descriptor of the cache's own file when ``rel`` is a
         small file wholly cached where this process knows the file (a warm epoch: native
         reads, no Python per read); else a reader."""
-        if self._writer is None:  # a pinned revision (a warm epoch's path: no overlay to ask)
-            view = self._view
-            try:
-                entry, folder = view.locate(rel)
-            except InvalidInputError:  # a name no repository path can have
-                raise PathNotFoundError("no such file or directory", filename=rel) from None
-            if entry.is_dir:
-                raise IsADirError("is a directory", filename=rel)
-        else:
-            staged = self.staged_path(rel)
-            if staged is not None:
-                return staged
-            view = self.view
-            entry, folder = self._locate_file(rel)
+        if self._writer is not None and (staged := self.staged_path(rel)) is not None:
+            return staged  # (no overlay on a pinned revision: nothing staged to ask for)
+        entry, folder = self._locate_file(rel)
+        view = self.view
         fd = view.open_cached(rel, entry, folder)
         return fd if fd is not None else view.reader(rel, entry, folder)
 

@@ -126,10 +126,7 @@ class BlobReader:
             else:
                 missing.append(index)
         if self._on_first_read is not None:
-            with self._lock:  # once, whichever of two racing first reads gets here first
-                tell, self._on_first_read = self._on_first_read, None
-            if tell is not None:
-                tell(bool(missing))
+            self._tell_first_read(bool(missing))
         # Readahead of blocks this process knows are cached would only wake the engine to
         # find them there: in a warm sequential read that cost each 1 MiB read ~40 µs, its
         # system calls waiting for the interpreter lock the engine held meanwhile.
@@ -162,23 +159,27 @@ class BlobReader:
         whole = cached_small(self.client, self.blob.id, self.blob.size)
         if whole is None:
             return self.fetch_whole()
-        with self._lock:  # one block: no readahead to plan
-            tell, self._on_first_read = self._on_first_read, None
-        if tell is not None:
-            tell(False)
-        self._memo = (0, whole)
-        return whole if type(whole) is bytes else bytes(whole)  # a caller's, to keep
+        self._tell_first_read(False)  # one block: no readahead to plan
+        return self._keep_whole(whole)
 
     def fetch_whole(self) -> bytes:
         """A one-block file that neither the prefetcher's memory nor the cache has (see
         ``cached_small``), fetched whole; the prefetcher hears of the miss first."""
+        self._tell_first_read(True)
+        return self._keep_whole(self._fetch([0])[0])
+
+    def _keep_whole(self, whole: Block) -> bytes:
+        """The one block of a small file, kept for this reader's next reads; as bytes, the
+        caller's to keep."""
+        self._memo = (0, whole)
+        return whole if type(whole) is bytes else bytes(whole)
+
+    def _tell_first_read(self, missed: bool) -> None:
+        """Tell ``on_first_read`` once, whichever of two racing first reads comes first."""
         with self._lock:
             tell, self._on_first_read = self._on_first_read, None
         if tell is not None:
-            tell(True)
-        whole = self._fetch([0])[0]
-        self._memo = (0, whole)
-        return whole if type(whole) is bytes else bytes(whole)
+            tell(missed)
 
     def _take_fresh(self, index: int) -> Block | None:
         """Block ``index`` if the prefetcher just fetched it, from memory (first reader only)."""
