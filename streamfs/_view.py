@@ -427,6 +427,12 @@ class RepoView:
         planner = self._planner
         assert planner is not None
         folder = path.strip("/").rpartition("/")[0]
+        if not missed and tree is not None and self._recalled.get(folder) == KNOWN:
+            # A warm epoch: the planner counts the open, and nothing else is to be done (no
+            # picks, no pass begun, nothing read to tell the cache, the folder recalled)
+            with self._plan_lock:
+                if planner.on_cached_open(folder, tree.entries, entry):
+                    return
         try:
             # in memory either way: looking up ``path`` loaded it
             siblings = (tree if tree is not None else self.listdir(folder)).entries

@@ -396,3 +396,70 @@ def test_a_first_pass_window_leaves_room_beside_it_in_a_small_cache_as_in_a_big_
     assert first_pass_cap(middle) == middle - CRAMPED_FIRST_PASS_SLACK
     for small in (4_000_000, 64_000_000):
         assert first_pass_cap(small) == int(small * 0.75)
+
+
+def planner_state(planner: SiblingPlanner) -> tuple[object, ...]:
+    folders = [
+        (name, s.start, s.cursor, sorted(s.opened), s.missed, s.active, s.passes)
+        for name, s in planner._folders.items()
+    ]
+    counts = (planner.opened_bytes, planner.useful_bytes, planner.outstanding_bytes)
+    return (
+        folders,
+        list(planner._active),
+        dict(planner._outstanding),
+        list(planner._landed),
+        counts,
+        (planner._pass, planner._pass_hits, planner.known_bytes),
+        list(planner._opened),
+    )
+
+
+@pytest.mark.parametrize("cap", [0, 2 << 20, 1 << 40])
+def test_a_cached_open_counted_on_the_short_path_leaves_what_on_open_would(cap: int) -> None:
+    """Four epochs over 6 folders, each opening 3/4 of the files (a DataLoader worker's share
+    and more), opens missing the cache at random (none in the last two), one planner told through on_cached_open where it takes the open, one through
+    on_open alone: the same state after every open, and the short path taken for most of a
+    warm epoch's opens (a cap of 0, a DataLoader worker at RTT 0, too)."""
+    rng = random.Random(cap)
+    tree = {
+        f"d{d}": folder(f"d{d}", [rng.randint(1, 300 * KiB) for _ in range(40)]) for d in range(6)
+    }
+    short = SiblingPlanner(small=256 * KiB, base=1 << 20, cap=cap, salt=3)
+    long = SiblingPlanner(small=256 * KiB, base=1 << 20, cap=cap, salt=3)
+    taken = []
+    for epoch, miss_rate in enumerate([1.0, 0.2, 0.0, 0.0]):
+        order = [(name, entry) for name, entries in tree.items() for entry in entries]
+        rng.shuffle(order)
+        for name, entry in order[: len(order) * 3 // 4]:  # the others open the rest
+            missed = rng.random() < miss_rate
+            quick = not missed and short.on_cached_open(name, tree[name], entry)
+            picks = [] if quick else short.on_open(name, tree[name], entry, missed)
+            assert long.on_open(name, tree[name], entry, missed) == picks
+            if quick:  # then RepoView has nothing else to do: nothing waits for it
+                assert short.take_opened() == [] == long.take_opened()
+            elif rng.random() < 0.5:  # RepoView takes them after each open; any owner may
+                assert short.take_opened() == long.take_opened()
+            if picks and rng.random() < 0.5:  # some picks land, some are let go
+                for planner in (short, long):
+                    planner.landed(p.id for p in picks[::2])
+                    planner.release(p.id for p in picks[1::3])
+            assert planner_state(short) == planner_state(long)
+            taken.append((epoch, quick))
+    warm = [quick for epoch, quick in taken if epoch >= 2]
+    assert sum(warm) >= 0.8 * len(warm), sum(warm)
+
+
+def test_the_short_path_leaves_an_open_to_on_open_when_it_has_work() -> None:
+    planner = SiblingPlanner(small=4 << 20, base=1 << 20, cap=1 << 30)
+    a, b = folder("a", [100 * KiB] * 400), folder("b", [100 * KiB] * 10)
+    planner.on_open("b", b, b[0], missed=False)
+    assert planner.on_cached_open("b", b, b[1])
+    # b's next commit (other entries): its state starts over, in on_open
+    assert not planner.on_cached_open("b", tuple(list(b)), b[3])
+    planner.on_open("a", a, a[0])
+    planner.release(p.id for p in planner.on_open("a", a, a[1]))  # a is being read through
+    assert planner.take_opened() == [a[0].id, a[1].id]
+    # a warm file of b: picks for a, which only on_open makes
+    assert not planner.on_cached_open("b", b, b[2])
+    assert planner.on_open("b", b, b[2], missed=False)
