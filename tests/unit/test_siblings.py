@@ -453,6 +453,7 @@ def test_a_cached_open_counted_on_the_short_path_leaves_what_on_open_would(cap: 
 def test_the_short_path_leaves_an_open_to_on_open_when_it_has_work() -> None:
     planner = SiblingPlanner(small=4 << 20, base=1 << 20, cap=1 << 30)
     a, b = folder("a", [100 * KiB] * 400), folder("b", [100 * KiB] * 10)
+    assert not planner.on_cached_open("b", b, b[0])  # a folder first seen: on_open knows it
     planner.on_open("b", b, b[0], missed=False)
     assert planner.on_cached_open("b", b, b[1])
     # b's next commit (other entries): its state starts over, in on_open
