@@ -47,7 +47,7 @@ The policy, per view of a commit:
   until a file of it misses in that pass: nothing is picked on the last
   pass's evidence, and an open in a warm pass only counts
   (``on_cached_open``, a few dict operations: 8 DataLoader workers read a
-  warm epoch through the hooks 0-29 % faster so, in alternation).
+  warm epoch through the hooks 1-29 % faster so, in alternation).
 - **Later passes through a small cache.** Once a folder is read again (the
   next epoch) and the files being read outgrow the cache (``cramped``, set
   by the owner), the window is at most the bytes this pass found cached

@@ -429,7 +429,8 @@ class RepoView:
         folder = path.strip("/").rpartition("/")[0]
         if not missed and tree is not None and self._recalled.get(folder) == KNOWN:
             # A warm epoch: the planner counts the open, and nothing else is to be done (no
-            # picks, no pass begun, nothing read to tell the cache, the folder recalled)
+            # folder active, so no picks and no landed picks to let go for room; no pass
+            # begun; nothing read to tell the cache; the folder recalled)
             with self._plan_lock:
                 if planner.on_cached_open(folder, tree.entries, entry):
                     return

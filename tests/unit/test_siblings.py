@@ -418,9 +418,10 @@ def planner_state(planner: SiblingPlanner) -> tuple[object, ...]:
 @pytest.mark.parametrize("cap", [0, 2 << 20, 1 << 40])
 def test_a_cached_open_counted_on_the_short_path_leaves_what_on_open_would(cap: int) -> None:
     """Four epochs over 6 folders, each opening 3/4 of the files (a DataLoader worker's share
-    and more), opens missing the cache at random (none in the last two), one planner told through on_cached_open where it takes the open, one through
-    on_open alone: the same state after every open, and the short path taken for most of a
-    warm epoch's opens (a cap of 0, a DataLoader worker at RTT 0, too)."""
+    and more), opens missing the cache at random (none in the last two); one planner told
+    through on_cached_open where it takes the open, one through on_open alone: the same
+    state after every open, and the short path taken for most of a warm epoch's opens (with
+    a cap of 0, a DataLoader worker's at RTT 0, too)."""
     rng = random.Random(cap)
     tree = {
         f"d{d}": folder(f"d{d}", [rng.randint(1, 300 * KiB) for _ in range(40)]) for d in range(6)
