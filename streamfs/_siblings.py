@@ -182,11 +182,9 @@ class SiblingPlanner:
         """
         if entry.size > self.small:
             return []
-        self.opened_bytes += entry.size
         state = self._folders.get(folder)
         if state is None or state.entries is not siblings:
             state = self._new_folder(folder, siblings)
-        self._folders.move_to_end(folder)
         if entry.name in state.opened or state.passes < self._pass:  # a new pass over it
             state.opened.clear()
             state.cursor = 0
@@ -196,16 +194,7 @@ class SiblingPlanner:
                 self._pass, self._pass_hits = state.passes, 0
                 # each folder starts it over at its next open: none is active until then
                 self._active.clear()
-        size = self._unpick(entry.id) if self._outstanding else None
-        if size is not None:
-            self.useful_bytes += size
-        elif not missed:
-            self._pass_hits += entry.size  # its room was this pass's to take: it goes first
-            if state.active:
-                # A folder being read through, and a file of it that this planner did not
-                # fetch was in the cache: another process's prefetch saved its request.
-                self.useful_bytes += entry.size
-        state.opened.add(entry.name)
+        self._count(folder, state, entry, missed)
         state.missed = state.missed or missed
         if state.missed:  # a pass that fetches: what it read may go before what it prefetched
             self._opened.append(entry.id)
@@ -232,15 +221,23 @@ class SiblingPlanner:
             or entry.name in state.opened
         ):
             return False
+        self._count(folder, state, entry, False)
+        return True
+
+    def _count(self, folder: str, state: _Folder, entry: Entry, missed: bool) -> None:
+        """What every open of a small file in its folder's current pass adds up."""
+        self.opened_bytes += entry.size
+        self._folders.move_to_end(folder)
         size = self._unpick(entry.id) if self._outstanding else None
         if size is not None:
             self.useful_bytes += size
-        else:
-            self._pass_hits += entry.size  # (not active: a pass that missed nothing)
-        self.opened_bytes += entry.size
-        self._folders.move_to_end(folder)
+        elif not missed:
+            self._pass_hits += entry.size  # its room was this pass's to take: it goes first
+            if state.active:
+                # A folder being read through, and a file of it that this planner did not
+                # fetch was in the cache: another process's prefetch saved its request.
+                self.useful_bytes += entry.size
         state.opened.add(entry.name)
-        return True
 
     def take_opened(self) -> list[str]:
         """The ids of the small files opened since the last call in folders whose current
